@@ -1,0 +1,140 @@
+"""The run configuration: shared defaults every objective starts from, and validation before compile.
+
+Experiment files (``experiments/<objective>.py``) call ``base_config`` and add their objective's section;
+``validate`` turns a bad value into a ``ConfigError`` that names the field and the fix, before any array
+is allocated or any program compiled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from scaling.models.sizes import LADDER
+from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
+
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "wsd")
+CAPTION_LEVELS = ("none", "short", "medium", "descriptive")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field and how to fix it."""
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """``"size=mu,dtype=bfloat16"`` -> ``{"size": "mu", "dtype": "bfloat16"}``."""
+    if not arg:
+        return {}
+    pairs = {}
+    for item in arg.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"config argument {item!r} is not key=value (e.g. size=mu)")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def base_config(objective: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Defaults shared by every objective; ``arg`` may set ``size`` (and nothing else generic)."""
+    options = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.objective = objective
+    c.size = options.pop("size", "mu")
+    c.seed = 0
+    c.total_steps = 300
+    c.batch_size = 64
+    c.checkpoint_every = 100
+    c.keep_checkpoints = 2
+    c.log_every = 10
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"
+    c.model.patch_size = 4
+    c.model.positions = "learned"
+    c.model.remat = False
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.grad_clip = 1.0
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 30
+    c.optim.decay_fraction = 0.2
+    c.optim.final_lr_fraction = 0.0
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "scenes"
+    c.data.data_dir = ""
+    c.data.image_size = 32
+    c.data.caption_level = "descriptive"
+    c.data.label = "label"
+    c.data.max_caption_len = 64
+    c.data.tokenizer = "byte"
+    c.data.worker_count = 0
+    c.data.train_split = "train"
+    if options:
+        raise ConfigError(
+            f"unknown config argument(s) {sorted(options)} for {objective}; "
+            "only size=... is taken here, set other fields with --config.<field>=<value>"
+        )
+    return c
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError for values that cannot work; cheap, runs before anything is compiled."""
+    from scaling.objectives import OBJECTIVES, get_objective
+
+    _require(
+        config.objective in OBJECTIVES,
+        f"objective: unknown {config.objective!r}; choose one of {', '.join(OBJECTIVES)}",
+    )
+    _require(
+        config.size in LADDER, f"size: unknown {config.size!r}; choose one of {', '.join(LADDER)}"
+    )
+    for field in ("total_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        _require(config[field] > 0, f"{field}: must be positive, got {config[field]}")
+    _require(config.model.dtype in DTYPES, f"model.dtype: {config.model.dtype!r} not in {DTYPES}")
+    _require(
+        config.optim.schedule in SCHEDULES,
+        f"optim.schedule: {config.optim.schedule!r} not in {SCHEDULES}",
+    )
+    _require(
+        0 <= config.optim.warmup_steps < config.total_steps,
+        f"optim.warmup_steps: {config.optim.warmup_steps} must be below total_steps "
+        f"({config.total_steps})",
+    )
+    _require(config.optim.learning_rate > 0, "optim.learning_rate: must be positive")
+    _require(
+        config.data.caption_level in CAPTION_LEVELS,
+        f"data.caption_level: {config.data.caption_level!r} not in {CAPTION_LEVELS}",
+    )
+    _require(
+        config.data.image_size % config.model.patch_size == 0,
+        f"model.patch_size: {config.model.patch_size} does not divide data.image_size "
+        f"{config.data.image_size}",
+    )
+    unknown_axes = set(config.mesh) - set(MESH_AXES)
+    _require(not unknown_axes, f"mesh: unknown axes {sorted(unknown_axes)}; use {MESH_AXES}")
+    try:
+        mesh = resolve_mesh_shape(dict(config.mesh), num_devices)
+    except MeshError as error:
+        raise ConfigError(str(error)) from None
+    batch_shards = mesh["data"] * mesh["fsdp"]
+    divisor = math.lcm(batch_shards, process_count)
+    _require(
+        config.batch_size % divisor == 0,
+        f"batch_size: {config.batch_size} is not divisible by the {batch_shards} batch shards "
+        f"(mesh data x fsdp) and {process_count} processes; use a multiple of {divisor}",
+    )
+    get_objective(config.objective).validate(config)

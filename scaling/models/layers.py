@@ -1,0 +1,270 @@
+"""Building blocks of the backbone: mixed-precision einsum, dense, norm, attention, MLP, blocks.
+
+Parameters are float32 and carry logical axis names in their ``axes`` metadata (see scaling.sharding).
+Every matmul goes through ``einsum``: with a bfloat16 compute dtype it multiplies bfloat16 operands with
+float32 accumulation in the forward pass and in both backward products.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scaling.sharding import constrain
+
+Array = jax.Array
+
+
+# --- mixed-precision einsum ------------------------------------------------------------------------
+
+
+def einsum(spec: str, a: Array, b: Array, dtype) -> Array:
+    """``jnp.einsum`` whose operands are cast to ``dtype`` and whose products accumulate in float32.
+
+    The result is float32. For a bfloat16 ``dtype`` the backward products also take bfloat16 operands
+    (a plain autodiff of the forward would multiply the float32 cotangent at float32 speed).
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    return _low_precision_einsum(spec, dtype, jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _low_precision_einsum(spec, dtype, a_dtype, b_dtype, a, b):
+    del a_dtype, b_dtype
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _low_precision_einsum_fwd(spec, dtype, a_dtype, b_dtype, a, b):
+    del a_dtype, b_dtype
+    a_low, b_low = a.astype(dtype), b.astype(dtype)
+    out = jnp.einsum(spec, a_low, b_low, preferred_element_type=jnp.float32)
+    return out, (a_low, b_low)
+
+
+def _low_precision_einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
+    a_low, b_low = residuals
+    inputs, out = spec.replace(" ", "").split("->")
+    a_spec, b_spec = inputs.split(",")
+    g_low = g.astype(dtype)
+    da = jnp.einsum(f"{out},{b_spec}->{a_spec}", g_low, b_low, preferred_element_type=jnp.float32)
+    db = jnp.einsum(f"{a_spec},{out}->{b_spec}", a_low, g_low, preferred_element_type=jnp.float32)
+    return da.astype(a_dtype), db.astype(b_dtype)
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+# --- parameters --------------------------------------------------------------------------------------
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+    """A float32 parameter tagged with logical axis names."""
+    return nnx.Param(init(rngs.params(), shape, jnp.float32), axes=axes)
+
+
+def zeros_param(shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, jnp.float32), axes=axes)
+
+
+class Dense(nnx.Module):
+    """``x[..., in] -> x[..., out]`` with a weight of logical axes ``axes`` (in-axes then out-axes)."""
+
+    def __init__(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        axes: tuple[str | None, ...],
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+        use_bias: bool = True,
+        zero_init: bool = False,
+    ):
+        fan_in = int(np.prod(in_shape))
+        init = (
+            nnx.initializers.zeros
+            if zero_init
+            else nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        )
+        shape = (*in_shape, *out_shape)
+        self.kernel = nnx.Param(
+            init(rngs.params(), (fan_in, int(np.prod(out_shape))), jnp.float32).reshape(shape),
+            axes=axes,
+        )
+        self.bias = zeros_param(out_shape, axes[len(in_shape) :]) if use_bias else None
+        self.dtype = dtype
+        letters = "defghijk"
+        in_letters = letters[: len(in_shape)]
+        out_letters = letters[len(in_shape) : len(in_shape) + len(out_shape)]
+        self.spec = f"...{in_letters},{in_letters}{out_letters}->...{out_letters}"
+
+    def __call__(self, x: Array) -> Array:
+        y = einsum(self.spec, x, self.kernel[...], self.dtype)
+        return y if self.bias is None else y + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last (``embed``) dimension, computed in float32."""
+
+    def __init__(self, dim: int, *, use_scale: bool = True, eps: float = 1e-6):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), axes=("embed",)) if use_scale else None
+        self.bias = zeros_param((dim,), ("embed",)) if use_scale else None
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            y = y * self.scale[...] + self.bias[...]
+        return y
+
+
+# --- attention and MLP -------------------------------------------------------------------------------
+
+
+class Attention(nnx.Module):
+    """Multi-head attention; self-attention when ``context`` is None, cross-attention otherwise."""
+
+    def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs, context_width: int | None = None):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        head_dim = width // heads
+        kv_width = context_width or width
+        self.query = Dense((width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.key = Dense((kv_width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.value = Dense((kv_width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.out = Dense((heads, head_dim), (width,), ("heads", "kv", "embed"), dtype=dtype, rngs=rngs)
+        self.dtype = dtype
+        self.scale = head_dim**-0.5
+
+    def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None):
+        source_BMD = x_BLD if context_BMD is None else context_BMD
+        # Heads lead the length axes so both products are plain batched matmuls (XLA's CPU
+        # runtime has no bfloat16 kernel for batch dimensions in other positions).
+        q_BHLK = (self.query(x_BLD) * self.scale).transpose(0, 2, 1, 3)
+        k_BHMK = self.key(source_BMD).transpose(0, 2, 1, 3)
+        v_BHMK = self.value(source_BMD).transpose(0, 2, 1, 3)
+        logits_BHLM = einsum("bhlk,bhmk->bhlm", q_BHLK, k_BHMK, self.dtype)
+        if mask_BLM is not None:
+            logits_BHLM = jnp.where(mask_BLM[:, None], logits_BHLM, jnp.finfo(jnp.float32).min)
+        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1)
+        out_BHLK = einsum("bhlm,bhmk->bhlk", probs_BHLM, v_BHMK, self.dtype)
+        return self.out(out_BHLK.transpose(0, 2, 1, 3))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs):
+        self.up = Dense((width,), (hidden,), ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.down = Dense((hidden,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BLD: Array) -> Array:
+        return self.down(jax.nn.gelu(self.up(x_BLD)))
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp: int,
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+        cross_attention_width: int | None = None,
+    ):
+        self.attention_norm = LayerNorm(width)
+        self.attention = Attention(width, heads, dtype=dtype, rngs=rngs)
+        if cross_attention_width:
+            self.cross_norm = LayerNorm(width)
+            self.cross_attention = Attention(
+                width, heads, dtype=dtype, rngs=rngs, context_width=cross_attention_width
+            )
+        else:
+            self.cross_norm = self.cross_attention = None
+        self.mlp_norm = LayerNorm(width)
+        self.mlp = Mlp(width, mlp, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BLD: Array, mask_BLL: Array | None = None, context_BMD: Array | None = None):
+        x_BLD = x_BLD + self.attention(self.attention_norm(x_BLD), mask_BLL)
+        if self.cross_attention is not None:
+            x_BLD = x_BLD + self.cross_attention(self.cross_norm(x_BLD), None, context_BMD)
+        x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+        return constrain(x_BLD, ("batch", "length", "embed"))
+
+
+# --- embeddings --------------------------------------------------------------------------------------
+
+
+def sincos_positions(length: int, width: int) -> np.ndarray:
+    """1-D sine-cosine position table [length, width] (2-D grids use it per axis)."""
+    half = width // 2
+    frequencies = 1.0 / (10_000 ** (np.arange(half) / half))
+    angles = np.arange(length)[:, None] * frequencies[None]
+    table = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    return np.pad(table, ((0, 0), (0, width - 2 * half))).astype(np.float32)
+
+
+def sincos_positions_2d(grid: int, width: int) -> np.ndarray:
+    """2-D sine-cosine table [grid*grid, width]: half the channels encode rows, half columns."""
+    half = width // 2
+    rows = np.repeat(sincos_positions(grid, half), grid, axis=0)
+    cols = np.tile(sincos_positions(grid, width - half), (grid, 1))
+    return np.concatenate([rows, cols], axis=1)
+
+
+class Positions(nnx.Module):
+    """Learned (initialised small) or fixed sine-cosine position embeddings added to ``x_BLD``."""
+
+    def __init__(self, length: int, width: int, kind: str, *, rngs: nnx.Rngs, grid: bool = False):
+        if kind == "learned":
+            self.table = param(rngs, nnx.initializers.normal(0.02), (length, width), ("length", "embed"))
+        elif kind == "sincos":
+            self.table = None
+        else:
+            raise ValueError(f"unknown position embedding {kind!r}; use 'learned' or 'sincos'")
+        self.grid = grid
+
+    def __call__(self, x_BLD: Array) -> Array:
+        _, length, width = x_BLD.shape
+        if self.table is not None:
+            return x_BLD + self.table[...][:length]
+        side = int(round(length**0.5))
+        fixed = sincos_positions_2d(side, width) if self.grid else sincos_positions(length, width)
+        return x_BLD + fixed
+
+
+class PatchEmbed(nnx.Module):
+    """Splits [B, H, W, C] images into non-overlapping patches and projects each to ``width``."""
+
+    def __init__(self, patch: int, channels: int, width: int, *, dtype, rngs: nnx.Rngs):
+        self.patch = patch
+        self.proj = Dense((patch * patch * channels,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, images_BHWC: Array) -> Array:
+        B, H, W, C = images_BHWC.shape
+        p = self.patch
+        if H % p or W % p:
+            raise ValueError(f"image size {H}x{W} is not divisible by patch size {p}")
+        patches = images_BHWC.reshape(B, H // p, p, W // p, p, C).transpose(0, 1, 3, 2, 4, 5)
+        return self.proj(patches.reshape(B, (H // p) * (W // p), p * p * C))
+
+
+class TokenEmbed(nnx.Module):
+    """Token ids [B, L] -> [B, L, width]."""
+
+    def __init__(self, vocab: int, width: int, *, rngs: nnx.Rngs):
+        self.table = param(rngs, nnx.initializers.normal(0.02), (vocab, width), ("vocab", "embed"))
+
+    def __call__(self, tokens_BL: Array) -> Array:
+        table_VD = constrain(self.table[...], (None, None))  # gathered whole, as FSDP does for weights
+        return jnp.take(table_VD, tokens_BL, axis=0)

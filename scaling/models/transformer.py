@@ -1,0 +1,113 @@
+"""The shared backbone: a pre-LN transformer stack and the image and text towers built from it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scaling.models.layers import Block, LayerNorm, PatchEmbed, Positions, TokenEmbed
+from scaling.models.sizes import Size
+from scaling.sharding import constrain
+
+Array = jax.Array
+
+
+def normalize_images(images_BHWC: Array) -> Array:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1]."""
+    return images_BHWC.astype(jnp.float32) / 127.5 - 1.0
+
+
+def causal_mask(length: int) -> Array:
+    return jnp.tril(jnp.ones((length, length), bool))
+
+
+def masked_mean(x_BLD: Array, mask_BL: Array | None) -> Array:
+    """Mean over positions, counting only positions where ``mask_BL`` is set."""
+    if mask_BL is None:
+        return x_BLD.mean(axis=1)
+    weights_BL = mask_BL.astype(x_BLD.dtype)
+    return (x_BLD * weights_BL[..., None]).sum(1) / jnp.maximum(weights_BL.sum(1), 1.0)[:, None]
+
+
+class Transformer(nnx.Module):
+    """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output."""
+
+    def __init__(
+        self,
+        size: Size,
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+        cross_attention_width: int = 0,
+        remat: bool = False,
+    ):
+        self.blocks = nnx.List(
+            [
+                Block(size.width, size.heads, size.mlp, dtype=dtype, rngs=rngs,
+                      cross_attention_width=cross_attention_width)
+                for _ in range(size.depth)
+            ]
+        )
+        self.final_norm = LayerNorm(size.width)
+        self.remat = remat
+
+    def __call__(
+        self, x_BLD: Array, mask_BLL: Array | None = None, context_BMD: Array | None = None
+    ) -> tuple[Array, list[Array]]:
+        x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
+        hidden = []
+        for block in self.blocks:
+            apply = nnx.remat(type(block).__call__) if self.remat else type(block).__call__
+            x_BLD = apply(block, x_BLD, mask_BLL, context_BMD)
+            hidden.append(x_BLD)
+        return self.final_norm(x_BLD), hidden
+
+
+class ImageTower(nnx.Module):
+    """Patch embedding + positions + transformer over an image's patch grid."""
+
+    def __init__(
+        self, size: Size, *, image_size: int, patch: int, positions: str, dtype, rngs: nnx.Rngs,
+        remat: bool = False,
+    ):
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
+        self.num_patches = (image_size // patch) ** 2
+        self.embed = PatchEmbed(patch, 3, size.width, dtype=dtype, rngs=rngs)
+        self.positions = Positions(self.num_patches, size.width, positions, rngs=rngs, grid=True)
+        self.transformer = Transformer(size, dtype=dtype, rngs=rngs, remat=remat)
+
+    def __call__(self, images_BHWC: Array) -> tuple[Array, list[Array]]:
+        x_BLD = self.positions(self.embed(normalize_images(images_BHWC)))
+        return self.transformer(x_BLD)
+
+
+class TextTower(nnx.Module):
+    """Token embedding + positions + transformer; causal by default, optional cross-attention."""
+
+    def __init__(
+        self, size: Size, *, vocab: int, max_len: int, positions: str, dtype, rngs: nnx.Rngs,
+        causal: bool = True, cross_attention_width: int = 0, remat: bool = False,
+    ):
+        self.embed = TokenEmbed(vocab, size.width, rngs=rngs)
+        self.positions = Positions(max_len, size.width, positions, rngs=rngs)
+        self.transformer = Transformer(
+            size, dtype=dtype, rngs=rngs, cross_attention_width=cross_attention_width, remat=remat
+        )
+        self.causal = causal
+
+    def __call__(
+        self, tokens_BL: Array, context_BMD: Array | None = None
+    ) -> tuple[Array, list[Array]]:
+        x_BLD = self.positions(self.embed(tokens_BL))
+        mask_BLL = causal_mask(tokens_BL.shape[1])[None] if self.causal else None
+        return self.transformer(x_BLD, mask_BLL, context_BMD)
+
+
+def pooled_layer_features(hidden: list[Array], mask_BL: Array | None = None) -> dict[str, Array]:
+    """{"layer_01": [B, D], ...}: every block's output, LayerNorm-ed (no scale) and mean-pooled."""
+    norm = LayerNorm(hidden[0].shape[-1], use_scale=False)
+    return {
+        f"layer_{i + 1:02d}": masked_mean(norm(h_BLD), mask_BL) for i, h_BLD in enumerate(hidden)
+    }

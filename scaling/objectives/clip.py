@@ -1,0 +1,145 @@
+"""CLIP: contrastive image-text pre-training (Radford et al. 2021), with an optional SigLIP loss.
+
+Image and text towers are the shared backbone. Embeddings are L2-normalised; the loss is over the global
+batch (under jit the similarity matrix spans every shard, so sharding never changes the loss). The
+temperature is learned as a log logit scale initialised to log(1/0.07) and clamped at 100.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from scaling import flops
+from scaling.config import ConfigError
+from scaling.data.tokenizer import get_tokenizer
+from scaling.models.layers import Dense
+from scaling.models.sizes import get_size
+from scaling.models.transformer import ImageTower, TextTower, masked_mean, pooled_layer_features
+
+Array = jax.Array
+LOSSES = ("softmax", "sigmoid")
+
+
+def config_section() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "text_size": "",  # "" -> the image tower's size
+            "embed_dim": 0,  # 0 -> the image tower's width
+            "loss": "softmax",
+            "init_logit_scale": 1 / 0.07,
+            "max_logit_scale": 100.0,
+            "init_logit_bias": -10.0,  # sigmoid loss only
+        }
+    )
+
+
+class ClipModel(nnx.Module):
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        c = config.clip
+        image_size, text_size = get_size(config.size), get_size(c.text_size or config.size)
+        embed_dim = c.embed_dim or image_size.width
+        dtype = jnp.dtype(config.model.dtype)
+        self.image = ImageTower(
+            image_size, image_size=config.data.image_size, patch=config.model.patch_size,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+        )
+        self.text = TextTower(
+            text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
+            max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
+            rngs=rngs, remat=config.model.remat,
+        )
+        self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
+                                rngs=rngs, use_bias=False)
+        self.text_proj = Dense((text_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
+                               rngs=rngs, use_bias=False)
+        self.log_logit_scale = nnx.Param(jnp.asarray(np.log(c.init_logit_scale), jnp.float32), axes=())
+        self.logit_bias = nnx.Param(jnp.asarray(c.init_logit_bias, jnp.float32), axes=())
+        self.dtype = dtype
+
+    def embed_images(self, images_BHWC: Array) -> tuple[Array, list[Array]]:
+        out_BLD, hidden = self.image(images_BHWC)
+        return _l2_normalize(self.image_proj(out_BLD.mean(axis=1))), hidden
+
+    def embed_texts(self, tokens_BT: Array, mask_BT: Array) -> Array:
+        out_BTD, _ = self.text(tokens_BT)
+        last_B = jnp.maximum(mask_BT.sum(axis=1) - 1, 0)
+        pooled_BD = jnp.take_along_axis(out_BTD, last_B[:, None, None], axis=1)[:, 0]
+        return _l2_normalize(self.text_proj(pooled_BD))
+
+
+def _l2_normalize(x_BE: Array) -> Array:
+    return x_BE * jax.lax.rsqrt(jnp.maximum(jnp.square(x_BE).sum(-1, keepdims=True), 1e-12))
+
+
+def softmax_contrastive_loss(logits_BB: Array) -> Array:
+    """Symmetric cross-entropy with matching pairs on the diagonal."""
+    labels_B = jnp.arange(logits_BB.shape[0])
+    image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits_BB, labels_B)
+    text_to_image = optax.softmax_cross_entropy_with_integer_labels(logits_BB.T, labels_B)
+    return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def sigmoid_contrastive_loss(logits_BB: Array) -> Array:
+    """SigLIP: every pair is a binary problem, positive on the diagonal; summed per image."""
+    signs_BB = 2.0 * jnp.eye(logits_BB.shape[0]) - 1.0
+    return -jax.nn.log_sigmoid(signs_BB * logits_BB).sum(axis=1).mean()
+
+
+class Clip:
+    name = "clip"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict) -> None:
+        c = config.clip
+        if c.loss not in LOSSES:
+            raise ConfigError(f"clip.loss: {c.loss!r} not in {LOSSES}")
+        if c.text_size:
+            get_size(c.text_size)
+        if config.data.caption_level == "none":
+            raise ConfigError(
+                "data.caption_level: CLIP needs captions; use short, medium or descriptive"
+            )
+        if not 0 < c.init_logit_scale <= c.max_logit_scale:
+            raise ConfigError("clip.init_logit_scale: must lie in (0, clip.max_logit_scale]")
+
+    def init(self, rngs: nnx.Rngs) -> ClipModel:
+        return ClipModel(self.config, rngs=rngs)
+
+    def logits(self, model: ClipModel, image_BE: Array, text_BE: Array) -> Array:
+        scale = jnp.minimum(jnp.exp(model.log_logit_scale[...]), self.config.clip.max_logit_scale)
+        return scale * jnp.einsum("ie,te->it", image_BE, text_BE)
+
+    def loss(self, model: ClipModel, batch, rng: Array):
+        del rng
+        image_BE, _ = model.embed_images(batch["image"])
+        text_BE = model.embed_texts(batch["caption_tokens"], batch["caption_mask"])
+        logits_BB = self.logits(model, image_BE, text_BE)
+        if self.config.clip.loss == "sigmoid":
+            loss = sigmoid_contrastive_loss(logits_BB + model.logit_bias[...])
+        else:
+            loss = softmax_contrastive_loss(logits_BB)
+        accuracy = (logits_BB.argmax(axis=1) == jnp.arange(logits_BB.shape[0])).mean()
+        metrics = {"image_to_text_accuracy": accuracy, "logit_scale": jnp.exp(model.log_logit_scale[...])}
+        return loss, metrics
+
+    def features(self, model: ClipModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
+        del rng
+        out_BLD, hidden = model.image(images_BHWC)
+        return {**pooled_layer_features(hidden), "pooled": masked_mean(out_BLD, None)}
+
+    def train_flops_per_example(self) -> float:
+        c = self.config
+        image = get_size(c.size)
+        return flops.clip_train_flops(
+            image, get_size(c.clip.text_size or c.size), image_size=c.data.image_size,
+            patch=c.model.patch_size, text_len=c.data.max_caption_len,
+            embed_dim=c.clip.embed_dim or image.width, batch_size=c.batch_size,
+        )

@@ -1,0 +1,319 @@
+"""The one training loop, for any Objective.
+
+It owns the sharded parameter and optimizer state, the jitted step, checkpoints (orbax: params, optimizer
+state, data-iterator state, progress, config) with resume from the latest complete one, metrics.jsonl
+records carrying cumulative training FLOPs, and result.json at the end. It never asks which objective it
+runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from scaling.config import validate
+from scaling.data.pipeline import make_train_iterator
+from scaling.objectives import build_objective
+from scaling.objectives.base import Objective
+from scaling.sharding import batch_sharding, make_mesh, state_shardings
+from scaling.workdir import RunFiles, is_writer
+
+Params = dict[str, Any]
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored."""
+
+
+# --- optimizer ---------------------------------------------------------------------------------------
+
+
+def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup, then cosine decay or warmup-stable-decay (linear cool-down at the end)."""
+    peak, warmup = optim.learning_rate, optim.warmup_steps
+    final = peak * optim.final_lr_fraction
+    if optim.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps, final)
+    decay_steps = max(1, int(round(optim.decay_fraction * total_steps)))
+    stable_steps = max(0, total_steps - warmup - decay_steps)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak, warmup),
+            optax.constant_schedule(peak),
+            optax.linear_schedule(peak, final, decay_steps),
+        ],
+        boundaries=[warmup, warmup + stable_steps],
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with global-norm clipping; matrices decay, vectors and scalars (norms, biases) do not."""
+    o = config.optim
+    schedule = make_schedule(o, config.total_steps)
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+    return tx, schedule
+
+
+# --- state -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """Everything the loop needs that is fixed for the run."""
+
+    objective: Objective
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    param_shardings: Params
+    opt_shardings: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+
+def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
+    objective = build_objective(config)
+    abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
+    graphdef, abstract_state = nnx.split(abstract_model)
+    param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
+    tx, schedule = make_optimizer(config)
+    abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_state))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    return TrainSetup(objective, mesh, graphdef, param_shardings, opt_shardings, tx, schedule)
+
+
+def init_state(setup: TrainSetup, seed: int) -> tuple[Params, Any]:
+    """Initial parameters and optimizer state, created directly in their shardings."""
+
+    def init():
+        model = setup.objective.init(nnx.Rngs(seed))
+        params = nnx.to_pure_dict(nnx.state(model))
+        return params, setup.tx.init(params)
+
+    return jax.jit(init, out_shardings=(setup.param_shardings, setup.opt_shardings))()
+
+
+def model_from_params(setup: TrainSetup, params: Params) -> nnx.Module:
+    return nnx.merge(setup.graphdef, params)
+
+
+def make_train_step(setup: TrainSetup, seed: int) -> Callable:
+    """The jitted step: (params, opt_state, batch, step) -> (params, opt_state, metrics)."""
+
+    def loss_fn(params, batch, rng):
+        return setup.objective.loss(model_from_params(setup, params), batch, rng)
+
+    def train_step(params, opt_state, batch, step):
+        rng = jax.random.fold_in(jax.random.key(seed), step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        updates, opt_state = setup.tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": setup.schedule(step),
+        }
+        return params, opt_state, metrics
+
+    return jax.jit(
+        train_step,
+        in_shardings=(setup.param_shardings, setup.opt_shardings, None, None),
+        out_shardings=(setup.param_shardings, setup.opt_shardings, None),
+        donate_argnums=(0, 1),
+    )
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's slice of the batch -> global arrays sharded over the batch mesh axes."""
+    return {
+        key: jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+        for key, value in batch.items()
+    }
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """Orbax checkpoints of params, optimizer state, data-iterator state, progress and config."""
+
+    def __init__(self, directory: Path, config: ml_collections.ConfigDict):
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=config.keep_checkpoints, cleanup_tmp_directories=True, create=True
+            ),
+        )
+        self.config_json = json.loads(config.to_json())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, params, opt_state, data_state, progress: dict[str, Any]) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                data=ocp.args.JsonSave(data_state),
+                progress=ocp.args.JsonSave(progress),
+                config=ocp.args.JsonSave(self.config_json),
+            ),
+        )
+
+    def restore(self, step: int, params, opt_state):
+        """Restores into the shardings of ``params``/``opt_state``; returns (params, opt, data, progress)."""
+        target = lambda tree: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(target(params)),
+                    opt_state=ocp.args.StandardRestore(target(opt_state)),
+                    data=ocp.args.JsonRestore(),
+                    progress=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as error:  # orbax raises many types for damaged files
+            raise CheckpointError(
+                f"checkpoint {self.manager.directory / str(step)} cannot be restored ({error}); "
+                "move that step's folder aside to resume from an earlier checkpoint, "
+                "or use a new --workdir"
+            ) from error
+        return restored.params, restored.opt_state, restored.data, restored.progress
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    return {key: float(value) for key, value in jax.device_get(metrics).items()}
+
+
+def _log_points(config: ml_collections.ConfigDict) -> Callable[[int], bool]:
+    return lambda step: step % config.log_every == 0 or step == config.total_steps
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains (or resumes) the run described by ``config`` in ``workdir``; returns result.json's dict.
+
+    Raises DivergedError (after writing a failure record) when the loss stops being finite.
+    """
+    validate(config, jax.device_count(), jax.process_count())
+    files = RunFiles(workdir)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.write_config(config)
+    done = files.read_result()
+    if done is not None:
+        return done
+
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        return _train(config, files, mesh)
+
+
+def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> dict[str, Any]:
+    setup = build_setup(config, mesh)
+    flops_per_step = setup.objective.train_flops_per_example() * config.batch_size
+    params, opt_state = init_state(setup, config.seed)
+    data = make_train_iterator(
+        config.data, batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    checkpoints = Checkpoints(files.checkpoint_dir, config)
+    step, wall_offset = 0, 0.0
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
+        data.set_state(data_state)
+        step, wall_offset = progress["step"], progress["wall_s"]
+        files.truncate_metrics(step)
+
+    train_step = make_train_step(setup, config.seed)
+    is_log_step = _log_points(config)
+    start = time.perf_counter()
+    wall = lambda: wall_offset + time.perf_counter() - start
+    last: dict[str, float] = {}
+    bar = tqdm(total=config.total_steps, initial=step, disable=not is_writer(), unit="step",
+               dynamic_ncols=True)
+    try:
+        while step < config.total_steps:
+            batch = global_batch(next(data), mesh)
+            params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step))
+            step += 1
+            bar.update(1)
+            checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+            if is_log_step(step) or checkpoint_due:
+                last = _host_metrics(metrics)
+                if not math.isfinite(last["loss"]):
+                    _record_divergence(files, config, step, flops_per_step, last, wall())
+                files.append_metrics(
+                    {"kind": "train", "step": step, "examples": step * config.batch_size,
+                     "flops": step * flops_per_step, "wall_s": wall(), **last}
+                )
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+            if checkpoint_due:
+                progress = {"step": step, "wall_s": wall()}
+                checkpoints.save(step, params, opt_state, data.get_state(), progress)
+        checkpoints.wait()
+    finally:
+        bar.close()
+        checkpoints.close()
+
+    result = {
+        "status": "completed",
+        "objective": config.objective,
+        "size": config.size,
+        "step": step,
+        "examples": step * config.batch_size,
+        "flops": step * flops_per_step,
+        "flops_per_example": flops_per_step / config.batch_size,
+        "final_loss": last.get("loss"),
+        "wall_s": wall(),
+    }
+    files.write_result(result)
+    return result
+
+
+def _record_divergence(files, config, step, flops_per_step, metrics, wall_s) -> None:
+    reason = f"loss became {metrics['loss']} at step {step}"
+    files.write_result(
+        {"status": "diverged", "reason": reason, "objective": config.objective, "size": config.size,
+         "step": step, "flops": step * flops_per_step, "wall_s": wall_s}
+    )
+    raise DivergedError(f"{reason}; lower optim.learning_rate or raise optim.warmup_steps")

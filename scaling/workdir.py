@@ -1,0 +1,119 @@
+"""The files of a run's workdir: config.json, metrics.jsonl and result.json (written atomically).
+
+Only process 0 writes. Every writer here either appends whole lines or replaces a file by rename, so a
+run killed at any moment leaves files that parse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from scaling.config import ConfigError
+
+# Fields that change how a run is watched but not what it computes; a resumed run may change them.
+OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count")
+
+
+def is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Writes JSON to a temporary file beside ``path`` and renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted names of the result-changing fields whose values differ between two configs."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    return sorted(
+        name
+        for name in set(old_flat) | set(new_flat)
+        if name not in OPERATIONAL_FIELDS and old_flat.get(name) != new_flat.get(name)
+    )
+
+
+class RunFiles:
+    """Reads and writes one workdir's run files."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.root = Path(workdir)
+        self.config_path = self.root / "config.json"
+        self.metrics_path = self.root / "metrics.jsonl"
+        self.result_path = self.root / "result.json"
+        self.checkpoint_dir = self.root / "checkpoints"
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        """Records the config; refuses a workdir that holds a run of a different config."""
+        new = json.loads(config.to_json())
+        old = read_json(self.config_path)
+        if old is not None:
+            changed = differing_fields(old, new)
+            if changed:
+                raise ConfigError(
+                    f"{self.root} holds a run with a different config (fields {', '.join(changed)}); "
+                    "use a new --workdir, or the same config to resume it"
+                )
+        if is_writer():
+            write_json_atomic(self.config_path, new)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill; everything after it is gone too
+        return records
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
+        if not is_writer() or not self.metrics_path.exists():
+            return
+        kept = [r for r in self.read_metrics() if r["step"] <= last_step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if is_writer():
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        if is_writer():
+            write_json_atomic(self.result_path, result)
+
+    def read_result(self) -> dict[str, Any] | None:
+        return read_json(self.result_path)

@@ -1,0 +1,83 @@
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_experiment, random_batch
+from flax import nnx
+from helpers import run_steps
+
+from scaling.models.layers import einsum
+from scaling.models.sizes import LADDER, get_size, transformer_params
+from scaling.models.transformer import TextTower, Transformer
+
+
+def _dot_operand_dtypes(fn, *args):
+    jaxpr = jax.make_jaxpr(fn)(*args)
+    dtypes = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                dtypes.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return dtypes
+
+
+def test_bfloat16_einsum_uses_bfloat16_operands_forward_and_backward():
+    a = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    b = jax.random.normal(jax.random.key(1), (16, 32))
+    loss = lambda a, b, dtype: jnp.sum(jnp.sin(einsum("bld,df->blf", a, b, dtype)))
+    grad = jax.grad(loss, argnums=(0, 1))
+    operand_dtypes = _dot_operand_dtypes(lambda a, b: grad(a, b, jnp.bfloat16), a, b)
+    assert len(operand_dtypes) == 3  # forward and both backward products
+    assert all(dtypes == ("bfloat16", "bfloat16") for dtypes in operand_dtypes)
+
+    low, high = grad(a, b, jnp.bfloat16), grad(a, b, jnp.float32)
+    for g_low, g_high in zip(low, high, strict=True):
+        assert g_low.dtype == jnp.float32
+        np.testing.assert_allclose(g_low, g_high, rtol=0.05, atol=0.05 * np.abs(g_high).max())
+
+
+def test_bfloat16_training_tracks_float32():
+    config = load_experiment("clip")
+    batch = random_batch(config, 16)
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    full = run_steps(config, batch, jax.devices()[:1], mesh, 15)["losses"]
+    config.model.dtype = "bfloat16"
+    low = run_steps(config, batch, jax.devices()[:1], mesh, 15)["losses"]
+    assert full[-1] < 0.8 * full[0]
+    np.testing.assert_allclose(low, full, rtol=0.03)
+
+
+@pytest.mark.parametrize("name", ["mu", "nano", "b", "g"])
+def test_parameter_count_matches_the_ladder_formula(name):
+    size = get_size(name)
+    model = nnx.eval_shape(lambda: Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    counted = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    assert counted == transformer_params(size)
+
+
+def test_ladder_spans_test_sized_to_pod_sized():
+    counts = [transformer_params(size) for size in LADDER.values()]
+    assert counts == sorted(counts)
+    assert counts[0] < 100_000 and counts[-1] > 1_000_000_000
+
+
+def test_causal_text_tower_never_looks_ahead():
+    tower = TextTower(get_size("mu"), vocab=259, max_len=16, positions="learned",
+                      dtype=jnp.float32, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(0), (2, 16), 3, 259)
+    changed = tokens.at[:, 10:].set(5)
+    out, _ = tower(tokens)
+    out_changed, _ = tower(changed)
+    np.testing.assert_allclose(out[:, :10], out_changed[:, :10], atol=1e-6)
+    assert not np.allclose(out[:, 10:], out_changed[:, 10:])
+
+
+def test_unknown_size_names_the_ladder():
+    with pytest.raises(ValueError, match="choose one of mu, micro"):
+        get_size("huge")

@@ -1,0 +1,56 @@
+import jax
+import numpy as np
+import pytest
+from conftest import load_experiment, random_batch
+from helpers import run_steps
+
+from scaling.sharding import MeshError, logical_to_spec, resolve_mesh_shape
+
+
+def test_mesh_fills_the_free_axis():
+    assert resolve_mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {
+        "data": 4, "fsdp": 2, "tensor": 1}
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"data": 3, "fsdp": -1, "tensor": 1}, "do not divide the 8 devices"),
+    ({"data": 2, "fsdp": 2, "tensor": 1}, "multiply to 4 but there are 8 devices"),
+    ({"data": -1, "fsdp": -1, "tensor": 1}, "at most one axis may be -1"),
+])
+def test_mesh_errors_name_the_problem(axes, message):
+    with pytest.raises(MeshError, match=message):
+        resolve_mesh_shape(axes, 8)
+
+
+def test_rules_put_params_and_activations_on_different_axes():
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    assert logical_to_spec(("embed", "mlp"), (64, 256), mesh) == jax.P("fsdp", "tensor")
+    assert logical_to_spec(("batch", "length", "embed"), (8, 16, 64), mesh) == jax.P(
+        ("data", "fsdp"), None, None)
+    # A dimension the mesh axis does not divide stays whole instead of failing.
+    assert logical_to_spec(("vocab", "embed"), (259, 64), mesh) == jax.P(None, "fsdp")
+
+
+def test_eight_devices_match_one_device_and_really_shard():
+    config = load_experiment("clip")
+    batch = random_batch(config, 16)
+    one = run_steps(config, batch, jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}, 8)
+    eight = run_steps(config, batch, jax.devices(), {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+
+    assert eight["first_loss"] == pytest.approx(one["first_loss"], rel=1e-5)
+    g1 = np.concatenate([g.ravel() for g in jax.tree.leaves(one["grads"])])
+    g8 = np.concatenate([g.ravel() for g in jax.tree.leaves(eight["grads"])])
+    assert np.linalg.norm(g8 - g1) <= 1e-5 * np.linalg.norm(g1)
+    np.testing.assert_allclose(g8, g1, rtol=1e-4, atol=1e-5 * np.abs(g1).max())
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-3)
+    assert one["losses"][-1] < one["losses"][0]
+
+    kernel = eight["params"]["image"]["transformer"]["blocks"][0]["mlp"]["up"]["kernel"]
+    assert kernel.sharding.spec == jax.P("fsdp", "tensor")
+    assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
+    adam_state = eight["opt_state"][1][0]
+    moment = adam_state.mu["image"]["transformer"]["blocks"][0]["mlp"]["up"]["kernel"]
+    assert moment.sharding.spec == jax.P("fsdp", "tensor")
+    total = sum(x.size for x in jax.tree.leaves(eight["params"]))
+    per_device = sum(x.addressable_shards[0].data.size for x in jax.tree.leaves(eight["params"]))
+    assert per_device < 0.6 * total

@@ -1,0 +1,117 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from scaling.config import ConfigError
+from scaling.train import CheckpointError, DivergedError, train
+
+
+def read_metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    """One uninterrupted 80-step CLIP run, shared by the tests below."""
+    from conftest import load_experiment
+
+    config = load_experiment("clip")
+    config.data.name, config.data.data_dir = "scenes/32_small", data_dir
+    config.batch_size, config.total_steps, config.checkpoint_every, config.log_every = 16, 80, 20, 5
+    config.optim.warmup_steps, config.optim.learning_rate = 5, 3e-3
+    config.data.caption_level = "medium"
+    workdir = tmp_path_factory.mktemp("run")
+    return config, workdir, train(config, workdir)
+
+
+def test_run_leaves_its_files_and_the_loss_falls(finished_run):
+    config, workdir, result = finished_run
+    assert json.loads((workdir / "result.json").read_text()) == result
+    assert result["status"] == "completed" and result["step"] == 80
+    assert json.loads((workdir / "config.json").read_text())["total_steps"] == 80
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == list(range(5, 81, 5))
+    per_step = result["flops_per_example"] * config.batch_size
+    assert all(r["flops"] == pytest.approx(r["step"] * per_step) for r in records)
+    assert all(r["examples"] == r["step"] * 16 for r in records)
+    assert [r["wall_s"] for r in records] == sorted(r["wall_s"] for r in records)
+    first, last = records[0]["loss"], sum(r["loss"] for r in records[-4:]) / 4
+    assert last < first - 0.3
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        60, 80]
+
+
+def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_run, tmp_path):
+    config, reference_dir, reference = finished_run
+    workdir = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "scaling.cli", "train", "--config", "experiments/clip.py:size=mu",
+        "--workdir", str(workdir), f"--config.data.name={config.data.name}",
+        f"--config.data.data_dir={config.data.data_dir}", "--config.batch_size=16",
+        "--config.total_steps=80", "--config.checkpoint_every=20", "--config.log_every=5",
+        "--config.optim.warmup_steps=5", "--config.optim.learning_rate=0.003",
+        "--config.data.caption_level=medium",
+    ]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = workdir / "metrics.jsonl"
+        if metrics.exists() and any(r["step"] >= 45 for r in read_metrics(workdir)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "result.json").exists()
+    killed_at = max(r["step"] for r in read_metrics(workdir))
+    assert killed_at < 80
+
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-6)
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == list(range(5, 81, 5))  # nothing twice, nothing lost
+    reference_losses = [r["loss"] for r in read_metrics(reference_dir)]
+    assert [r["loss"] for r in records] == pytest.approx(reference_losses, rel=1e-6)
+
+
+def test_a_workdir_refuses_a_different_config(finished_run):
+    config, workdir, _ = finished_run
+    changed = config.copy_and_resolve_references()
+    changed.optim.learning_rate = 1e-2
+    with pytest.raises(ConfigError, match="different config .fields optim.learning_rate"):
+        train(changed, workdir)
+
+
+def test_corrupt_checkpoint_is_reported_and_left_in_place(finished_run, tmp_path):
+    config, source, _ = finished_run
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(source, workdir)
+    (workdir / "result.json").unlink()
+    damaged = 0
+    for path in (workdir / "checkpoints" / "80" / "params").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")
+            damaged += 1
+    assert damaged
+    with pytest.raises(CheckpointError, match="checkpoints/80 cannot be restored.*move that step"):
+        train(config, workdir)
+    assert (workdir / "checkpoints" / "80").exists() and (workdir / "checkpoints" / "60").exists()
+
+
+def test_divergence_stops_with_a_failure_record(tiny_config, tmp_path):
+    config = tiny_config(total_steps=10, log_every=1, **{"optim.learning_rate": 1e9,
+                                                        "optim.warmup_steps": 0,
+                                                        "optim.grad_clip": 1e9})
+    with pytest.raises(DivergedError, match="lower optim.learning_rate"):
+        train(config, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "diverged" and "loss became" in result["reason"]
