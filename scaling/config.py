@@ -7,7 +7,9 @@ is allocated or any program compiled.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import ml_collections
 
@@ -84,6 +86,17 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
             "only size=... is taken here, set other fields with --config.<field>=<value>"
         )
     return c
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file such as ``experiments/clip.py``, as ``--config`` loads it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; configs live in experiments/<objective>.py")
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from scaling.config import validate
-from scaling.data.pipeline import make_train_iterator
+from scaling.data.pipeline import make_eval_iterator, make_train_iterator
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
 from scaling.sharding import batch_sharding, make_mesh, state_shardings
@@ -295,6 +295,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         bar.close()
         checkpoints.close()
 
+    _write_samples(config, setup, params, files)
     result = {
         "status": "completed",
         "objective": config.objective,
@@ -308,6 +309,21 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
     }
     files.write_result(result)
     return result
+
+
+SAMPLE_BATCH = 16
+
+
+def _write_samples(config, setup: TrainSetup, params: Params, files: RunFiles) -> None:
+    """Lets the objective write samples for the first test examples into ``workdir/samples``."""
+    write = getattr(setup.objective, "write_samples", None)
+    if write is None or not is_writer():
+        return
+    batch = next(make_eval_iterator(config.data, "test", batch_size=SAMPLE_BATCH, max_examples=SAMPLE_BATCH))
+    model = model_from_params(setup, jax.device_get(params))
+    directory = files.root / "samples"
+    directory.mkdir(exist_ok=True)
+    write(model, batch, jax.random.key(config.seed), directory)
 
 
 def _record_divergence(files, config, step, flops_per_step, metrics, wall_s) -> None:

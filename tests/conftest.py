@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -15,11 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def load_experiment(objective: str, arg: str = "size=mu"):
     """``experiments/<objective>.py``'s get_config(arg), as the CLI would load it."""
-    path = ROOT / "experiments" / f"{objective}.py"
-    spec = importlib.util.spec_from_file_location(f"experiment_{objective}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from scaling.config import load_config_file
+
+    return load_config_file(ROOT / "experiments" / f"{objective}.py", arg)
 
 
 @pytest.fixture(scope="session")

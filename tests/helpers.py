@@ -2,8 +2,10 @@
 
 import jax
 import jax.numpy as jnp
+from conftest import random_batch
 
 from scaling import train as trainer
+from scaling.flops import xla_flops
 from scaling.sharding import make_mesh
 
 
@@ -30,3 +32,17 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
             losses.append(float(metrics["loss"]))
         return {"first_loss": float(first_loss), "grads": grads, "losses": losses,
                 "params": params, "opt_state": opt_state}
+
+
+def step_flops(config, batch_size: int) -> tuple[float, float]:
+    """(analytic, XLA cost analysis) training FLOPs of one compiled train step."""
+    config.batch_size = batch_size
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        setup = trainer.build_setup(config, mesh)
+        params, opt_state = trainer.init_state(setup, 0)
+        batch = trainer.global_batch(random_batch(config, batch_size), mesh)
+        step = trainer.make_train_step(setup, 0)
+        measured = xla_flops(step, params, opt_state, batch, jnp.int32(0))
+    return setup.objective.train_flops_per_example() * batch_size, measured

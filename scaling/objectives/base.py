@@ -37,3 +37,6 @@ class Objective(Protocol):
 
     def train_flops_per_example(self) -> float:
         """Analytic forward+backward training FLOPs for one example."""
+
+    # Optional: ``write_samples(model, batch, rng, directory)`` writes what a person can look at
+    # (image grids, captions) for a batch of test examples; the trainer calls it after training.

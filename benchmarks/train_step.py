@@ -1,0 +1,102 @@
+"""Training throughput against the machine's float32 matmul peak, per objective and compute dtype.
+
+Reference config: width 512, depth 8, 8 heads, MLP 2048 (size "m"), patch 4 on 32x32 images, batch 256,
+AdamW; CLIP adds its text tower. Prints achieved training FLOP/s (analytic FLOPs of the step divided by
+its measured time) divided by the float32 matmul peak measured in the same process.
+
+    python benchmarks/train_step.py [--objectives clip,igpt] [--dtypes float32,bfloat16] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaling import train as trainer
+from scaling.config import load_config_file
+from scaling.objectives import OBJECTIVES
+from scaling.sharding import make_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """float32 FLOP/s of a jitted n x n matmul, best of a few timings."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = matmul(a, b)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best
+
+
+def reference_config(objective: str, dtype: str, batch_size: int):
+    config = load_config_file(ROOT / "experiments" / f"{objective}.py", "size=m")
+    config.batch_size, config.model.dtype = batch_size, dtype
+    config.data.image_size, config.model.patch_size = 32, 4
+    config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+    return config
+
+
+def synthetic_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    size, length = config.data.image_size, config.data.max_caption_len
+    return {
+        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, 4, (batch_size,)).astype(np.int32),
+        "caption_tokens": rng.integers(3, 259, (batch_size, length)).astype(np.int32),
+        "caption_mask": np.ones((batch_size, length), np.int32),
+    }
+
+
+def step_seconds(config, steps: int) -> tuple[float, float]:
+    """(seconds per train step after compilation, analytic FLOPs per step)."""
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        setup = trainer.build_setup(config, mesh)
+        params, opt_state = trainer.init_state(setup, config.seed)
+        batch = trainer.global_batch(synthetic_batch(config, config.batch_size), mesh)
+        step_fn = trainer.make_train_step(setup, config.seed)
+        params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(0))
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(step))
+        jax.block_until_ready(metrics)
+        seconds = (time.perf_counter() - start) / steps
+    return seconds, setup.objective.train_flops_per_example() * config.batch_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    peak = matmul_peak()
+    print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s on {jax.device_count()} device(s)")
+    print(f"{'objective':<12}{'dtype':<10}{'s/step':>9}{'GFLOP/step':>12}{'GFLOP/s':>10}{'ratio':>8}")
+    for objective in args.objectives.split(","):
+        for dtype in args.dtypes.split(","):
+            config = reference_config(objective, dtype, args.batch_size)
+            seconds, flops = step_seconds(config, args.steps)
+            achieved = flops / seconds
+            print(f"{objective:<12}{dtype:<10}{seconds:>9.2f}{flops / 1e9:>12.1f}"
+                  f"{achieved / 1e9:>10.1f}{achieved / peak:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
