@@ -10,15 +10,16 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from types import ModuleType
 
 import ml_collections
 
+from scaling.data.scenes import CAPTION_LEVELS
 from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
-CAPTION_LEVELS = ("none", "short", "medium", "descriptive")
 
 
 class ConfigError(ValueError):
@@ -76,10 +77,23 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.data.image_size = 32
     c.data.caption_level = "descriptive"
     c.data.label = "label"
-    c.data.max_caption_len = 64
+    c.data.max_caption_len = 128  # byte tokens; descriptive captions run to ~240, medium to ~80
     c.data.tokenizer = "byte"
     c.data.worker_count = 0
     c.data.train_split = "train"
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_points = 4  # probe points spaced evenly in log-compute, the last at the end; 0 = none
+    c.eval.first_fraction = 1 / 16  # training-compute fraction of the first point
+    c.eval.dataset = ""  # "" -> the training data set
+    c.eval.label = ""  # "" -> data.label
+    c.eval.train_split = "train"
+    c.eval.test_split = "test"
+    c.eval.val_split = "validation"  # validation loss on the training data; "" to skip
+    c.eval.val_batches = 2
+    c.eval.probe_train_examples = 2000
+    c.eval.probe_test_examples = 1000
+    c.eval.batch_size = 256
+    c.eval.zero_shot = True
     if options:
         raise ConfigError(
             f"unknown config argument(s) {sorted(options)} for {objective}; "
@@ -88,15 +102,20 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     return c
 
 
-def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file such as ``experiments/clip.py``, as ``--config`` loads it."""
+def load_python_file(path: str | Path, where: str = "experiments/<objective>.py") -> ModuleType:
+    """Executes a Python file (a config or sweep definition) as a fresh module."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; configs live in experiments/<objective>.py")
+        raise ConfigError(f"config file {path} does not exist; configs live in {where}")
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file such as ``experiments/clip.py``, as ``--config`` loads it."""
+    return load_python_file(path).get_config(arg)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -149,5 +168,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         config.batch_size % divisor == 0,
         f"batch_size: {config.batch_size} is not divisible by the {batch_shards} batch shards "
         f"(mesh data x fsdp) and {process_count} processes; use a multiple of {divisor}",
+    )
+    _require(
+        config.eval.batch_size % divisor == 0,
+        f"eval.batch_size: {config.eval.batch_size} is not divisible by the {batch_shards} batch shards "
+        f"and {process_count} processes; use a multiple of {divisor}",
     )
     get_objective(config.objective).validate(config)

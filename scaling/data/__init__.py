@@ -1,0 +1,1 @@
+"""Data: TFDS builders (scenes, cifar10_jpeg), grain pipelines and caption tokenizers."""

@@ -1,0 +1,272 @@
+"""Grain input pipelines over TFDS data sources, driven by the config's `data` section.
+
+Owns finding and building data sets (`ensure_built`), the per-example transform into the fixed batch
+layout, and the train and eval iterators. Every batch is a dict of numpy arrays with exactly these
+keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_tokens` int32 [b, T] and
+`caption_mask` int32 [b, T], with b = batch_size // process_count and T = data.max_caption_len.
+
+Each process reads a disjoint strided shard of the split (examples process_index, process_index +
+process_count, ...), so shard sizes differ by at most one example between processes.
+
+Data sets, by `data.name`: "scenes" (built from code; the builder config follows
+`data.image_size`, or name one explicitly as "scenes/32_small"), "cifar10_jpeg" (the local JPEG
+copy) or any TFDS name already prepared in array_record format under the data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+from PIL import Image
+
+from scaling.data import cifar10_jpeg, scenes
+from scaling.data.tokenizer import Tokenizer, get_tokenizer
+
+DATA_DIR_ENV = "SCALING_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/scaling/tensorflow_datasets"
+FILE_FORMAT = "array_record"
+BATCH_KEYS = ("image", "label", "caption_tokens", "caption_mask")
+READ_THREADS = 4
+PREFETCH_BATCHES = 8
+
+
+# ----------------------------------------------------------------------------- data sets
+
+
+def resolve_data_dir(data_config) -> Path:
+    """`data.data_dir` if set, else `$SCALING_DATA_DIR`, else the default cache directory."""
+    chosen = data_config.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser()
+
+
+def _dataset_and_config(name: str) -> tuple[str, str | None]:
+    dataset, _, config = name.partition("/")
+    return dataset, config or None
+
+
+def _scenes_builder(config_name: str | None, image_size: int, data_dir: Path):
+    name = config_name or str(image_size)
+    if name in scenes.Scenes.builder_configs:
+        config = name
+    elif name.isdigit():
+        config = scenes.scenes_config(int(name))
+    else:
+        known = ", ".join(sorted(scenes.Scenes.builder_configs))
+        raise ValueError(f"unknown scenes config {name!r}; known: {known}, or any image size")
+    return scenes.Scenes(data_dir=data_dir, config=config, file_format=FILE_FORMAT)
+
+
+def make_builder(data_config):
+    """The TFDS builder `data.name` refers to, not necessarily prepared."""
+    data_dir = resolve_data_dir(data_config)
+    dataset, config_name = _dataset_and_config(data_config.name)
+    if dataset == "scenes":
+        return _scenes_builder(config_name, data_config.image_size, data_dir)
+    if dataset == "cifar10_jpeg":
+        return cifar10_jpeg.Cifar10Jpeg(data_dir=data_dir, file_format=FILE_FORMAT)
+    return tfds.builder(data_config.name, data_dir=data_dir)
+
+
+def _check_readable(builder, name: str) -> None:
+    formats = {builder.info.file_format, *builder.info.alternative_file_formats}
+    if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
+        raise ValueError(
+            f"{name!r} in {builder.data_dir} is stored as {builder.info.file_format}, but grain "
+            f"reads array_record only. Rebuild it with `tfds build {name} --file_format="
+            f"{FILE_FORMAT}` or convert it with `tfds convert_format`."
+        )
+
+
+def _prepare_cifar10_jpeg(builder) -> None:
+    directory = cifar10_jpeg.default_cifar10_jpeg_dir()
+    cifar10_jpeg.find_tarballs(directory)
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(directory))
+    builder.download_and_prepare(download_config=config)
+
+
+def ensure_built(data_config):
+    """The prepared builder for `data.name`, building it first if needed (once; idempotent).
+
+    Builds `scenes` from code and `cifar10_jpeg` from the local tarballs. Other TFDS names must
+    already be prepared in the data directory; otherwise FileNotFoundError says how.
+    """
+    builder = make_builder(data_config)
+    if builder.is_prepared():
+        _check_readable(builder, data_config.name)
+        return builder
+    dataset, _ = _dataset_and_config(data_config.name)
+    if dataset == "scenes":
+        builder.download_and_prepare()
+    elif dataset == "cifar10_jpeg":
+        _prepare_cifar10_jpeg(builder)
+    else:
+        raise FileNotFoundError(
+            f"TFDS data set {data_config.name!r} is not prepared in {builder.data_dir}. Prepare it "
+            f"once (needs network) with `tfds build {data_config.name} --data_dir="
+            f"{resolve_data_dir(data_config)} --file_format={FILE_FORMAT}`, or point data.data_dir "
+            f"(or ${DATA_DIR_ENV}) at a TFDS directory that holds it."
+        )
+    return builder
+
+
+def num_examples(data_config, split: str) -> int:
+    """Examples in `split` (TFDS split syntax such as "train[:1000]" works)."""
+    return ensure_built(data_config).info.splits[split].num_examples
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _caption_key(data_config, builder) -> str | None:
+    level = data_config.caption_level
+    if level not in scenes.CAPTION_LEVELS:
+        raise ValueError(f"caption_level {level!r} not in {scenes.CAPTION_LEVELS}")
+    key = f"caption_{level}"
+    return key if key in builder.info.features else None
+
+
+def _check_label(data_config, builder) -> None:
+    if data_config.label not in builder.info.features:
+        available = ", ".join(sorted(builder.info.features))
+        raise ValueError(
+            f"label feature {data_config.label!r} not in {data_config.name!r}; it has {available}"
+        )
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] from greyscale [H, W] / [H, W, 1] or RGBA [H, W, 4]."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes the shorter side to `size` (bicubic, antialiased), then centre-crops to a square."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    scale = size / min(height, width)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+def _as_text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToExample:
+    """Turns one TFDS record into the batch layout (one example, no batch axis)."""
+
+    image_size: int
+    label_key: str
+    caption_key: str | None
+    max_caption_len: int
+    tokenizer: Tokenizer
+
+    def __call__(self, record: dict) -> dict[str, np.ndarray]:
+        image = resize_square(to_rgb(record["image"]), self.image_size).astype(np.uint8)
+        caption = _as_text(record[self.caption_key]) if self.caption_key else ""
+        tokens, mask = self.tokenizer.encode_batch([caption], self.max_caption_len)
+        return {
+            "image": image,
+            "label": np.asarray(record[self.label_key], dtype=np.int32),
+            "caption_tokens": tokens[0],
+            "caption_mask": mask[0],
+        }
+
+
+def make_transform(data_config, builder) -> ToExample:
+    _check_label(data_config, builder)
+    return ToExample(
+        image_size=data_config.image_size,
+        label_key=data_config.label,
+        caption_key=_caption_key(data_config, builder),
+        max_caption_len=data_config.max_caption_len,
+        tokenizer=get_tokenizer(data_config.tokenizer),
+    )
+
+
+# ----------------------------------------------------------------------------- iterators
+
+
+def per_process_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+    return batch_size // process_count
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+
+
+def _sharded_source(builder, split: str, process_index: int, process_count: int,
+                    max_examples: int | None = None) -> grain.MapDataset:
+    dataset = grain.MapDataset.source(builder.as_data_source(split=split))
+    if max_examples is not None:
+        dataset = dataset[:max_examples]
+    return dataset[process_index::process_count]
+
+
+def _ensure_flags_parsed() -> None:
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _to_iterator(dataset: grain.MapDataset, worker_count: int) -> grain.DatasetIterator:
+    read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)
+    iter_dataset = dataset.to_iter_dataset(read)
+    if worker_count > 0:
+        _ensure_flags_parsed()
+        workers = grain.MultiprocessingOptions(num_workers=worker_count)
+        iter_dataset = iter_dataset.mp_prefetch(workers)
+    return iter(iter_dataset)
+
+
+def make_train_iterator(data_config, *, batch_size: int, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+    """Infinite iterator of this process's training batches of batch_size // process_count.
+
+    The shard is shuffled with `seed` and reshuffled every epoch; batches may straddle epochs.
+    `get_state()` gives a JSON-serialisable dict; `set_state(state)` on a fresh iterator made
+    with the same arguments resumes exactly where that state was taken.
+    """
+    _check_process(process_index, process_count)
+    local_batch = per_process_batch_size(batch_size, process_count)
+    builder = ensure_built(data_config)
+    dataset = _sharded_source(builder, data_config.train_split, process_index, process_count)
+    dataset = (
+        dataset.shuffle(seed=seed)
+        .repeat()
+        .map(make_transform(data_config, builder))
+        .batch(local_batch, drop_remainder=True)
+    )
+    return _to_iterator(dataset, data_config.worker_count)
+
+
+def make_eval_iterator(data_config, split: str, *, batch_size: int, process_index: int = 0,
+                       process_count: int = 1,
+                       max_examples: int | None = None) -> grain.DatasetIterator:
+    """One unshuffled pass over this process's shard of `split` (of its first `max_examples`).
+
+    Batches hold batch_size // process_count examples except the last, which keeps the remainder
+    (it is smaller, not dropped and not padded). Processes may end up with one batch more or less.
+    """
+    _check_process(process_index, process_count)
+    local_batch = per_process_batch_size(batch_size, process_count)
+    builder = ensure_built(data_config)
+    dataset = _sharded_source(builder, split, process_index, process_count, max_examples)
+    dataset = dataset.map(make_transform(data_config, builder)).batch(local_batch)
+    return _to_iterator(dataset, data_config.worker_count)
