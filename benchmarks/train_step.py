@@ -20,7 +20,7 @@ import numpy as np
 from scaling import train as trainer
 from scaling.config import load_config_file
 from scaling.objectives import OBJECTIVES
-from scaling.sharding import make_mesh
+from scaling.sharding import make_mesh, shard_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def step_seconds(config, steps: int) -> tuple[float, float]:
     with jax.set_mesh(mesh):
         setup = trainer.build_setup(config, mesh)
         params, opt_state = trainer.init_state(setup, config.seed)
-        batch = trainer.global_batch(synthetic_batch(config, config.batch_size), mesh)
+        batch = shard_batch(synthetic_batch(config, config.batch_size), mesh)
         step_fn = trainer.make_train_step(setup, config.seed)
         params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(0))
         jax.block_until_ready(metrics)

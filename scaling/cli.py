@@ -1,4 +1,4 @@
-"""The ``scaling`` command: ``scaling train --config experiments/clip.py:size=mu --workdir DIR``.
+"""The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint (more subcommands below).
 
 Bad input ends with one ``error:`` line naming the problem and the fix, and a non-zero exit status.
 """
@@ -16,8 +16,28 @@ from scaling.train import CheckpointError, DivergedError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiments/<objective>.py[:size=...]")
 flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a checkpoint)")
+flags.DEFINE_string("dataset", "", "probe: data set to probe on (default: the run's eval.dataset)")
+flags.DEFINE_list("layers", [], "probe: layers to probe (default: all)")
+flags.DEFINE_integer("max_train", None, "probe: use at most this many training examples")
+flags.DEFINE_integer("max_test", None, "probe: use at most this many test examples")
+flags.DEFINE_string("root", "runs", "sweep: store root; each sweep lives in <root>/<sweep name>/")
+flags.DEFINE_enum("executor", "local", ["local", "ray", "tpu-vm", "xpk"],
+                  "sweep: where runs train (tpu-vm and xpk print, or with --launch run, pod commands)")
+flags.DEFINE_integer("max-parallel", 1, "sweep: runs at once (local: >1 spawns one process per run)")
+flags.DEFINE_boolean("dry-run", False, "sweep: list the runs, their compute and state; train nothing")
+flags.DEFINE_boolean("launch", False, "sweep: run the tpu-vm / xpk commands instead of printing them")
+flags.DEFINE_string("tpu", None, "sweep: TPU type of the slice, e.g. v5p-64")
+flags.DEFINE_string("zone", None, "sweep: zone of the TPU VM slice")
+flags.DEFINE_string("cluster", None, "sweep: XPK cluster")
+flags.DEFINE_boolean("distributed", False, "sweep: call jax.distributed.initialize() (multi-host slices)")
+flags.DEFINE_float("lease-timeout", 120.0, "sweep: seconds without a heartbeat before a lease is stale")
+flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diverged ones stay done)")
 
-USAGE = "usage: scaling {train} --config experiments/<objective>.py:size=mu --workdir DIR"
+USAGE = """usage:
+  scaling train --config experiments/<objective>.py:size=mu --workdir DIR [--config.<field>=<value>]
+  scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max_train N] [--max_test N]
+  scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] [--max-parallel N]
+                [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] [--retry-failed]"""
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -37,7 +57,35 @@ def train_command(argv: list[str]) -> None:
           f"{result['flops']:.3e} training FLOPs; files in {FLAGS.workdir}")
 
 
-COMMANDS = {"train": train_command}
+def probe_command(argv: list[str]) -> None:
+    from scaling.evaluation.probe import probe_checkpoint
+
+    if len(argv) > 1 or not FLAGS.workdir:
+        fail(f"--workdir is required and takes no other arguments; {USAGE}")
+    result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers),
+                              max_train=FLAGS.max_train, max_test=FLAGS.max_test)
+    print(f"{result['dataset']}: best layer {result['probe_layer']} at "
+          f"{100 * result['probe_accuracy']:.1f}% test accuracy; wrote {FLAGS.workdir}/probe.json")
+
+
+def sweep_command(argv: list[str]) -> None:
+    from scaling.sweeps.runner import Options, main
+
+    if len(argv) != 2:
+        fail(f"give exactly one sweep file; {USAGE}")
+    options = Options(
+        root=FLAGS.root, executor=FLAGS.executor, max_parallel=FLAGS["max-parallel"].value,
+        dry_run=FLAGS["dry-run"].value, launch=FLAGS.launch, tpu=FLAGS.tpu, zone=FLAGS.zone,
+        cluster=FLAGS.cluster, distributed=FLAGS.distributed,
+        lease_timeout_s=FLAGS["lease-timeout"].value, retry_failed=FLAGS["retry-failed"].value,
+    )
+    counts = main(argv[1], options)
+    if counts and counts["failed"]:
+        fail(f"{counts['failed']} run(s) failed (reasons above; rerun with --retry-failed to try again)",
+             status=1)
+
+
+COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command}
 
 
 def run_command(command, argv: list[str]) -> None:

@@ -119,3 +119,11 @@ def state_shardings(state: nnx.State, mesh: Mesh):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Sharding of an input array whose leading dimension is the batch."""
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> global arrays sharded over the batch mesh axes."""
+    return {
+        key: jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
+        for key, value in batch.items()
+    }

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -28,9 +27,10 @@ from tqdm import tqdm
 
 from scaling.config import validate
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator
+from scaling.evaluation.evaluator import Evaluator
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
-from scaling.sharding import batch_sharding, make_mesh, state_shardings
+from scaling.sharding import make_mesh, shard_batch, state_shardings
 from scaling.workdir import RunFiles, is_writer
 
 Params = dict[str, Any]
@@ -87,6 +87,7 @@ class TrainSetup:
     objective: Objective
     mesh: Mesh
     graphdef: nnx.GraphDef
+    abstract_params: Params  # ShapeDtypeStructs carrying each parameter's sharding
     param_shardings: Params
     opt_shardings: Any
     tx: optax.GradientTransformation
@@ -98,6 +99,10 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
     abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
     graphdef, abstract_state = nnx.split(abstract_model)
     param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
+    abstract_params = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        nnx.to_pure_dict(abstract_state), param_shardings,
+    )
     tx, schedule = make_optimizer(config)
     abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_state))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -105,7 +110,9 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
         tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
         transform_non_params=lambda _: replicated,
     )
-    return TrainSetup(objective, mesh, graphdef, param_shardings, opt_shardings, tx, schedule)
+    return TrainSetup(
+        objective, mesh, graphdef, abstract_params, param_shardings, opt_shardings, tx, schedule
+    )
 
 
 def init_state(setup: TrainSetup, seed: int) -> tuple[Params, Any]:
@@ -150,15 +157,11 @@ def make_train_step(setup: TrainSetup, seed: int) -> Callable:
     )
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """This process's slice of the batch -> global arrays sharded over the batch mesh axes."""
-    return {
-        key: jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim), value)
-        for key, value in batch.items()
-    }
-
-
 # --- checkpoints -------------------------------------------------------------------------------------
+
+
+def _restore_target(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 class Checkpoints:
@@ -190,26 +193,29 @@ class Checkpoints:
 
     def restore(self, step: int, params, opt_state):
         """Restores into the shardings of ``params``/``opt_state``; returns (params, opt, data, progress)."""
-        target = lambda tree: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        restored = self._restore(
+            step,
+            params=ocp.args.StandardRestore(_restore_target(params)),
+            opt_state=ocp.args.StandardRestore(_restore_target(opt_state)),
+            data=ocp.args.JsonRestore(),
+            progress=ocp.args.JsonRestore(),
         )
+        return restored.params, restored.opt_state, restored.data, restored.progress
+
+    def restore_params(self, step: int, params):
+        """Only the parameters (for evaluation), into the shardings of ``params``."""
+        restored = self._restore(step, params=ocp.args.StandardRestore(_restore_target(params)))
+        return restored.params
+
+    def _restore(self, step: int, **items):
         try:
-            restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(target(params)),
-                    opt_state=ocp.args.StandardRestore(target(opt_state)),
-                    data=ocp.args.JsonRestore(),
-                    progress=ocp.args.JsonRestore(),
-                ),
-            )
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax raises many types for damaged files
             raise CheckpointError(
                 f"checkpoint {self.manager.directory / str(step)} cannot be restored ({error}); "
                 "move that step's folder aside to resume from an earlier checkpoint, "
                 "or use a new --workdir"
             ) from error
-        return restored.params, restored.opt_state, restored.data, restored.progress
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -265,6 +271,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         files.truncate_metrics(step)
 
     train_step = make_train_step(setup, config.seed)
+    evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
     is_log_step = _log_points(config)
     start = time.perf_counter()
     wall = lambda: wall_offset + time.perf_counter() - start
@@ -273,7 +280,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
                dynamic_ncols=True)
     try:
         while step < config.total_steps:
-            batch = global_batch(next(data), mesh)
+            batch = shard_batch(next(data), mesh)
             params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step))
             step += 1
             bar.update(1)
@@ -287,6 +294,11 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
                      "flops": step * flops_per_step, "wall_s": wall(), **last}
                 )
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
+            if evaluator.due(step):
+                files.append_metrics(
+                    {"kind": "eval", "step": step, "examples": step * config.batch_size,
+                     "flops": step * flops_per_step, "wall_s": wall(), **evaluator(params)}
+                )
             if checkpoint_due:
                 progress = {"step": step, "wall_s": wall()}
                 checkpoints.save(step, params, opt_state, data.get_state(), progress)
@@ -294,6 +306,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
     finally:
         bar.close()
         checkpoints.close()
+        data.close()
 
     _write_samples(config, setup, params, files)
     result = {

@@ -41,6 +41,8 @@ def tiny_config(data_dir):
         config.batch_size, config.total_steps = 16, 20
         config.checkpoint_every, config.log_every = 10, 5
         config.optim.warmup_steps = 2
+        config.eval.update(num_points=1, batch_size=128, probe_train_examples=400,
+                           probe_test_examples=200, val_batches=1)
         for key, value in overrides.items():
             section, _, field = key.rpartition(".")
             (config[section] if section else config)[field] = value

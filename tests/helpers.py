@@ -6,7 +6,7 @@ from conftest import random_batch
 
 from scaling import train as trainer
 from scaling.flops import xla_flops
-from scaling.sharding import make_mesh
+from scaling.sharding import make_mesh, shard_batch
 
 
 def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
@@ -17,7 +17,7 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
     with jax.set_mesh(mesh):
         setup = trainer.build_setup(config, mesh)
         params, opt_state = trainer.init_state(setup, config.seed)
-        global_batch = trainer.global_batch(batch, mesh)
+        global_batch = shard_batch(batch, mesh)
         rng = jax.random.key(0)
 
         def loss_fn(p):
@@ -42,7 +42,7 @@ def step_flops(config, batch_size: int) -> tuple[float, float]:
     with jax.set_mesh(mesh):
         setup = trainer.build_setup(config, mesh)
         params, opt_state = trainer.init_state(setup, 0)
-        batch = trainer.global_batch(random_batch(config, batch_size), mesh)
+        batch = shard_batch(random_batch(config, batch_size), mesh)
         step = trainer.make_train_step(setup, 0)
         measured = xla_flops(step, params, opt_state, batch, jnp.int32(0))
     return setup.objective.train_flops_per_example() * batch_size, measured

@@ -14,7 +14,7 @@ from scaling.config import ConfigError, validate
     ("model.dtype", "float16", "model.dtype"),
     ("model.patch_size", 5, "does not divide data.image_size"),
     ("data.caption_level", "none", "CLIP needs captions"),
-    ("mesh.data", 3, "do not divide the 8 devices"),
+    ("mesh.data", 3, "multiply to 3 but there are 8 devices; set one axis to -1"),
     ("optim.warmup_steps", 10_000, "must be below total_steps"),
 ])
 def test_validation_names_the_field(field, value, message):

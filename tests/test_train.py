@@ -13,8 +13,9 @@ from scaling.config import ConfigError
 from scaling.train import CheckpointError, DivergedError, train
 
 
-def read_metrics(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+def read_metrics(workdir, kind="train"):
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == kind]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,8 @@ def finished_run(tmp_path_factory, data_dir):
     config.batch_size, config.total_steps, config.checkpoint_every, config.log_every = 16, 80, 20, 5
     config.optim.warmup_steps, config.optim.learning_rate = 5, 3e-3
     config.data.caption_level = "medium"
+    config.eval.update(num_points=2, first_fraction=0.25, batch_size=128, probe_train_examples=600,
+                       probe_test_examples=300, val_batches=1)
     workdir = tmp_path_factory.mktemp("run")
     return config, workdir, train(config, workdir)
 
@@ -48,6 +51,39 @@ def test_run_leaves_its_files_and_the_loss_falls(finished_run):
         60, 80]
 
 
+def test_probe_points_are_recorded_against_compute(finished_run):
+    config, workdir, result = finished_run
+    evals = read_metrics(workdir, kind="eval")
+    assert [r["step"] for r in evals] == [20, 80]
+    assert evals[-1]["flops"] == result["flops"]
+    for record in evals:
+        layers = {key for key in record if key.startswith("probe_accuracy/")}
+        assert layers == {"probe_accuracy/layer_01", "probe_accuracy/layer_02"}
+        assert record["probe_accuracy"] == record[f"probe_accuracy/{record['probe_layer']}"]
+        assert 0 <= record["zero_shot_accuracy"] <= 1 and record["val_loss"] > 0
+        assert {"fewshot_1shot", "fewshot_10shot", "fewshot_25shot"} <= set(record)
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+def test_probe_command_writes_probe_json(finished_run, tmp_path):
+    _, source, _ = finished_run
+    workdir = tmp_path / "probed"
+    shutil.copytree(source, workdir)
+    base = [sys.executable, "-m", "scaling.cli", "probe", "--workdir", str(workdir),
+            "--max_train=400", "--max_test=200"]
+    proc = subprocess.run([*base, "--layers=layer_02"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe = json.loads((workdir / "probe.json").read_text())
+    assert probe["step"] == 80 and probe["probe_layer"] == "layer_02"
+    assert probe["train_examples"] == 400 and probe["test_examples"] == 200
+    assert 0.0 < probe["probe_accuracy"] <= 1.0 and "zero_shot_accuracy" in probe
+
+    bad = subprocess.run([*base, "--layers=layer_09"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "error: --layers ['layer_09'] not among" in bad.stderr
+
+
 def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_run, tmp_path):
     config, reference_dir, reference = finished_run
     workdir = tmp_path / "killed"
@@ -57,7 +93,7 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_r
         f"--config.data.data_dir={config.data.data_dir}", "--config.batch_size=16",
         "--config.total_steps=80", "--config.checkpoint_every=20", "--config.log_every=5",
         "--config.optim.warmup_steps=5", "--config.optim.learning_rate=0.003",
-        "--config.data.caption_level=medium",
+        "--config.data.caption_level=medium", "--config.eval.num_points=0",
     ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240

@@ -9,7 +9,8 @@ Each process reads a disjoint strided shard of the split (examples process_index
 process_count, ...), so shard sizes differ by at most one example between processes.
 
 Data sets, by `data.name`: "scenes" (built from code; the builder config follows
-`data.image_size`, or name one explicitly as "scenes/32_small"), "cifar10_jpeg" (the local JPEG
+`data.image_size`, or name one explicitly as "scenes/32_small"), "digits" (scikit-learn's 8x8
+digits), "cifar10_jpeg" (the local JPEG
 copy) or any TFDS name already prepared in array_record format under the data directory.
 """
 
@@ -25,7 +26,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from PIL import Image
 
-from scaling.data import cifar10_jpeg, scenes
+from scaling.data import cifar10_jpeg, digits, scenes
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 
 DATA_DIR_ENV = "SCALING_DATA_DIR"
@@ -70,6 +71,8 @@ def make_builder(data_config):
         return _scenes_builder(config_name, data_config.image_size, data_dir)
     if dataset == "cifar10_jpeg":
         return cifar10_jpeg.Cifar10Jpeg(data_dir=data_dir, file_format=FILE_FORMAT)
+    if dataset == "digits":
+        return digits.Digits(data_dir=data_dir, file_format=FILE_FORMAT)
     return tfds.builder(data_config.name, data_dir=data_dir)
 
 
@@ -93,7 +96,7 @@ def _prepare_cifar10_jpeg(builder) -> None:
 def ensure_built(data_config):
     """The prepared builder for `data.name`, building it first if needed (once; idempotent).
 
-    Builds `scenes` from code and `cifar10_jpeg` from the local tarballs. Other TFDS names must
+    Builds `scenes` and `digits` from code and `cifar10_jpeg` from the local tarballs. Other TFDS names must
     already be prepared in the data directory; otherwise FileNotFoundError says how.
     """
     builder = make_builder(data_config)
@@ -101,7 +104,7 @@ def ensure_built(data_config):
         _check_readable(builder, data_config.name)
         return builder
     dataset, _ = _dataset_and_config(data_config.name)
-    if dataset == "scenes":
+    if dataset in ("scenes", "digits"):
         builder.download_and_prepare()
     elif dataset == "cifar10_jpeg":
         _prepare_cifar10_jpeg(builder)

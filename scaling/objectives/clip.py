@@ -17,9 +17,10 @@ from flax import nnx
 from scaling import flops
 from scaling.config import ConfigError
 from scaling.data.tokenizer import get_tokenizer
+from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import ImageTower, TextTower, masked_mean, pooled_layer_features
+from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
 
 Array = jax.Array
 LOSSES = ("softmax", "sigmoid")
@@ -132,8 +133,20 @@ class Clip:
 
     def features(self, model: ClipModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
         del rng
-        out_BLD, hidden = model.image(images_BHWC)
-        return {**pooled_layer_features(hidden), "pooled": masked_mean(out_BLD, None)}
+        _, hidden = model.image(images_BHWC)
+        return pooled_layer_features(hidden)
+
+    def zero_shot_scores(self, model: ClipModel, images_BHWC: Array, class_names, rng: Array) -> Array:
+        """Cosine similarity of each image to each class's template-averaged text embedding."""
+        del rng
+        prompts = class_prompts(class_names)
+        tokens_PT, mask_PT = tokenize_prompts(
+            get_tokenizer(self.config.data.tokenizer), prompts, self.config.data.max_caption_len
+        )
+        text_PE = model.embed_texts(jnp.asarray(tokens_PT), jnp.asarray(mask_PT))
+        class_CE = _l2_normalize(text_PE.reshape(len(class_names), -1, text_PE.shape[-1]).mean(axis=1))
+        image_BE, _ = model.embed_images(images_BHWC)
+        return jnp.einsum("be,ce->bc", image_BE, class_CE)
 
     def train_flops_per_example(self) -> float:
         c = self.config

@@ -297,3 +297,16 @@ def test_shared_cifar_copy(tmp_path):
     labels = np.concatenate([b["label"] for b in batches])
     assert len(labels) == 1000
     assert np.bincount(labels, minlength=10).min() > 50  # written shuffled, so classes mix
+
+
+def test_digits_are_real_scikit_learn_digits(tmp_path):
+    from sklearn.datasets import load_digits
+
+    config = make_data_config(name="digits", data_dir=str(tmp_path))
+    assert pipeline.num_examples(config, "train") + pipeline.num_examples(config, "test") == 1797
+    batch = next(pipeline.make_eval_iterator(config, "test", batch_size=359))
+    assert batch["image"].shape == (359, 32, 32, 3) and batch["image"].dtype == np.uint8
+    reference = load_digits()
+    first = batch["image"][0, ::4, ::4, 0].astype(np.float64) * 16 / 255
+    matches = np.abs(reference.images - first).max(axis=(1, 2)) < 0.5
+    assert reference.target[matches][0] == batch["label"][0]
