@@ -1,0 +1,43 @@
+import jax
+import numpy as np
+from conftest import load_experiment, random_batch
+from helpers import run_steps
+
+from scaling.data.tokenizer import get_tokenizer
+from scaling.evaluation.zero_shot import TEMPLATES, class_prompts
+from scaling.objectives import build_objective
+from scaling.sharding import make_mesh
+from scaling.train import build_setup, model_from_params
+
+CLASSES = ("circle", "square", "triangle", "star")
+
+
+def test_prompts_are_class_major_over_templates():
+    prompts = class_prompts(("sea_lion", "cat"))
+    assert len(prompts) == 2 * len(TEMPLATES)
+    assert prompts[0] == TEMPLATES[0].format("sea lion")
+    assert prompts[len(TEMPLATES)] == TEMPLATES[0].format("cat")
+
+
+def test_clip_zero_shot_picks_the_class_whose_prompt_was_the_training_caption():
+    config = load_experiment("clip")
+    config.data.max_caption_len = 32
+    config.optim.update(learning_rate=3e-3, warmup_steps=2)
+    batch = random_batch(config, 16)
+    labels = np.arange(16) % len(CLASSES)
+    captions = [TEMPLATES[0].format(CLASSES[label]) for label in labels]
+    tokens, mask = get_tokenizer("byte").encode_batch(captions, config.data.max_caption_len)
+    batch.update(label=labels.astype(np.int32), caption_tokens=np.asarray(tokens, np.int32),
+                 caption_mask=np.asarray(mask, np.int32))
+    devices = jax.devices()[:1]
+    trained = run_steps(config, batch, devices, {"data": 1, "fsdp": 1, "tensor": 1}, 120)
+    assert trained["losses"][-1] < 0.5 * trained["losses"][0]
+
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
+    mesh = make_mesh(config.mesh, devices)
+    with jax.set_mesh(mesh):
+        setup = build_setup(config, mesh)
+        model = model_from_params(setup, trained["params"])
+        scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, None)
+    assert scores.shape == (16, len(CLASSES))
+    assert np.mean(np.asarray(scores).argmax(axis=1) == labels) >= 0.9
