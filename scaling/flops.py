@@ -53,6 +53,47 @@ def clip_train_flops(
     return TRAIN_MULTIPLIER * (image_tower + text_tower + similarity)
 
 
+def captioning_train_flops(
+    encoder: Size, decoder: Size, *, image_size: int, patch: int, text_len: int, vocab: int
+) -> float:
+    """Image encoder, then the decoder over text_len - 1 teacher-forced positions (self-attention,
+    cross-attention with the K/V projections of every encoder token, MLP) and the vocabulary head."""
+    patches = (image_size // patch) ** 2
+    positions = text_len - 1
+    image_encoder = patch_embed_forward(image_size, patch, encoder.width)
+    image_encoder += transformer_forward(encoder, patches)
+    text_decoder = transformer_forward(decoder, positions, patches, encoder.width)
+    head = dense(positions, decoder.width, vocab)
+    return TRAIN_MULTIPLIER * (image_encoder + text_decoder + head)
+
+
+def diffusion_train_flops(
+    size: Size, *, image_size: int, patch: int, frequency_dim: int, text: Size | None = None,
+    text_len: int = 0,
+) -> float:
+    """DiT: patch embedding, the timestep MLP (sinusoids -> width -> width), the optional caption encoder
+    and its projection, the transformer over patches with each block's adaLN-Zero modulation
+    (width -> 6 * width, once per example), the final modulation (width -> 2 * width) and the
+    un-patchify head."""
+    patches = (image_size // patch) ** 2
+    w = size.width
+    forward = patch_embed_forward(image_size, patch, w) + transformer_forward(size, patches)
+    forward += size.depth * dense(1, w, 6 * w) + dense(1, w, 2 * w)
+    forward += dense(patches, w, patch * patch * 3)
+    forward += dense(1, frequency_dim, w) + dense(1, w, w)
+    if text is not None:
+        forward += transformer_forward(text, text_len) + dense(1, text.width, w)
+    return TRAIN_MULTIPLIER * forward
+
+
+def igpt_train_flops(size: Size, *, image_size: int, palette_size: int) -> float:
+    """Causal decoder over the full raster sequence of image_size**2 palette tokens (start token plus
+    all but the last pixel) and the palette head; the embedding gather and the palette lookup (a few
+    elementwise operations per pixel and colour) are left out."""
+    length = image_size * image_size
+    return TRAIN_MULTIPLIER * (transformer_forward(size, length) + dense(length, size.width, palette_size))
+
+
 def xla_flops(jitted, *args) -> float:
     """FLOPs XLA's cost analysis reports for one call of a jitted function on ``args``."""
     cost = jitted.lower(*args).compile().cost_analysis()

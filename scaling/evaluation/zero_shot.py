@@ -27,7 +27,10 @@ def tokenize_prompts(tokenizer: Tokenizer, prompts: list[str], max_len: int) -> 
 
 
 def supports_zero_shot(objective) -> bool:
-    return callable(getattr(objective, "zero_shot_scores", None))
+    """Whether the objective defines zero_shot_scores and (if it says) can use it in this config."""
+    return callable(getattr(objective, "zero_shot_scores", None)) and getattr(
+        objective, "zero_shot_available", True
+    )
 
 
 def make_zero_shot_fn(objective, model_from_params, class_names: tuple[str, ...]):

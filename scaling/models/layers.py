@@ -169,8 +169,24 @@ class Mlp(nnx.Module):
         return self.down(jax.nn.gelu(self.up(x_BLD)))
 
 
+def modulate(x_BLD: Array, shift_BD: Array | None, scale_BD: Array | None) -> Array:
+    """adaLN: ``x * (1 + scale) + shift`` per example; ``x`` itself when there is no modulation."""
+    if shift_BD is None:
+        return x_BLD
+    return x_BLD * (1.0 + scale_BD[:, None]) + shift_BD[:, None]
+
+
+def gate(y_BLD: Array, gate_BD: Array | None) -> Array:
+    return y_BLD if gate_BD is None else gate_BD[:, None] * y_BLD
+
+
 class Block(nnx.Module):
-    """Pre-LayerNorm transformer block: self-attention, optional cross-attention, MLP."""
+    """Pre-LayerNorm transformer block: self-attention, optional cross-attention, MLP.
+
+    With ``condition_width`` > 0 it is an adaLN-Zero block (Peebles & Xie 2023): a zero-initialised
+    Dense maps SiLU(condition) to a shift, scale and gate for the attention and the MLP branch, and the
+    two LayerNorms have no learned scale or bias, so the block starts as the identity.
+    """
 
     def __init__(
         self,
@@ -181,8 +197,15 @@ class Block(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
         cross_attention_width: int | None = None,
+        condition_width: int = 0,
     ):
-        self.attention_norm = LayerNorm(width)
+        conditioned = condition_width > 0
+        self.modulation = (
+            Dense((condition_width,), (6, width), ("embed", None, "mlp"), dtype=dtype, rngs=rngs,
+                  zero_init=True)
+            if conditioned else None
+        )
+        self.attention_norm = LayerNorm(width, use_scale=not conditioned)
         self.attention = Attention(width, heads, dtype=dtype, rngs=rngs)
         if cross_attention_width:
             self.cross_norm = LayerNorm(width)
@@ -191,14 +214,31 @@ class Block(nnx.Module):
             )
         else:
             self.cross_norm = self.cross_attention = None
-        self.mlp_norm = LayerNorm(width)
+        self.mlp_norm = LayerNorm(width, use_scale=not conditioned)
         self.mlp = Mlp(width, mlp, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x_BLD: Array, mask_BLL: Array | None = None, context_BMD: Array | None = None):
-        x_BLD = x_BLD + self.attention(self.attention_norm(x_BLD), mask_BLL)
+    def adaptive_parameters(self, condition_BC: Array | None) -> tuple[Array | None, ...]:
+        """(attention shift, scale, gate, MLP shift, scale, gate), each [B, D]; all None unconditioned."""
+        if self.modulation is None:
+            return (None,) * 6
+        if condition_BC is None:
+            raise ValueError("this block is conditioned (condition_width > 0); pass condition_BC")
+        params_B6D = self.modulation(jax.nn.silu(condition_BC))
+        return tuple(params_B6D[:, i] for i in range(6))
+
+    def __call__(
+        self,
+        x_BLD: Array,
+        mask_BLL: Array | None = None,
+        context_BMD: Array | None = None,
+        condition_BC: Array | None = None,
+    ):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaptive_parameters(condition_BC)
+        attention_in_BLD = modulate(self.attention_norm(x_BLD), shift_a, scale_a)
+        x_BLD = x_BLD + gate(self.attention(attention_in_BLD, mask_BLL), gate_a)
         if self.cross_attention is not None:
             x_BLD = x_BLD + self.cross_attention(self.cross_norm(x_BLD), None, context_BMD)
-        x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+        x_BLD = x_BLD + gate(self.mlp(modulate(self.mlp_norm(x_BLD), shift_m, scale_m)), gate_m)
         return constrain(x_BLD, ("batch", "length", "embed"))
 
 

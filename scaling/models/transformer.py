@@ -31,7 +31,11 @@ def masked_mean(x_BLD: Array, mask_BL: Array | None) -> Array:
 
 
 class Transformer(nnx.Module):
-    """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output."""
+    """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output.
+
+    With ``condition_width`` > 0 every block is adaLN-Zero conditioned on ``condition_BC`` and the final
+    LayerNorm has no learned scale (the caller modulates it).
+    """
 
     def __init__(
         self,
@@ -40,26 +44,31 @@ class Transformer(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
         cross_attention_width: int = 0,
+        condition_width: int = 0,
         remat: bool = False,
     ):
         self.blocks = nnx.List(
             [
                 Block(size.width, size.heads, size.mlp, dtype=dtype, rngs=rngs,
-                      cross_attention_width=cross_attention_width)
+                      cross_attention_width=cross_attention_width, condition_width=condition_width)
                 for _ in range(size.depth)
             ]
         )
-        self.final_norm = LayerNorm(size.width)
+        self.final_norm = LayerNorm(size.width, use_scale=not condition_width)
         self.remat = remat
 
     def __call__(
-        self, x_BLD: Array, mask_BLL: Array | None = None, context_BMD: Array | None = None
+        self,
+        x_BLD: Array,
+        mask_BLL: Array | None = None,
+        context_BMD: Array | None = None,
+        condition_BC: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
         hidden = []
         for block in self.blocks:
             apply = nnx.remat(type(block).__call__) if self.remat else type(block).__call__
-            x_BLD = apply(block, x_BLD, mask_BLL, context_BMD)
+            x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
             hidden.append(x_BLD)
         return self.final_norm(x_BLD), hidden
 

@@ -8,6 +8,9 @@ from scaling.objectives.base import Objective
 
 OBJECTIVES: dict[str, str] = {
     "clip": "scaling.objectives.clip:Clip",
+    "igpt": "scaling.objectives.igpt:Igpt",
+    "diffusion": "scaling.objectives.diffusion:Diffusion",
+    "captioning": "scaling.objectives.captioning:Captioning",
 }
 
 

@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 from conftest import load_experiment, random_batch
 from helpers import run_steps
 
@@ -19,8 +20,9 @@ def test_prompts_are_class_major_over_templates():
     assert prompts[len(TEMPLATES)] == TEMPLATES[0].format("cat")
 
 
-def test_clip_zero_shot_picks_the_class_whose_prompt_was_the_training_caption():
-    config = load_experiment("clip")
+@pytest.mark.parametrize("objective", ["clip", "captioning"])
+def test_zero_shot_picks_the_class_whose_prompt_was_the_training_caption(objective):
+    config = load_experiment(objective)
     config.data.max_caption_len = 32
     config.optim.update(learning_rate=3e-3, warmup_steps=2)
     batch = random_batch(config, 16)
@@ -40,4 +42,31 @@ def test_clip_zero_shot_picks_the_class_whose_prompt_was_the_training_caption():
         model = model_from_params(setup, trained["params"])
         scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, None)
     assert scores.shape == (16, len(CLASSES))
-    assert np.mean(np.asarray(scores).argmax(axis=1) == labels) >= 0.9
+    assert np.mean(np.asarray(scores).argmax(axis=1) == labels) >= 0.8  # chance is 0.25
+
+
+def test_diffusion_classifier_picks_the_class_the_model_was_conditioned_on():
+    config = load_experiment("diffusion")
+    config.diffusion.update(condition="label", num_classes=len(CLASSES), zero_shot_keep=2,
+                            zero_shot_trials=32, zero_shot_extra_trials=64)
+    config.optim.update(learning_rate=3e-3, warmup_steps=2)
+    batch = random_batch(config, 16)
+    labels = np.arange(16) % len(CLASSES)
+    colours = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], np.uint8)
+    noise = np.random.default_rng(0).integers(-20, 20, batch["image"].shape)
+    batch["image"] = np.clip(colours[labels][:, None, None] + noise, 0, 255).astype(np.uint8)
+    batch["label"] = labels.astype(np.int32)
+    devices = jax.devices()[:1]
+    trained = run_steps(config, batch, devices, {"data": 1, "fsdp": 1, "tensor": 1}, 250)
+    assert trained["losses"][-1] < 0.5 * trained["losses"][0]
+
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
+    mesh = make_mesh(config.mesh, devices)
+    with jax.set_mesh(mesh):
+        setup = build_setup(config, mesh)
+        model = model_from_params(setup, trained["params"])
+        scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, jax.random.key(1))
+    scores = np.asarray(scores)
+    assert scores.shape == (16, len(CLASSES))
+    assert (np.isfinite(scores).sum(axis=1) == 2).all()  # only the kept classes are scored fully
+    assert np.mean(scores.argmax(axis=1) == labels) >= 0.75  # chance is 0.25

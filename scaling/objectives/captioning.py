@@ -1,0 +1,229 @@
+"""Captioning: an image encoder and a text decoder trained to caption (Tschannen et al. 2023, CapPa).
+
+The encoder is the bidirectional image tower; the decoder is the causal text tower cross-attending to the
+encoder's output tokens, with a head onto the tokenizer's vocabulary. The loss is teacher-forced
+next-token cross-entropy over the real caption tokens (padding is masked out).
+
+CapPa parallel prediction: per example, with probability ``captioning.parallel_fraction``, every decoder
+input is the [MASK] token (one extra embedding id, ``vocab_size``), so the decoder must predict the whole
+caption from the image alone. The causal self-attention mask is kept on those rows: the inputs carry no
+information, so removing it (as the paper does) would change nothing the decoder can learn from them.
+
+Besides the protocol it offers greedy decoding, per-caption log-likelihoods (for zero-shot
+classification) and ``write_samples`` (an image grid with reference and generated captions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from scaling import flops
+from scaling.config import ConfigError
+from scaling.data.tokenizer import get_tokenizer
+from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
+from scaling.models.layers import Dense
+from scaling.models.sizes import get_size
+from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
+from scaling.samples import as_rows, image_grid
+
+Array = jax.Array
+SAMPLE_TILE = 128  # pixels per image side in captions.png
+
+
+def config_section() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "decoder_size": "",  # "" -> the encoder's size
+            "parallel_fraction": 0.75,  # CapPa; 0.0 -> plain autoregressive captioning
+        }
+    )
+
+
+class CaptioningModel(nnx.Module):
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        encoder_size = get_size(config.size)
+        decoder_size = get_size(config.captioning.decoder_size or config.size)
+        vocab = get_tokenizer(config.data.tokenizer).vocab_size
+        dtype = jnp.dtype(config.model.dtype)
+        self.encoder = ImageTower(
+            encoder_size, image_size=config.data.image_size, patch=config.model.patch_size,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+        )
+        self.decoder = TextTower(
+            decoder_size, vocab=vocab + 1, max_len=config.data.max_caption_len - 1,
+            positions=config.model.positions, dtype=dtype, rngs=rngs,
+            cross_attention_width=encoder_size.width, remat=config.model.remat,
+        )
+        self.head = Dense((decoder_size.width,), (vocab,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
+        self.mask_id = vocab
+
+    def encode(self, images_BHWC: Array) -> tuple[Array, list[Array]]:
+        """Encoder output tokens [B, M, D] and every encoder block's output."""
+        return self.encoder(images_BHWC)
+
+    def decode(self, inputs_BL: Array, context_BMD: Array) -> Array:
+        """Next-token logits [B, L, V] for decoder inputs [B, L] given encoder tokens."""
+        out_BLD, _ = self.decoder(inputs_BL, context_BMD)
+        return self.head(out_BLD)
+
+
+def decoder_inputs(
+    tokens_BT: Array, rng: Array, parallel_fraction: float, mask_id: int
+) -> tuple[Array, Array]:
+    """Teacher-forcing inputs tokens[:, :-1], all [MASK] on rows drawn for parallel prediction.
+
+    Returns (inputs [B, T-1], parallel [B] bool).
+    """
+    parallel_B = jax.random.bernoulli(rng, parallel_fraction, (tokens_BT.shape[0],))
+    inputs_BL = jnp.where(parallel_B[:, None], mask_id, tokens_BT[:, :-1])
+    return inputs_BL, parallel_B
+
+
+def _log_likelihood(model: CaptioningModel, context_BMD: Array, tokens_BT: Array, mask_BT: Array) -> Array:
+    logits_BLV = model.decode(tokens_BT[:, :-1], context_BMD)
+    log_probs_BL = -optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BT[:, 1:])
+    return (log_probs_BL * mask_BT[:, 1:]).sum(axis=1)
+
+
+def _masked_mean(x_BL: Array, weights_BL: Array) -> Array:
+    return (x_BL * weights_BL).sum() / jnp.maximum(weights_BL.sum(), 1.0)
+
+
+@nnx.jit
+def _encode(model: CaptioningModel, images_BHWC: Array) -> Array:
+    return model.encode(images_BHWC)[0]
+
+
+@nnx.jit
+def _next_token(model: CaptioningModel, context_BMD: Array, inputs_BL: Array, position: Array) -> Array:
+    """Greedy token after ``position`` (no KV cache: the causal decoder reruns on the whole input)."""
+    logits_BLV = model.decode(inputs_BL, context_BMD)
+    return jnp.take(logits_BLV, position, axis=1).argmax(-1)
+
+
+class Captioning:
+    name = "captioning"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.tokenizer = get_tokenizer(config.data.tokenizer)
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict) -> None:
+        c = config.captioning
+        if c.decoder_size:
+            get_size(c.decoder_size)
+        if config.data.caption_level == "none":
+            raise ConfigError(
+                "data.caption_level: captioning needs captions; use short, medium or descriptive"
+            )
+        if not 0.0 <= c.parallel_fraction <= 1.0:
+            raise ConfigError(
+                f"captioning.parallel_fraction: {c.parallel_fraction} must lie in [0, 1] "
+                "(0.75 is CapPa, 0 is plain autoregressive captioning)"
+            )
+        if config.data.max_caption_len < 2:
+            raise ConfigError("data.max_caption_len: captioning needs at least 2 (BOS and EOS)")
+
+    def init(self, rngs: nnx.Rngs) -> CaptioningModel:
+        return CaptioningModel(self.config, rngs=rngs)
+
+    def loss(self, model: CaptioningModel, batch, rng: Array):
+        tokens_BT = batch["caption_tokens"]
+        inputs_BL, parallel_B = decoder_inputs(
+            tokens_BT, rng, self.config.captioning.parallel_fraction, model.mask_id
+        )
+        context_BMD, _ = model.encode(batch["image"])
+        logits_BLV = model.decode(inputs_BL, context_BMD)
+        targets_BL = tokens_BT[:, 1:]
+        weights_BL = batch["caption_mask"][:, 1:].astype(jnp.float32)
+        token_loss_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
+        correct_BL = (logits_BLV.argmax(-1) == targets_BL).astype(jnp.float32)
+        metrics = {
+            "token_accuracy": _masked_mean(correct_BL, weights_BL),
+            "parallel_fraction_used": parallel_B.astype(jnp.float32).mean(),
+        }
+        return _masked_mean(token_loss_BL, weights_BL), metrics
+
+    def caption_log_likelihood(
+        self, model: CaptioningModel, images_BHWC: Array, tokens_BT: Array, mask_BT: Array
+    ) -> Array:
+        """[B] sum of log p(token | earlier tokens, image) over each caption's real tokens after BOS."""
+        context_BMD, _ = model.encode(images_BHWC)
+        return _log_likelihood(model, context_BMD, tokens_BT, mask_BT)
+
+    def zero_shot_scores(self, model: CaptioningModel, images_BHWC: Array, class_names, rng: Array) -> Array:
+        """[B, C]: each class's prompt log-likelihood given the image, averaged over templates."""
+        del rng
+        prompts = class_prompts(class_names)
+        tokenizer = get_tokenizer(self.config.data.tokenizer)
+        longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
+        length = min(longest, self.config.data.max_caption_len)
+        tokens_PT, mask_PT = tokenize_prompts(tokenizer, prompts, length)
+        context_BMD, _ = model.encode(images_BHWC)
+        B, P = context_BMD.shape[0], tokens_PT.shape[0]
+        scores_N = _log_likelihood(
+            model, jnp.repeat(context_BMD, P, axis=0), jnp.tile(tokens_PT, (B, 1)), jnp.tile(mask_PT, (B, 1))
+        )
+        return scores_N.reshape(B, len(class_names), -1).mean(axis=-1)
+
+    def greedy_captions(self, model: CaptioningModel, images_BHWC, max_len: int | None = None) -> np.ndarray:
+        """Greedy autoregressive captions [B, max_len]: BOS, tokens, EOS, then padding.
+
+        A caption that has not ended by ``max_len`` is cut to end in EOS, as the tokenizer does.
+        """
+        limit = self.config.data.max_caption_len
+        max_len = max_len or limit
+        if not 2 <= max_len <= limit:
+            raise ValueError(f"max_len must lie in [2, data.max_caption_len={limit}], got {max_len}")
+        tok = self.tokenizer
+        context_BMD = _encode(model, jnp.asarray(images_BHWC))
+        tokens_BT = np.full((context_BMD.shape[0], max_len), tok.pad_id, np.int32)
+        tokens_BT[:, 0] = tok.bos_id
+        done_B = np.zeros(tokens_BT.shape[0], bool)
+        for position in range(max_len - 1):
+            next_B = np.asarray(_next_token(model, context_BMD, tokens_BT[:, :-1], jnp.int32(position)))
+            tokens_BT[:, position + 1] = np.where(done_B, tok.pad_id, next_B)
+            done_B |= next_B == tok.eos_id
+            if done_B.all():
+                return tokens_BT
+        tokens_BT[~done_B, -1] = tok.eos_id
+        return tokens_BT
+
+    def write_samples(self, model: CaptioningModel, batch, rng: Array, directory) -> None:
+        """``captions.png`` (the images, enlarged, numbered) and ``captions.txt`` (index, reference,
+        greedy caption; tab-separated)."""
+        del rng
+        directory = Path(directory)
+        generated_BT = self.greedy_captions(model, batch["image"])
+        lines = [
+            f"{i}\t{self.tokenizer.decode(reference_T)}\t{self.tokenizer.decode(generated_T)}"
+            for i, (reference_T, generated_T) in enumerate(
+                zip(np.asarray(batch["caption_tokens"]), generated_BT, strict=True)
+            )
+        ]
+        (directory / "captions.txt").write_text("\n".join(lines) + "\n")
+        image_grid(as_rows(np.asarray(batch["image"])), cell=SAMPLE_TILE, gap=4, numbered=True).save(
+            directory / "captions.png"
+        )
+
+    def features(self, model: CaptioningModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
+        del rng
+        _, hidden = model.encode(images_BHWC)
+        return pooled_layer_features(hidden)
+
+    def train_flops_per_example(self) -> float:
+        c = self.config
+        return flops.captioning_train_flops(
+            get_size(c.size), get_size(c.captioning.decoder_size or c.size),
+            image_size=c.data.image_size, patch=c.model.patch_size, text_len=c.data.max_caption_len,
+            vocab=self.tokenizer.vocab_size,
+        )
+

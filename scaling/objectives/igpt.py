@@ -1,0 +1,163 @@
+"""iGPT: generative pre-training from pixels (Chen et al. 2020).
+
+Images become sequences of palette indices in raster order (a k-means colour palette, see
+scaling.data.palette); a causal decoder with a learned start token predicts each index from the ones
+before it. The loss is the mean next-token cross-entropy in nats; ``bits_per_dim`` is the same loss in
+bits per palette-index token (one token per pixel, as iGPT reports it, not per RGB sub-pixel).
+
+The palette is not a parameter: the trainer differentiates and weight-decays every leaf of the model
+state, and a decayed palette would drift. The objective holds it as a constant instead, loaded (or
+fitted once) from the data-directory cache when the objective is built, so it is reproducible from
+the run's config alone; ``write_samples`` also stores a copy in the run's ``samples/palette.npy``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from scaling import flops
+from scaling.config import ConfigError
+from scaling.data.palette import dequantize, load_or_fit_palette, quantize
+from scaling.models.layers import Dense
+from scaling.models.sizes import get_size
+from scaling.models.transformer import TextTower, pooled_layer_features
+from scaling.samples import image_grid
+
+Array = jax.Array
+COMPLETIONS = 2  # sampled bottom halves per test image in completions.png
+GREY = 128
+
+
+def config_section() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "palette_size": 512,
+            "palette_fit_pixels": 200_000,  # training pixels sampled for the k-means fit
+            "palette_seed": 0,
+        }
+    )
+
+
+class IgptModel(nnx.Module):
+    """Token embedding (palette indices plus the start token) + positions + causal transformer + head."""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        size, palette_size = get_size(config.size), config.igpt.palette_size
+        self.decoder = TextTower(
+            size, vocab=palette_size + 1, max_len=config.data.image_size**2 + 1,
+            positions=config.model.positions, dtype=jnp.dtype(config.model.dtype), rngs=rngs,
+            remat=config.model.remat,
+        )
+        self.head = Dense((size.width,), (palette_size,), ("embed", "vocab"),
+                          dtype=jnp.dtype(config.model.dtype), rngs=rngs)
+
+    def __call__(self, tokens_BL: Array) -> tuple[Array, list[Array]]:
+        """Logits [B, L, K] for the token after each position, and every block's output."""
+        out_BLD, hidden = self.decoder(tokens_BL)
+        return self.head(out_BLD), hidden
+
+
+def prepend_start(indices_BL: Array, start_token: int) -> Array:
+    start_B1 = jnp.full((indices_BL.shape[0], 1), start_token, indices_BL.dtype)
+    return jnp.concatenate([start_B1, indices_BL], axis=1)
+
+
+class Igpt:
+    name = "igpt"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        c = config.igpt
+        self.palette_K3 = load_or_fit_palette(
+            config.data, c.palette_size, fit_pixels=c.palette_fit_pixels, seed=c.palette_seed
+        )
+        self.start_token = c.palette_size
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict) -> None:
+        c = config.igpt
+        if c.palette_size < 2:
+            raise ConfigError(f"igpt.palette_size: need at least 2 colours, got {c.palette_size}")
+        if c.palette_fit_pixels < c.palette_size:
+            raise ConfigError(
+                f"igpt.palette_fit_pixels: {c.palette_fit_pixels} pixels cannot fit "
+                f"{c.palette_size} colours; sample at least igpt.palette_size pixels"
+            )
+
+    def init(self, rngs: nnx.Rngs) -> IgptModel:
+        return IgptModel(self.config, rngs=rngs)
+
+    def tokenize(self, images_BHWC: Array) -> Array:
+        """uint8 images -> palette indices in raster order, int32 [B, H*W]."""
+        indices_BHW = quantize(images_BHWC, self.palette_K3)
+        return indices_BHW.reshape(indices_BHW.shape[0], -1)
+
+    def predict(self, model: IgptModel, indices_BL: Array) -> Array:
+        """Logits [B, L, K] for each index given the start token and the indices before it."""
+        logits_BLK, _ = model(prepend_start(indices_BL, self.start_token)[:, :-1])
+        return logits_BLK
+
+    def loss(self, model: IgptModel, batch, rng: Array):
+        del rng
+        indices_BL = self.tokenize(batch["image"])
+        logits_BLK = self.predict(model, indices_BL)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BLK, indices_BL).mean()
+        accuracy = (logits_BLK.argmax(axis=-1) == indices_BL).mean()
+        return loss, {"bits_per_dim": loss / np.log(2.0), "accuracy": accuracy}
+
+    def features(self, model: IgptModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
+        """Every layer's activations over the image's pixel positions (the full, unshifted sequence
+        after the start token), LayerNorm-ed without scale and average-pooled."""
+        del rng
+        _, hidden = model(prepend_start(self.tokenize(images_BHWC), self.start_token))
+        return pooled_layer_features([h_BLD[:, 1:] for h_BLD in hidden])
+
+    def complete(self, model: IgptModel, indices_BL: Array, rng: Array, *, given: int,
+                 num_samples: int) -> Array:
+        """[B, S, L]: S samples (temperature 1) of every index after the first ``given`` of each sequence.
+
+        One jitted loop over positions; each step reruns the decoder at full length (no KV cache).
+        """
+        graphdef, state = nnx.split(model)
+
+        def sample(state, indices_BL, rng):
+            model = nnx.merge(graphdef, state)
+
+            def step(position, tokens_NL):
+                logits_NK = self.predict(model, tokens_NL)[:, position]
+                drawn_N = jax.random.categorical(jax.random.fold_in(rng, position), logits_NK)
+                return tokens_NL.at[:, position].set(drawn_N.astype(tokens_NL.dtype))
+
+            tokens_NL = jnp.repeat(indices_BL, num_samples, axis=0)
+            return jax.lax.fori_loop(given, indices_BL.shape[1], step, tokens_NL)
+
+        tokens_NL = jax.jit(sample)(state, indices_BL, rng)
+        return tokens_NL.reshape(indices_BL.shape[0], num_samples, -1)
+
+    def write_samples(self, model: IgptModel, batch, rng: Array, directory: Path) -> None:
+        """completions.png (rows: examples; columns: original, quantized top half with the bottom grey,
+        then sampled completions) and the run's palette.npy."""
+        images_BHWC = np.asarray(batch["image"])
+        B, H, W, _ = images_BHWC.shape
+        indices_BL = self.tokenize(images_BHWC)
+        samples_BSL = self.complete(model, indices_BL, rng, given=(H // 2) * W, num_samples=COMPLETIONS)
+        top_BHWC = np.array(dequantize(indices_BL.reshape(B, H, W), self.palette_K3))
+        top_BHWC[:, H // 2:] = GREY
+        completions_BSHWC = np.asarray(dequantize(samples_BSL.reshape(B, COMPLETIONS, H, W), self.palette_K3))
+        columns_BCHWC = np.concatenate([images_BHWC[:, None], top_BHWC[:, None], completions_BSHWC], axis=1)
+        image_grid(columns_BCHWC).save(Path(directory) / "completions.png")
+        np.save(Path(directory) / "palette.npy", self.palette_K3)
+
+    def train_flops_per_example(self) -> float:
+        c = self.config
+        return flops.igpt_train_flops(
+            get_size(c.size), image_size=c.data.image_size, palette_size=c.igpt.palette_size
+        )
+

@@ -1,0 +1,188 @@
+"""Tests for the captioning objective (CapPa): loss, masking, causality, sharding, FLOPs, decoding."""
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_experiment, random_batch
+from flax import nnx
+from helpers import run_steps
+from PIL import Image
+
+from scaling import train as trainer
+from scaling.config import ConfigError, validate
+from scaling.data.pipeline import make_eval_iterator
+from scaling.data.tokenizer import get_tokenizer
+from scaling.objectives import build_objective
+from scaling.objectives.captioning import SAMPLE_TILE, decoder_inputs
+from scaling.sharding import make_mesh
+from scaling.workdir import RunFiles
+
+TOKENIZER = get_tokenizer("byte")
+MASK_ID = TOKENIZER.vocab_size
+
+
+def objective_and_model(**captioning):
+    config = load_experiment("captioning")
+    config.captioning.update(captioning)
+    config.data.max_caption_len = 32
+    objective = build_objective(config)
+    return config, objective, objective.init(nnx.Rngs(0))
+
+
+def jitted_loss(objective):
+    return nnx.jit(lambda model, batch, rng: objective.loss(model, batch, rng))
+
+
+def test_loss_falls_under_the_real_trainer_and_samples_are_written(tiny_config, tmp_path):
+    config = tiny_config("captioning", **{"optim.learning_rate": 3e-3, "data.max_caption_len": 48})
+    result = trainer.train(config, tmp_path)
+    records = [r for r in RunFiles(tmp_path).read_metrics() if r["kind"] == "train"]
+    first, last = records[0], records[-1]
+    assert result["status"] == "completed"
+    # Logged from step 5 on; an untrained decoder starts near log(259) = 5.56.
+    assert last["loss"] < min(first["loss"] - 0.5, 0.75 * math.log(TOKENIZER.vocab_size))
+    assert last["token_accuracy"] > first["token_accuracy"]
+    assert all(0.0 <= r["parallel_fraction_used"] <= 1.0 for r in records)
+
+    samples = tmp_path / "samples"
+    lines = (samples / "captions.txt").read_text().splitlines()
+    reference = next(make_eval_iterator(config.data, "test", batch_size=16, max_examples=16))
+    assert len(lines) == 16
+    for i, line in enumerate(lines):
+        index, reference_text, _generated = line.split("\t")
+        assert int(index) == i
+        assert reference_text == TOKENIZER.decode(reference["caption_tokens"][i])
+    width, height = Image.open(samples / "captions.png").size
+    assert width > 4 * SAMPLE_TILE and height > 4 * SAMPLE_TILE
+
+
+def test_parallel_prediction_masks_the_drawn_fraction_of_rows():
+    tokens_BT = jnp.asarray(np.random.default_rng(0).integers(3, 259, (4096, 8)), jnp.int32)
+    rng = jax.random.key(1)
+    inputs_BL, parallel_B = decoder_inputs(tokens_BT, rng, 0.75, MASK_ID)
+    parallel_B = np.asarray(parallel_B)
+    assert abs(parallel_B.mean() - 0.75) < 0.03
+    assert (np.asarray(inputs_BL)[parallel_B] == MASK_ID).all()
+    np.testing.assert_array_equal(np.asarray(inputs_BL)[~parallel_B], np.asarray(tokens_BT)[~parallel_B, :-1])
+
+    inputs_BL, parallel_B = decoder_inputs(tokens_BT, rng, 0.0, MASK_ID)
+    assert not np.asarray(parallel_B).any()
+    np.testing.assert_array_equal(inputs_BL, tokens_BT[:, :-1])
+
+
+def test_loss_reports_the_realised_parallel_fraction():
+    config, objective, model = objective_and_model(parallel_fraction=0.5)
+    batch = {k: jnp.asarray(v) for k, v in random_batch(config, 64).items()}
+    rng = jax.random.key(3)
+    _, metrics = jitted_loss(objective)(model, batch, rng)
+    _, parallel_B = decoder_inputs(batch["caption_tokens"], rng, 0.5, MASK_ID)
+    assert float(metrics["parallel_fraction_used"]) == pytest.approx(float(parallel_B.mean()))
+    assert 0.0 < float(metrics["parallel_fraction_used"]) < 1.0
+
+
+def test_padding_after_eos_does_not_change_the_loss():
+    config, objective, model = objective_and_model(parallel_fraction=0.0)
+    batch = random_batch(config, 4)
+    loss_fn, rng = jitted_loss(objective), jax.random.key(0)
+    loss, _ = loss_fn(model, batch, rng)
+
+    padded = dict(batch, caption_tokens=np.where(batch["caption_mask"] == 1, batch["caption_tokens"], 77))
+    assert float(loss_fn(model, padded, rng)[0]) == pytest.approx(float(loss), rel=1e-6)
+    changed = dict(batch, caption_tokens=batch["caption_tokens"].copy())
+    changed["caption_tokens"][:, 2] = 5
+    assert abs(float(loss_fn(model, changed, rng)[0]) - float(loss)) > 1e-4
+
+
+def test_decoder_is_causal():
+    config, _, model = objective_and_model()
+    batch = random_batch(config, 2)
+    context_BMD, _ = model.encode(batch["image"])
+    inputs_BL = jnp.asarray(batch["caption_tokens"][:, :-1])
+    logits_BLV = model.decode(inputs_BL, context_BMD)
+    k = 5
+    changed_logits_BLV = model.decode(inputs_BL.at[:, k].set(MASK_ID), context_BMD)
+    np.testing.assert_allclose(changed_logits_BLV[:, :k], logits_BLV[:, :k], atol=1e-6)
+    assert np.abs(changed_logits_BLV[:, k:] - logits_BLV[:, k:]).max(axis=-1).min() > 1e-4
+
+
+def test_log_likelihood_matches_the_autoregressive_loss_and_features_cover_every_layer():
+    config, objective, model = objective_and_model(parallel_fraction=0.0)
+    batch = random_batch(config, 4)
+    loss, _ = objective.loss(model, batch, jax.random.key(0))
+    log_likelihood_B = objective.caption_log_likelihood(
+        model, batch["image"], batch["caption_tokens"], batch["caption_mask"]
+    )
+    assert log_likelihood_B.shape == (4,)
+    targets = batch["caption_mask"][:, 1:].sum()
+    assert float(-log_likelihood_B.sum() / targets) == pytest.approx(float(loss), rel=1e-5)
+
+    features = objective.features(model, batch["image"], jax.random.key(0))
+    assert sorted(features) == ["layer_01", "layer_02"]
+    assert all(f.shape == (4, 32) for f in features.values())
+
+
+def test_validation_rejects_missing_captions_and_bad_fractions():
+    config = load_experiment("captioning")
+    validate(config, 8)
+    config.data.caption_level = "none"
+    with pytest.raises(ConfigError, match="caption_level"):
+        validate(config, 8)
+    config = load_experiment("captioning")
+    config.captioning.parallel_fraction = 1.5
+    with pytest.raises(ConfigError, match="parallel_fraction"):
+        validate(config, 8)
+
+
+def test_eight_devices_match_one_device():
+    config = load_experiment("captioning")
+    batch = random_batch(config, 16)
+    # No optimizer steps: the trainer's step is checked across meshes for CLIP; this covers the loss.
+    one = run_steps(config, batch, jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}, 0)
+    eight = run_steps(config, batch, jax.devices(), {"data": 2, "fsdp": 2, "tensor": 2}, 0)
+
+    assert eight["first_loss"] == pytest.approx(one["first_loss"], rel=1e-5)
+    g1 = np.concatenate([g.ravel() for g in jax.tree.leaves(one["grads"])])
+    g8 = np.concatenate([g.ravel() for g in jax.tree.leaves(eight["grads"])])
+    assert np.linalg.norm(g8 - g1) <= 1e-5 * np.linalg.norm(g1)
+    kernel = eight["params"]["decoder"]["transformer"]["blocks"][0]["cross_attention"]["key"]["kernel"]
+    assert kernel.sharding.spec == jax.P("fsdp", "tensor", None)
+
+
+def test_matmuls_run_in_bfloat16():
+    config = load_experiment("captioning")
+    config.model.dtype = "bfloat16"
+    objective = build_objective(config)
+    graphdef, state = nnx.split(objective.init(nnx.Rngs(0)))
+    batch = random_batch(config, 2)
+    grad_fn = jax.grad(lambda s: objective.loss(nnx.merge(graphdef, s), batch, jax.random.key(0))[0])
+    hlo = jax.jit(grad_fn).lower(state).as_text()
+    operand_types = re.findall(r"stablehlo\.dot_general .*: \((tensor<\S+>), (tensor<\S+>)\)", hlo)
+    assert len(operand_types) > 50  # forward and both backward products of every matmul
+    assert all(t.endswith("bf16>") for pair in operand_types for t in pair)
+
+
+def test_greedy_decoding_reproduces_an_overfit_caption():
+    config = load_experiment("captioning")
+    config.captioning.parallel_fraction = 0.0
+    config.data.max_caption_len = 16
+    config.optim.learning_rate, config.optim.warmup_steps, config.total_steps = 3e-3, 2, 40
+    batch = random_batch(config, 8)
+    tokens, mask = TOKENIZER.encode_batch(["a red circle"] * 8, 16)
+    batch.update(caption_tokens=tokens, caption_mask=mask)
+    devices, axes = jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}
+    run = run_steps(config, batch, devices, axes, config.total_steps)
+    config.mesh.update(axes)
+    setup = trainer.build_setup(config, make_mesh(config.mesh, devices))
+    model = trainer.model_from_params(setup, jax.device_get(run["params"]))
+
+    generated_BT = setup.objective.greedy_captions(model, batch["image"])
+    assert generated_BT.shape == (8, 16)
+    assert [TOKENIZER.decode(row) for row in generated_BT] == ["a red circle"] * 8
+    np.testing.assert_array_equal(generated_BT, tokens)
+    short_BT = setup.objective.greedy_captions(model, batch["image"], max_len=5)
+    assert short_BT.shape == (8, 5) and (short_BT[:, -1] == TOKENIZER.eos_id).all()
+    assert math.isfinite(run["losses"][-1]) and run["losses"][-1] < 0.1 * run["losses"][0]

@@ -1,0 +1,194 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_experiment, random_batch
+from flax import nnx
+from helpers import run_steps
+from PIL import Image
+from test_models import _dot_operand_dtypes
+
+from scaling import train as trainer
+from scaling.data.pipeline import make_train_iterator
+from scaling.models.layers import Block
+from scaling.objectives.diffusion import (
+    Diffusion,
+    ddim_sample,
+    ddim_timesteps,
+    noise_schedule,
+    prediction_target,
+)
+from scaling.sharding import make_mesh
+
+ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+def diffusion_config(**fields):
+    config = load_experiment("diffusion")
+    config.diffusion.update(fields)
+    return config
+
+
+def test_conditioned_block_starts_as_identity_and_then_follows_the_condition():
+    block = Block(32, 2, 128, dtype=jnp.float32, rngs=nnx.Rngs(0), condition_width=16)
+    x_BLD = jax.random.normal(jax.random.key(1), (3, 5, 32))
+    condition_BC = jax.random.normal(jax.random.key(2), (3, 16))
+    np.testing.assert_array_equal(block(x_BLD, condition_BC=condition_BC), x_BLD)
+    assert block.attention_norm.scale is None and block.mlp_norm.scale is None
+
+    kernel = block.modulation.kernel
+    kernel[...] = 0.1 * jax.random.normal(jax.random.key(3), kernel.shape)
+    out_BLD = block(x_BLD, condition_BC=condition_BC)
+    assert not np.allclose(out_BLD, x_BLD)
+    assert not np.allclose(block(x_BLD, condition_BC=-condition_BC), out_BLD)
+    with pytest.raises(ValueError, match="pass condition_BC"):
+        block(x_BLD)
+
+
+@pytest.mark.parametrize("condition", ["none", "label", "caption"])
+def test_model_at_init_predicts_zeros(condition):
+    config = diffusion_config(condition=condition, num_classes=4)
+    objective = Diffusion(config)
+    model = objective.init(nnx.Rngs(0))
+    batch = {key: jnp.asarray(value) for key, value in random_batch(config, 4).items()}
+    x_t_BHWC = jax.random.normal(jax.random.key(0), batch["image"].shape)
+    condition_BW = objective.training_condition(model, batch, jax.random.key(1))
+    output_BHWC, hidden = model(x_t_BHWC, jnp.array([0, 10, 500, 999]), condition_BW)
+    assert output_BHWC.shape == x_t_BHWC.shape
+    np.testing.assert_array_equal(output_BHWC, 0.0)
+    assert len(hidden) == 2 and not np.allclose(hidden[-1], 0.0)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_alpha_bar_falls_from_one_to_zero(kind):
+    alpha_bar_T = noise_schedule(kind, 1000)
+    assert alpha_bar_T.shape == (1000,) and alpha_bar_T.dtype == np.float32
+    assert np.all(np.diff(alpha_bar_T) < 0)
+    assert alpha_bar_T[0] > 0.999 and alpha_bar_T[-1] < 1e-4
+    # Mid-schedule is neither clean nor pure noise (about 0.49 cosine, 0.08 linear).
+    assert 0.02 < alpha_bar_T[500] < 0.6
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_ddim_with_an_oracle_denoiser_returns_the_one_image_it_knows(prediction):
+    alpha_bar_T = jnp.asarray(noise_schedule("cosine", 1000))
+    image_BHWC = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+
+    def oracle(x_t_BHWC, t_B):  # the exact prediction when the data is this one image
+        alpha_bar_B = alpha_bar_T[t_B]
+        sigma = jnp.sqrt(1 - alpha_bar_B)[:, None, None, None]
+        noise_BHWC = (x_t_BHWC - jnp.sqrt(alpha_bar_B)[:, None, None, None] * image_BHWC) / sigma
+        return prediction_target(image_BHWC, noise_BHWC, alpha_bar_B, prediction)
+
+    timesteps_S = jnp.asarray(ddim_timesteps(1000, 7))
+    assert timesteps_S[0] == 999 and timesteps_S[-1] == 0 and np.all(np.diff(timesteps_S) < 0)
+    noise_BHWC = jax.random.normal(jax.random.key(1), image_BHWC.shape)
+    sample_BHWC = ddim_sample(oracle, noise_BHWC, alpha_bar_T, timesteps_S, prediction)
+    np.testing.assert_allclose(sample_BHWC, image_BHWC, atol=1e-4)
+
+
+def test_model_samples_and_features_have_the_promised_shapes():
+    config = diffusion_config(condition="label", num_classes=4, sample_steps=3)
+    objective = Diffusion(config)
+    model = objective.init(nnx.Rngs(0))
+    for i, kernel in enumerate([model.head.kernel, model.final_modulation.kernel]):  # leave init's zeros
+        kernel[...] = 0.3 * jax.random.normal(jax.random.key(i), kernel.shape)
+    batch = random_batch(config, 4)
+    noise_BHWC = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    samples_BHWC = nnx.jit(objective.sample)(model, {"label": jnp.asarray(batch["label"])}, noise_BHWC)
+    assert samples_BHWC.shape == (4, 32, 32, 3) and samples_BHWC.dtype == jnp.float32
+    assert np.all(np.abs(samples_BHWC) <= 1.0) and np.std(samples_BHWC) > 0.01
+    unconditional_BHWC = nnx.jit(objective.sample)(model, None, noise_BHWC)
+    assert not np.allclose(samples_BHWC, unconditional_BHWC)
+
+    features = objective.features(model, jnp.asarray(batch["image"]), jax.random.key(2))
+    assert sorted(features) == ["layer_01", "layer_02"]
+    assert all(f.shape == (4, 32) and np.all(np.isfinite(f)) for f in features.values())
+    error_B = objective.denoising_error(model, jnp.asarray(batch["image"]), {"label": batch["label"]},
+                                       jnp.array([0, 300, 600, 999]), noise_BHWC)
+    assert error_B.shape == (4,) and np.all(error_B > 0)
+
+
+@pytest.mark.parametrize("condition, examples", [("label", 4000), ("caption", 400)])
+def test_classifier_free_dropout_replaces_the_set_fraction_with_the_null_condition(condition, examples):
+    config = diffusion_config(condition=condition, num_classes=4, condition_dropout=0.25)
+    objective = Diffusion(config)
+    model = objective.init(nnx.Rngs(0))
+    batch = {key: jnp.asarray(value) for key, value in random_batch(config, examples).items()}
+    condition_BW = objective.training_condition(model, batch, jax.random.key(3))
+    null_BW = model.null_condition(examples)
+    dropped_B = np.all(np.asarray(condition_BW == null_BW), axis=1)
+    assert dropped_B.mean() == pytest.approx(0.25, abs=3 * np.sqrt(0.25 * 0.75 / examples))
+    config.diffusion.condition_dropout = 0.0
+    kept_BW = Diffusion(config).training_condition(model, batch, jax.random.key(3))
+    assert not np.any(np.all(np.asarray(kept_BW == null_BW), axis=1))
+
+
+def test_training_run_lowers_the_loss_and_reports_every_noise_bucket(tiny_config, tmp_path):
+    config = tiny_config("diffusion", total_steps=30, checkpoint_every=30, **{
+        "optim.learning_rate": 3e-3, "eval.num_points": 0, "diffusion.sample_steps": 3})
+    result = trainer.train(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r["kind"] == "train"]
+    assert result["status"] == "completed" and [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
+    for record in records:
+        buckets = [record[f"loss_t{k}"] for k in range(4)]
+        assert all(np.isfinite(buckets)) and all(b > 0 for b in buckets)
+    # Epsilon prediction starts at E[eps^2] = 1 (zero output) and falls well below it.
+    assert records[0]["loss"] > 0.85
+    assert np.mean([r["loss"] for r in records[-2:]]) < 0.75
+    samples = np.asarray(Image.open(tmp_path / "samples" / "samples.png"))
+    cell = 2 * 32 + 2  # 32-pixel images enlarged 2x, 2-pixel gaps
+    assert samples.shape == (4 * cell + 2, 4 * cell + 2, 3) and samples.std() > 0
+
+
+def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
+    # (Epsilon prediction trains in the trainer run above.)
+    config = tiny_config("diffusion", total_steps=15, **{
+        "diffusion.prediction": "v", "diffusion.schedule": "linear", "diffusion.condition": "label",
+        "optim.learning_rate": 3e-3})
+    batch = next(make_train_iterator(config.data, batch_size=16, seed=0))
+    one = run_steps(config, batch, jax.devices()[:1], ONE_DEVICE, 15)
+    eight = run_steps(config, batch, jax.devices(), {"data": 2, "fsdp": 2, "tensor": 2}, 15)
+    assert eight["first_loss"] == pytest.approx(one["first_loss"], rel=1e-5)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-3)
+    modulation = eight["params"]["transformer"]["blocks"][0]["modulation"]["kernel"]
+    assert modulation.sharding.spec == jax.P("fsdp", None, "tensor")
+
+    config.mesh.update(ONE_DEVICE)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        setup = trainer.build_setup(config, mesh)
+        model = trainer.model_from_params(setup, one["params"])
+        batch = {key: jnp.asarray(value) for key, value in batch.items()}
+        # The same timesteps, noise and dropout (rng key 0) as the first loss, taken at init.
+        after, _ = setup.objective.loss(model, batch, jax.random.key(0))
+    assert float(after) < 0.85 * one["first_loss"]
+
+
+def test_bfloat16_compute_puts_every_matmul_in_bfloat16():
+    config = diffusion_config()
+    config.model.dtype = "bfloat16"
+    objective = Diffusion(config)
+    graphdef, params = nnx.split(objective.init(nnx.Rngs(0)))
+    batch = {key: jnp.asarray(value) for key, value in random_batch(config, 2).items()}
+    loss = lambda p: objective.loss(nnx.merge(graphdef, p), batch, jax.random.key(0))[0]
+    operand_dtypes = _dot_operand_dtypes(jax.grad(loss), params)
+    assert len(operand_dtypes) > 50
+    assert all(dtypes == ("bfloat16", "bfloat16") for dtypes in operand_dtypes)
+
+
+def test_bad_settings_are_refused():
+    from scaling.config import ConfigError, validate
+
+    for fields, message in [({"prediction": "x0"}, "diffusion.prediction"),
+                            ({"feature_timestep": 1000}, "diffusion.feature_timestep"),
+                            ({"condition_dropout": 0.0}, "diffusion.guidance_scale")]:
+        with pytest.raises(ConfigError, match=message):
+            validate(diffusion_config(**fields), 1)
+    config = diffusion_config()
+    config.data.caption_level = "none"
+    with pytest.raises(ConfigError, match="data.caption_level"):
+        validate(config, 1)
