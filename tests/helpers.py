@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from conftest import random_batch
 
 from scaling import train as trainer
@@ -46,3 +47,20 @@ def step_flops(config, batch_size: int) -> tuple[float, float]:
         step = trainer.make_train_step(setup, 0)
         measured = xla_flops(step, params, opt_state, batch, jnp.int32(0))
     return setup.objective.train_flops_per_example() * batch_size, measured
+
+
+ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
+EIGHT_DEVICES = {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def assert_meshes_agree(config, batch, steps: int):
+    """Runs on 1 device and on a 2x2x2 mesh of 8; asserts the first loss and gradients agree to 1e-5
+    and the step losses to 1e-3 (relative); returns the 8-device run for sharding checks."""
+    one = run_steps(config, batch, jax.devices()[:1], ONE_DEVICE, steps)
+    eight = run_steps(config, batch, jax.devices(), EIGHT_DEVICES, steps)
+    assert abs(eight["first_loss"] - one["first_loss"]) <= 1e-5 * abs(one["first_loss"])
+    g1 = np.concatenate([g.ravel() for g in jax.tree.leaves(one["grads"])])
+    g8 = np.concatenate([g.ravel() for g in jax.tree.leaves(eight["grads"])])
+    assert np.linalg.norm(g8 - g1) <= 1e-5 * np.linalg.norm(g1)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-3)
+    return one, eight

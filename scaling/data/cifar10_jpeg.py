@@ -9,13 +9,13 @@ which stores each member's JPEG bytes as they are (no decode or re-encode). The 
 
 from __future__ import annotations
 
-import inspect
 import os
 import tarfile
 from pathlib import Path
 
 import tensorflow_datasets as tfds
-from etils import epath
+
+from scaling.data.local_builder import LocalBuilder
 
 ENV_VAR = "SCALING_CIFAR10_JPEG_DIR"
 CLASS_NAMES = (
@@ -73,7 +73,7 @@ def iter_jpegs(tarball: str | os.PathLike):
                 yield member.name, label, archive.extractfile(member).read()
 
 
-class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder):
+class Cifar10Jpeg(LocalBuilder):
     """CIFAR-10 (JPEG copy) from local tarballs given as the TFDS manual directory."""
 
     name = "cifar10_jpeg"
@@ -83,12 +83,6 @@ class Cifar10Jpeg(tfds.core.GeneratorBasedBuilder):
         f"Place {tarball_name('train')} and {tarball_name('test')} in the manual directory "
         f"(in this workplace: ../shared/data/cifar10-jpeg, or set {ENV_VAR})."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (TFDS 4.9.10 would import `importlib_resources`, absent on Python 3.11)."""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

@@ -6,13 +6,13 @@ them; a seeded 80/20 split gives train and test. Needs scikit-learn, which ships
 
 from __future__ import annotations
 
-import inspect
 import io
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image
+
+from scaling.data.local_builder import LocalBuilder
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 IMAGE_SIZE = 32
@@ -46,18 +46,12 @@ def split_indices(count: int) -> dict[str, np.ndarray]:
     return {"train": np.sort(order[test_count:]), "test": np.sort(order[:test_count])}
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(LocalBuilder):
     """scikit-learn's 8x8 digits as 32x32 RGB images with a 10-class label."""
 
     name = "digits"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (TFDS 4.9.10 would import `importlib_resources`, absent on Python 3.11)."""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(

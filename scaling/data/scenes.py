@@ -16,14 +16,14 @@ object with size and position, plus the background; phrasing varies with the exa
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import math
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image, ImageDraw
+
+from scaling.data.local_builder import LocalBuilder
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "crescent")
 COLORS = {
@@ -437,7 +437,7 @@ def scenes_config(image_size: int, small: bool = False) -> ScenesConfig:
                         description=f"{image_size}x{image_size} images, splits {dict(sizes)}")
 
 
-class Scenes(tfds.core.GeneratorBasedBuilder):
+class Scenes(LocalBuilder):
     """Procedural compositional image-caption scenes (no download)."""
 
     name = "scenes"
@@ -448,12 +448,6 @@ class Scenes(tfds.core.GeneratorBasedBuilder):
         scenes_config(32, small=True), scenes_config(16, small=True),
     ]
     DEFAULT_CONFIG_NAME = "32"
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        """This file (TFDS 4.9.10 would import `importlib_resources`, absent on Python 3.11)."""
-        return epath.Path(inspect.getfile(cls))
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size

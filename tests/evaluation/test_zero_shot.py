@@ -11,6 +11,21 @@ from scaling.sharding import make_mesh
 from scaling.train import build_setup, model_from_params
 
 CLASSES = ("circle", "square", "triangle", "star")
+ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+def overfit_then_score(config, batch, steps: int) -> np.ndarray:
+    """Zero-shot scores [B, C] of CLASSES for the batch's images after ``steps`` steps on the batch."""
+    config.mesh.update(ONE_DEVICE)
+    devices = jax.devices()[:1]
+    trained = run_steps(config, batch, devices, ONE_DEVICE, steps)
+    assert trained["losses"][-1] < 0.5 * trained["losses"][0]
+    mesh = make_mesh(config.mesh, devices)
+    with jax.set_mesh(mesh):
+        model = model_from_params(build_setup(config, mesh), trained["params"])
+        scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, jax.random.key(1))
+    assert scores.shape == (batch["image"].shape[0], len(CLASSES))
+    return np.asarray(scores)
 
 
 def test_prompts_are_class_major_over_templates():
@@ -31,18 +46,8 @@ def test_zero_shot_picks_the_class_whose_prompt_was_the_training_caption(objecti
     tokens, mask = get_tokenizer("byte").encode_batch(captions, config.data.max_caption_len)
     batch.update(label=labels.astype(np.int32), caption_tokens=np.asarray(tokens, np.int32),
                  caption_mask=np.asarray(mask, np.int32))
-    devices = jax.devices()[:1]
-    trained = run_steps(config, batch, devices, {"data": 1, "fsdp": 1, "tensor": 1}, 120)
-    assert trained["losses"][-1] < 0.5 * trained["losses"][0]
-
-    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
-    mesh = make_mesh(config.mesh, devices)
-    with jax.set_mesh(mesh):
-        setup = build_setup(config, mesh)
-        model = model_from_params(setup, trained["params"])
-        scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, None)
-    assert scores.shape == (16, len(CLASSES))
-    assert np.mean(np.asarray(scores).argmax(axis=1) == labels) >= 0.8  # chance is 0.25
+    scores = overfit_then_score(config, batch, 120)
+    assert np.mean(scores.argmax(axis=1) == labels) >= 0.8  # chance is 0.25
 
 
 def test_diffusion_classifier_picks_the_class_the_model_was_conditioned_on():
@@ -56,17 +61,6 @@ def test_diffusion_classifier_picks_the_class_the_model_was_conditioned_on():
     noise = np.random.default_rng(0).integers(-20, 20, batch["image"].shape)
     batch["image"] = np.clip(colours[labels][:, None, None] + noise, 0, 255).astype(np.uint8)
     batch["label"] = labels.astype(np.int32)
-    devices = jax.devices()[:1]
-    trained = run_steps(config, batch, devices, {"data": 1, "fsdp": 1, "tensor": 1}, 250)
-    assert trained["losses"][-1] < 0.5 * trained["losses"][0]
-
-    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
-    mesh = make_mesh(config.mesh, devices)
-    with jax.set_mesh(mesh):
-        setup = build_setup(config, mesh)
-        model = model_from_params(setup, trained["params"])
-        scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, jax.random.key(1))
-    scores = np.asarray(scores)
-    assert scores.shape == (16, len(CLASSES))
+    scores = overfit_then_score(config, batch, 250)
     assert (np.isfinite(scores).sum(axis=1) == 2).all()  # only the kept classes are scored fully
     assert np.mean(scores.argmax(axis=1) == labels) >= 0.75  # chance is 0.25

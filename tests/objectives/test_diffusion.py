@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import load_experiment, random_batch
 from flax import nnx
-from helpers import run_steps
+from helpers import ONE_DEVICE, assert_meshes_agree
 from PIL import Image
 from test_models import _dot_operand_dtypes
 
@@ -21,8 +21,6 @@ from scaling.objectives.diffusion import (
     prediction_target,
 )
 from scaling.sharding import make_mesh
-
-ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
 
 
 def diffusion_config(**fields):
@@ -150,10 +148,7 @@ def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
         "diffusion.prediction": "v", "diffusion.schedule": "linear", "diffusion.condition": "label",
         "optim.learning_rate": 3e-3})
     batch = next(make_train_iterator(config.data, batch_size=16, seed=0))
-    one = run_steps(config, batch, jax.devices()[:1], ONE_DEVICE, 15)
-    eight = run_steps(config, batch, jax.devices(), {"data": 2, "fsdp": 2, "tensor": 2}, 15)
-    assert eight["first_loss"] == pytest.approx(one["first_loss"], rel=1e-5)
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-3)
+    one, eight = assert_meshes_agree(config, batch, 15)
     modulation = eight["params"]["transformer"]["blocks"][0]["modulation"]["kernel"]
     assert modulation.sharding.spec == jax.P("fsdp", None, "tensor")
 
