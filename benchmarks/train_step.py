@@ -1,8 +1,9 @@
 """Training throughput against the machine's float32 matmul peak, per objective and compute dtype.
 
-Reference config: width 512, depth 8, 8 heads, MLP 2048 (size "m"), patch 4 on 32x32 images, batch 256,
-AdamW; CLIP adds its text tower, captioning its decoder (64-token captions). Prints achieved training FLOP/s (analytic FLOPs of the step divided by
-its measured time) divided by the float32 matmul peak measured in the same process.
+Reference config: width 512, depth 8, 8 heads, MLP 2048 (size "m"), patch 4 on 32x32 images, batch
+256, AdamW; CLIP adds its text tower, captioning its decoder (64-token captions). Prints achieved
+training FLOP/s (analytic FLOPs of the step divided by its measured time) divided by the float32
+matmul peak measured in the same process.
 
     python benchmarks/train_step.py [--objectives clip,igpt] [--dtypes float32,bfloat16] [--steps 3]
 """
