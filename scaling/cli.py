@@ -18,8 +18,8 @@ config_flags.DEFINE_config_file("config", None, "experiments/<objective>.py[:siz
 flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a checkpoint)")
 flags.DEFINE_string("dataset", "", "probe: data set to probe on (default: the run's eval.dataset)")
 flags.DEFINE_list("layers", [], "probe: layers to probe (default: all)")
-flags.DEFINE_integer("max_train", None, "probe: use at most this many training examples")
-flags.DEFINE_integer("max_test", None, "probe: use at most this many test examples")
+flags.DEFINE_integer("max-train", None, "probe: use at most this many training examples")
+flags.DEFINE_integer("max-test", None, "probe: use at most this many test examples")
 flags.DEFINE_string("root", "runs", "sweep: store root; each sweep lives in <root>/<sweep name>/")
 flags.DEFINE_enum("executor", "local", ["local", "ray", "tpu-vm", "xpk"],
                   "sweep: where runs train (tpu-vm and xpk print, or with --launch run, pod commands)")
@@ -35,7 +35,7 @@ flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diver
 
 USAGE = """usage:
   scaling train --config experiments/<objective>.py:size=mu --workdir DIR [--config.<field>=<value>]
-  scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max_train N] [--max_test N]
+  scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] [--max-test N]
   scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] [--max-parallel N]
                 [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] [--retry-failed]"""
 
@@ -63,7 +63,7 @@ def probe_command(argv: list[str]) -> None:
     if len(argv) > 1 or not FLAGS.workdir:
         fail(f"--workdir is required and takes no other arguments; {USAGE}")
     result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers),
-                              max_train=FLAGS.max_train, max_test=FLAGS.max_test)
+                              max_train=FLAGS["max-train"].value, max_test=FLAGS["max-test"].value)
     print(f"{result['dataset']}: best layer {result['probe_layer']} at "
           f"{100 * result['probe_accuracy']:.1f}% test accuracy; wrote {FLAGS.workdir}/probe.json")
 

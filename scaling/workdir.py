@@ -18,7 +18,9 @@ import ml_collections
 from scaling.config import ConfigError
 
 # Fields that change how a run is watched but not what it computes; a resumed run may change them.
-OPERATIONAL_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count")
+OPERATIONAL_FIELDS = (
+    "log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count", "data.data_dir",
+)
 
 
 def is_writer() -> bool:

@@ -70,7 +70,7 @@ def test_probe_command_writes_probe_json(finished_run, tmp_path):
     workdir = tmp_path / "probed"
     shutil.copytree(source, workdir)
     base = [sys.executable, "-m", "scaling.cli", "probe", "--workdir", str(workdir),
-            "--max_train=400", "--max_test=200"]
+            "--max-train=400", "--max-test=200"]
     proc = subprocess.run([*base, "--layers=layer_02"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

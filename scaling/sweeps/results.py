@@ -1,0 +1,80 @@
+"""The results table of a sweep, derived from its run directories alone (so it can always be rebuilt).
+
+One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
+caption level, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
+examples, flops, wall_s, and whatever metrics it holds). Cached as ``<sweep dir>/results.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from scaling.sweeps.spec import Budget
+from scaling.workdir import RunFiles, flatten, read_json
+
+RESULTS_NAME = "results.csv"
+CONFIG_COLUMNS = {  # column -> dotted config field
+    "objective": "objective",
+    "size": "size",
+    "seed": "seed",
+    "batch_size": "batch_size",
+    "total_steps": "total_steps",
+    "caption_level": "data.caption_level",
+}
+RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "budget", "budget_unit", "budget_amount")
+POINT_COLUMNS = ("kind", "step", "examples", "flops", "wall_s")
+
+
+def run_status(run_dir: Path) -> str:
+    result = read_json(run_dir / "result.json")
+    if result is not None:
+        return result["status"]
+    return "failed" if (run_dir / "failure.json").exists() else "incomplete"
+
+
+def run_fields(run_dir: Path) -> dict[str, Any] | None:
+    """The run's columns, or None for a directory the runner has not set up."""
+    spec, config = read_json(run_dir / "spec.json"), read_json(run_dir / "config.json")
+    if spec is None or config is None:
+        return None
+    flat, budget = flatten(config), spec["budget"]
+    labels = {field: value for field, value in spec["labels"].items() if field not in CONFIG_COLUMNS.values()}
+    return {
+        "run_id": spec["run_id"],
+        "status": run_status(run_dir),
+        **{column: flat.get(field) for column, field in CONFIG_COLUMNS.items()},
+        "budget": Budget(**budget).label,
+        "budget_unit": budget["unit"],
+        "budget_amount": float(budget["amount"]),
+        **labels,
+    }
+
+
+def build_table(sweep_dir: str | Path) -> pd.DataFrame:
+    run_dirs = sorted(p for p in Path(sweep_dir).glob("*") if p.is_dir())
+    rows = []
+    for run_dir in run_dirs:
+        fields = run_fields(run_dir)
+        if fields is not None:
+            rows.extend({**fields, **record} for record in RunFiles(run_dir).read_metrics())
+    table = pd.DataFrame.from_records(rows, columns=None if rows else [*RUN_COLUMNS, *POINT_COLUMNS])
+    leading = [column for column in (*RUN_COLUMNS, *POINT_COLUMNS) if column in table]
+    return table[leading + sorted(set(table.columns) - set(leading))]
+
+
+def write_table(table: pd.DataFrame, sweep_dir: str | Path) -> Path:
+    """Writes the CSV cache atomically; returns its path."""
+    path = Path(sweep_dir) / RESULTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{RESULTS_NAME}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(sweep_dir: str | Path) -> pd.DataFrame:
+    return pd.read_csv(Path(sweep_dir) / RESULTS_NAME)

@@ -1,0 +1,257 @@
+"""The sweep runner: claims runs, has an executor train them, records how each ended, reports progress.
+
+A rerun skips finished runs (completed, diverged or failed; ``retry_failed`` clears failure records
+first), resumes interrupted runs from their last checkpoint once their lease is stale (train() resumes),
+and leaves runs that another live runner holds alone. Every start and end of an attempt is logged in
+the run's attempts.jsonl. At the end the results table and the compute figure are written.
+
+On a multi-host TPU slice every host runs the same command; process 0 claims runs and broadcasts which
+one to train next, all processes train it together, and only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
+from scaling.sweeps.spec import Sweep, SweepError, load_sweep
+from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
+
+Print = Callable[[str], None]
+FIGURE_NAME = "compute_vs_probe.png"
+PLOTS_FILE = Path(__file__).resolve().parents[2] / "analysis" / "plots.py"
+
+
+def progress(sweep: Sweep, store: Store) -> dict[str, int]:
+    counts = Counter(store.state(run.run_id) for run in sweep.runs)
+    return {state: counts[state] for state in STATES}
+
+
+def progress_line(sweep: Sweep, counts: dict[str, int]) -> str:
+    return (f"[{sweep.name}] {counts[COMPLETED]} done, {counts[RUNNING]} running, "
+            f"{counts[FAILED]} failed, {counts[LEFT]} left")
+
+
+def _claim_next(sweep: Sweep, store: Store, skip: set[str]) -> tuple[int, int] | None:
+    """(index in the sweep, lease generation) of the first run we could claim, or None."""
+    for index, run in enumerate(sweep.runs):
+        if run.run_id in skip:
+            continue
+        generation = store.claim(run.run_id)
+        if generation is not None:
+            return index, generation
+    return None
+
+
+def _begin(store: Store, run) -> Path:
+    store.write_spec(run)
+    store.log_attempt(run.run_id, "start")
+    return store.run_dir(run.run_id)
+
+
+def _finish(store: Store, run_id: str, generation: int, outcome: dict[str, str]) -> None:
+    if outcome["status"] == "failed":
+        store.record_failure(run_id, outcome["reason"], outcome.get("detail", ""))
+    store.log_attempt(run_id, "end", status=outcome["status"], reason=outcome.get("reason", ""))
+    store.release(run_id, generation)
+
+
+def _abandon(store: Store, run_id: str, generation: int) -> None:
+    """The runner is stopping mid-run: free the run for the next runner, which resumes it."""
+    store.log_attempt(run_id, "end", status="interrupted")
+    store.release(run_id, generation)
+
+
+def _ended_line(sweep: Sweep, store: Store, run_id: str, outcome: dict[str, str]) -> str:
+    reason = f" ({outcome['reason']})" if outcome["status"] != "completed" else ""
+    return f"{progress_line(sweep, progress(sweep, store))}; {run_id} {outcome['status']}{reason}"
+
+
+def _run_here(sweep: Sweep, store: Store, executor: Executor, out: Print, poll_s: float) -> None:
+    in_flight: dict[str, tuple[int, Handle]] = {}  # run id -> (lease generation, handle)
+    ended: set[str] = set()
+    with Heartbeats(store) as beats:
+        try:
+            while True:
+                for run_id, (generation, handle) in list(in_flight.items()):
+                    if run_id in beats.lost:
+                        handle.cancel()
+                        out(f"lease on {run_id} was taken over by another runner; stopped it here")
+                    else:
+                        outcome = handle.poll()
+                        if outcome is None:
+                            continue
+                        _finish(store, run_id, generation, outcome)
+                        out(_ended_line(sweep, store, run_id, outcome))
+                    del in_flight[run_id]
+                    beats.drop(run_id)
+                    ended.add(run_id)
+                while len(in_flight) < executor.max_parallel:
+                    claimed = _claim_next(sweep, store, ended | set(in_flight))
+                    if claimed is None:
+                        break
+                    index, generation = claimed
+                    run = sweep.runs[index]
+                    beats.hold(run.run_id, generation)
+                    out(f"{progress_line(sweep, progress(sweep, store))}; starting {run.run_id}")
+                    try:  # the in-process executor trains inside start()
+                        in_flight[run.run_id] = (generation, executor.start(run, _begin(store, run)))
+                    except BaseException:
+                        _abandon(store, run.run_id, generation)
+                        raise
+                if not in_flight:
+                    return
+                time.sleep(poll_s)
+        finally:
+            for run_id, (generation, handle) in in_flight.items():
+                handle.cancel()
+                _abandon(store, run_id, generation)
+            executor.close()
+
+
+def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
+    """Process 0 picks each run; every process trains it (train() writes only on process 0)."""
+    import jax
+    import numpy as np
+    from jax.experimental.multihost_utils import broadcast_one_to_all
+
+    writer, ended = jax.process_index() == 0, set()
+    with Heartbeats(store) as beats:
+        while True:
+            claimed = _claim_next(sweep, store, ended) if writer else None
+            index = int(broadcast_one_to_all(np.int32(-1 if claimed is None else claimed[0])))
+            if index < 0:
+                return
+            run = sweep.runs[index]
+            ended.add(run.run_id)
+            if writer:
+                beats.hold(run.run_id, claimed[1])
+                out(f"{progress_line(sweep, progress(sweep, store))}; starting {run.run_id}")
+                _begin(store, run)
+            outcome = execute_run(run.config, str(store.run_dir(run.run_id)))
+            if writer:
+                _finish(store, run.run_id, claimed[1], outcome)
+                beats.drop(run.run_id)
+                out(_ended_line(sweep, store, run.run_id, outcome))
+
+
+def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, *,
+              lease_timeout_s: float = LEASE_TIMEOUT_S, retry_failed: bool = False,
+              multihost: bool = False, out: Print = print, poll_s: float = 0.5) -> dict[str, int]:
+    """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state."""
+    store = Store(root, sweep.name, lease_timeout_s)
+    writer = True
+    if multihost:
+        import jax
+
+        writer = jax.process_index() == 0
+    if retry_failed and writer:
+        for run in sweep.runs:
+            store.clear_failure(run.run_id)
+    if multihost:
+        _run_multihost(sweep, store, out)
+    else:
+        _run_here(sweep, store, executor or InProcess(), out, poll_s)
+    counts = progress(sweep, store)
+    if writer:
+        out(progress_line(sweep, counts))
+        write_outputs(sweep, store, out)
+        for run in sweep.runs:
+            if store.state(run.run_id) == FAILED:
+                out(f"  failed: {run.run_id}: {store.failure_reason(run.run_id)}")
+    return counts
+
+
+def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
+    """The results table (CSV) and, when there are points to draw, the compute figure."""
+    from scaling.config import load_python_file
+    from scaling.sweeps.results import build_table, write_table
+
+    table = build_table(store.sweep_dir)
+    out(f"results table: {write_table(table, store.sweep_dir)} ({len(table)} rows)")
+    if table.empty:
+        return
+    if not PLOTS_FILE.is_file():
+        out(f"figure skipped: {PLOTS_FILE} is missing")
+        return
+    plots = load_python_file(PLOTS_FILE, where="analysis/plots.py")
+    out(f"figure: {plots.compute_vs_probe(table, store.sweep_dir / FIGURE_NAME)}")
+
+
+def describe(sweep: Sweep, store: Store) -> str:
+    """A dry-run listing: one line per run with its steps, compute and current state."""
+    from scaling.objectives import build_objective
+
+    lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {store.sweep_dir}"]
+    total = 0.0
+    for run in sweep.runs:
+        flops = build_objective(run.config).train_flops_per_example() * run.config.batch_size
+        total += flops * run.config.total_steps
+        lines.append(f"  {run.run_id:<56} {run.config.total_steps:>7} steps "
+                     f"{flops * run.config.total_steps:9.3g} FLOPs  {store.state(run.run_id)}")
+    lines.append(f"total {total:.3g} training FLOPs")
+    return "\n".join(lines)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What ``scaling sweep`` was asked to do."""
+
+    root: str = "runs"
+    executor: str = "local"
+    max_parallel: int = 1
+    dry_run: bool = False
+    launch: bool = False
+    tpu: str | None = None
+    zone: str | None = None
+    cluster: str | None = None
+    distributed: bool = False
+    lease_timeout_s: float = LEASE_TIMEOUT_S
+    retry_failed: bool = False
+
+
+def make_executor(options: Options) -> Executor:
+    if options.max_parallel < 1:
+        raise SweepError(f"--max-parallel must be at least 1, got {options.max_parallel}")
+    if options.executor == "ray":
+        return RayExecutor(options.max_parallel)
+    if options.executor != "local":
+        raise SweepError(f"--executor {options.executor!r} does not train here; use local or ray")
+    return InProcess() if options.max_parallel == 1 else ProcessPool(options.max_parallel)
+
+
+def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int] | None:
+    """``scaling sweep``: list, launch on a pod, or run a sweep; returns the final counts if it ran."""
+    from scaling.sweeps import pods
+
+    sweep = load_sweep(sweep_path)
+    store = Store(options.root, sweep.name, options.lease_timeout_s)
+    if options.executor in pods.POD_EXECUTORS:
+        commands = pods.commands(options.executor, sweep_path, sweep.name, options)
+        out("\n".join(pods.render(command) for command in commands))
+        if options.launch:
+            pods.launch(commands, out=out)
+        return None
+    if options.dry_run:
+        out(describe(sweep, store))
+        return None
+    signal.signal(signal.SIGTERM, _interrupt)  # preemption notices: release leases on the way out
+    if options.distributed:
+        if options.executor != "local" or options.max_parallel != 1:
+            raise SweepError("--distributed runs one run at a time on every host: use --executor local "
+                             "--max-parallel 1")
+        import jax
+
+        jax.distributed.initialize()
+    return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
+                     lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,
+                     multihost=options.distributed, out=out)

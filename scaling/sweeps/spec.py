@@ -1,0 +1,219 @@
+"""Run specs: compute budgets, stable run ids, grids over config fields, and sweep definition files.
+
+A sweep file ``sweeps/<name>.py`` defines ``get_sweep() -> Sweep``. A run id shows the fields a reader
+looks for and hashes the rest of the result-changing config, e.g. ``clip-mu-f1e12-s0-3fa2c1`` or
+``clip-mu-f1e12-s0-caption_level=short-3fa2c1``, so the same definition always gives the same ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from scaling.config import ConfigError, load_config_file, load_python_file, validate
+from scaling.objectives import OBJECTIVES, build_objective
+from scaling.workdir import OPERATIONAL_FIELDS, flatten
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+BUDGET_PREFIXES = {"flops": "f", "steps": "steps", "examples": "ex"}
+SHOWN_FIELDS = ("objective", "size", "seed")  # spelled out in every run id
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+Adjust = Callable[[ml_collections.ConfigDict], None]
+
+
+class SweepError(ConfigError):
+    """A sweep definition that cannot work; the message names the problem and the fix."""
+
+
+def compact_number(value: float) -> str:
+    """``1e12`` -> "1e12", ``2.5e11`` -> "2.5e11", ``200`` -> "200", ``0.001`` -> "0.001"."""
+    if float(value).is_integer() and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.6g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Training compute of a run, in FLOPs, steps or examples; converted to total_steps per config."""
+
+    unit: str
+    amount: float
+
+    def __post_init__(self):
+        if self.unit not in BUDGET_PREFIXES:
+            raise SweepError(f"budget unit {self.unit!r} not in {tuple(BUDGET_PREFIXES)}")
+        if not self.amount > 0:
+            raise SweepError(f"budget must be positive, got {self.amount} {self.unit}")
+
+    @classmethod
+    def flops(cls, amount: float) -> Budget:
+        return cls("flops", amount)
+
+    @classmethod
+    def steps(cls, amount: int) -> Budget:
+        return cls("steps", amount)
+
+    @classmethod
+    def examples(cls, amount: int) -> Budget:
+        return cls("examples", amount)
+
+    @property
+    def label(self) -> str:
+        return BUDGET_PREFIXES[self.unit] + compact_number(self.amount)
+
+    def total_steps(self, flops_per_example: float, batch_size: int) -> int:
+        """Steps that spend the budget: round(FLOPs / (FLOPs per example x batch)), at least one."""
+        per_step = {"flops": flops_per_example * batch_size, "examples": batch_size, "steps": 1}[self.unit]
+        return max(1, round(self.amount / per_step))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One run of a sweep: its id, full config, budget and the grid values it was made from.
+
+    ``resources`` are what an executor must reserve for it (e.g. Ray custom resources {"TPU": 4}); they
+    do not change results and are not part of the id.
+    """
+
+    run_id: str
+    config: ml_collections.ConfigDict
+    budget: Budget
+    labels: dict[str, Any]
+    resources: dict[str, float]
+
+    def record(self) -> dict[str, Any]:
+        """What ``spec.json`` keeps beside the run's own files."""
+        return {"run_id": self.run_id, "budget": dataclasses.asdict(self.budget), "labels": self.labels}
+
+
+def result_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Dotted config fields that change results (everything but the operational ones)."""
+    flat = flatten(json.loads(config.to_json()))
+    return {name: value for name, value in flat.items() if name not in OPERATIONAL_FIELDS}
+
+
+def _slug(value: Any) -> str:
+    text = compact_number(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", str(text))
+
+
+def make_run_id(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str, Any]) -> str:
+    rest = {k: v for k, v in result_fields(config).items() if k not in (*SHOWN_FIELDS, *labels)}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+    shown = [f"{field.rpartition('.')[2]}={_slug(value)}" for field, value in labels.items()]
+    return "-".join([config.objective, config.size, budget.label, f"s{config.seed}", *shown, digest])
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """Sets an existing field; a misspelt name is an error rather than a new, unused field."""
+    section, _, name = dotted.rpartition(".")
+    try:
+        parent = config
+        for part in filter(None, section.split(".")):
+            parent = parent[part]
+        if name not in parent:
+            raise KeyError(name)
+        parent[name] = value
+    except (KeyError, TypeError) as error:
+        raise SweepError(f"config field {dotted}={value!r} cannot be set on {config.objective} ({error}); "
+                         "check the field name and value type in experiments/<objective>.py") from None
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+    """Validation that needs no devices: the mesh is checked against its own fixed axis sizes."""
+    devices = math.prod(size for size in dict(config.mesh).values() if size > 0)
+    validate(config, num_devices=devices)
+
+
+def make_run(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str, Any] | None = None,
+             adjust: Adjust | None = None, resources: dict[str, float] | None = None) -> RunSpec:
+    """A validated run: total_steps from the budget, then ``adjust(config)`` (e.g. warmup from steps)."""
+    config = config.copy_and_resolve_references()
+    flops_per_example = build_objective(config).train_flops_per_example()
+    config.total_steps = budget.total_steps(flops_per_example, config.batch_size)
+    if adjust is not None:
+        adjust(config)
+    labels = dict(labels or {})
+    run_id = make_run_id(config, budget, labels)
+    try:
+        _check(config)
+    except ConfigError as error:
+        raise SweepError(f"run {run_id}: {error}") from None
+    return RunSpec(run_id, config, budget, labels, dict(resources or {}))
+
+
+def experiment_config(objective: str, size: str) -> ml_collections.ConfigDict:
+    return load_config_file(EXPERIMENTS_DIR / f"{objective}.py", f"size={size}")
+
+
+def available_objectives() -> list[str]:
+    """Registered objectives that have an experiment config file."""
+    return [name for name in OBJECTIVES if (EXPERIMENTS_DIR / f"{name}.py").is_file()]
+
+
+def grid(objectives: Iterable[str], sizes: Iterable[str], budgets: Iterable[Budget],
+         seeds: Iterable[int] = (0,), *, fields: dict[str, Any] | None = None,
+         axes: dict[str, Sequence[Any]] | None = None, adjust: Adjust | None = None,
+         resources: dict[str, float] | None = None) -> list[RunSpec]:
+    """Every combination of objective x size x axes x budget x seed, from experiments/<objective>.py.
+
+    ``fields`` sets dotted config fields on every run; ``axes`` maps dotted fields to the values to
+    sweep, and those values appear in the run ids.
+    """
+    axes, budgets, seeds = dict(axes or {}), list(budgets), list(seeds)
+    runs = []
+    for objective, size in itertools.product(objectives, sizes):
+        base = experiment_config(objective, size)
+        for values in itertools.product(*axes.values()):
+            labels = dict(zip(axes, values, strict=True))
+            for budget, seed in itertools.product(budgets, seeds):
+                config = base.copy_and_resolve_references()
+                for field, value in {**(fields or {}), **labels, "seed": seed}.items():
+                    set_field(config, field, value)
+                runs.append(make_run(config, budget, labels, adjust, resources))
+    return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A named list of runs; ids and result-changing configs must be unique."""
+
+    name: str
+    runs: tuple[RunSpec, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "runs", tuple(self.runs))
+        if not NAME_PATTERN.match(self.name):
+            raise SweepError(f"sweep name {self.name!r} must use only letters, digits, '_', '.', '-'")
+        repeated = [run_id for run_id, n in Counter(r.run_id for r in self.runs).items() if n > 1]
+        if repeated:
+            raise SweepError(f"sweep {self.name}: duplicate run ids {repeated}; make the grid values unique")
+        by_config: dict[str, str] = {}
+        for run in self.runs:
+            key = json.dumps(result_fields(run.config), sort_keys=True)
+            if key in by_config:
+                raise SweepError(f"sweep {self.name}: runs {by_config[key]} and {run.run_id} have the same "
+                                 "config (e.g. two budgets that round to the same steps); drop one")
+            by_config[key] = run.run_id
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """``get_sweep()`` of a sweep definition file."""
+    module = load_python_file(path, where="sweeps/<name>.py")
+    if not callable(getattr(module, "get_sweep", None)):
+        raise SweepError(f"{path} defines no get_sweep() -> Sweep")
+    sweep = module.get_sweep()
+    if not isinstance(sweep, Sweep):
+        raise SweepError(f"{path}: get_sweep() returned {type(sweep).__name__}, not a Sweep")
+    return sweep

@@ -1,0 +1,32 @@
+"""Quickstart study: every registered objective x two tiny sizes x two FLOP budgets on the embedded scenes.
+
+    scaling sweep sweeps/quickstart.py            # runs/quickstart/: results.csv, compute_vs_probe.png
+
+Sized for a laptop: with 4 objectives, 16 short runs with two probe points each, about 10 minutes on
+2 CPU cores. Budgets are compute-matched, so the larger model takes fewer steps. At these budgets the
+probes stay near chance; the study proper is sweeps/objectives_vs_compute.py.
+"""
+
+from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+
+SIZES = ("mu", "micro")
+BUDGETS = (Budget.flops(1e11), Budget.flops(3e11))
+FIELDS = {
+    "batch_size": 32,
+    "checkpoint_every": 50,
+    "log_every": 5,
+    "optim.learning_rate": 2e-3,
+    "eval.num_points": 2,
+    "eval.first_fraction": 0.25,
+    "eval.probe_train_examples": 1000,
+    "eval.probe_test_examples": 250,
+}
+
+
+def warmup_tenth(config):
+    config.optim.warmup_steps = config.total_steps // 10
+
+
+def get_sweep() -> Sweep:
+    runs = grid(available_objectives(), SIZES, BUDGETS, fields=FIELDS, adjust=warmup_tenth)
+    return Sweep("quickstart", runs)

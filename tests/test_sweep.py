@@ -1,0 +1,357 @@
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from scaling.config import load_python_file
+from scaling.objectives import build_objective
+from scaling.sweeps import pods
+from scaling.sweeps.executors import ProcessPool
+from scaling.sweeps.results import build_table, read_table
+from scaling.sweeps.runner import Options, describe, run_sweep
+from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run
+from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
+from scaling.workdir import RunFiles
+
+ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
+
+
+def tiny_fields(data_dir: str, **more) -> dict:
+    return {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
+            "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "eval.num_points": 0, **more}
+
+
+def write_sweep_file(path: Path, name: str, data_dir: str, runs: list[tuple[int, list[str]]]) -> Path:
+    """A sweep definition of tiny CLIP runs: (steps, caption levels) per grid.
+
+    Runs that differ only in caption level compile to the same program (a compilation cache hit).
+    """
+    runs = " + ".join(f'grid(["clip"], ["mu"], [Budget.steps({steps})], fields=FIELDS, '
+                      f'axes={{"data.caption_level": {levels!r}}})' for steps, levels in runs)
+    path.write_text(
+        "from scaling.sweeps.spec import Budget, Sweep, grid\n"
+        f"FIELDS = {tiny_fields(data_dir)!r}\n"
+        f"def get_sweep():\n    return Sweep({name!r}, {runs})\n"
+    )
+    return path
+
+
+def scaling_sweep(sweep_file: Path, root: Path, *flags: str) -> subprocess.Popen:
+    """``scaling sweep`` in a subprocess on one CPU device; runs with equal programs share compilations."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "JAX_COMPILATION_CACHE_DIR": str(root.parent / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "scaling.cli", "sweep", str(sweep_file), "--root", str(root), *flags],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def ended(store: Store, run_id: str) -> list[str]:
+    return [a["status"] for a in store.attempts(run_id) if a["event"] == "end"]
+
+
+# --- specs and ids -----------------------------------------------------------------------------------
+
+
+def test_run_ids_are_readable_stable_and_hash_only_result_changing_fields(data_dir):
+    fields = tiny_fields(data_dir)
+    runs = grid(["clip"], ["mu"], [Budget.flops(1e12)], seeds=[0, 1], fields=fields)
+    again = grid(["clip"], ["mu"], [Budget.flops(1e12)], seeds=[0, 1], fields=fields)
+    assert [r.run_id for r in runs] == [r.run_id for r in again]
+    (seed0, hash0), (seed1, hash1) = (ID.match(r.run_id).groups() for r in runs)
+    assert (seed0, seed1) == ("0", "1") and hash0 == hash1  # the seed is spelled out, not hashed
+
+    operational = grid(["clip"], ["mu"], [Budget.flops(1e12)], fields={**fields, "log_every": 1})
+    changed = grid(["clip"], ["mu"], [Budget.flops(1e12)], fields={**fields, "optim.learning_rate": 0.01})
+    assert operational[0].run_id == runs[0].run_id
+    assert changed[0].run_id != runs[0].run_id
+
+    levels = grid(["clip"], ["mu"], [Budget.steps(20)], fields=fields,
+                  axes={"data.caption_level": ["short", "descriptive"]})
+    assert [r.run_id.rsplit("-", 1)[0] for r in levels] == [
+        "clip-mu-steps20-s0-caption_level=short", "clip-mu-steps20-s0-caption_level=descriptive"]
+    assert [r.config.data.caption_level for r in levels] == ["short", "descriptive"]
+
+
+def test_budgets_convert_to_steps(tiny_config):
+    config = tiny_config(batch_size=32)
+    per_example = build_objective(config).train_flops_per_example()
+    run = make_run(config, Budget.flops(1e12))
+    assert run.config.total_steps == round(1e12 / (per_example * 32)) > 1
+    assert make_run(config, Budget.examples(3200)).config.total_steps == 100
+    assert make_run(config, Budget.steps(7)).config.total_steps == 7
+    assert Budget.flops(1.0).total_steps(per_example, 32) == 1
+    assert [Budget.flops(2.5e11).label, Budget.steps(200).label, Budget.examples(64000).label] == [
+        "f2.5e11", "steps200", "ex64000"]
+
+
+def test_duplicates_and_bad_fields_are_errors(data_dir):
+    fields = tiny_fields(data_dir)
+    run = grid(["clip"], ["mu"], [Budget.steps(20)], fields=fields)[0]
+    with pytest.raises(SweepError, match="duplicate run ids"):
+        Sweep("dup", [run, run])
+    same_steps = grid(["clip"], ["mu"], [Budget.examples(320)], fields=fields)[0]
+    with pytest.raises(SweepError, match="have the same config"):
+        Sweep("dup", [run, same_steps])
+    with pytest.raises(SweepError, match="optim.learning_rat=.*check the field name"):
+        grid(["clip"], ["mu"], [Budget.steps(20)], fields={**fields, "optim.learning_rat": 1.0})
+    with pytest.raises(SweepError, match="warmup_steps"):
+        grid(["clip"], ["mu"], [Budget.steps(2)], fields=fields)
+
+
+def test_study_sweeps_have_unique_ids_and_list_in_a_dry_run(monkeypatch, tmp_path):
+    monkeypatch.setattr("scaling.sweeps.spec.available_objectives", lambda: ["clip", "captioning"])
+    compute = load_sweep(ROOT / "sweeps" / "objectives_vs_compute.py")
+    assert len(compute.runs) >= 12
+    assert [r.run_id for r in compute.runs] == [
+        r.run_id for r in load_sweep(ROOT / "sweeps" / "objectives_vs_compute.py").runs]
+    captions = load_sweep(ROOT / "sweeps" / "caption_detail.py")
+    levels = {(r.config.objective, r.config.data.caption_level) for r in captions.runs}
+    assert levels == {(o, level) for o in ("clip", "captioning")
+                      for level in ("short", "medium", "descriptive")}
+    listing = describe(captions, Store(tmp_path, captions.name))
+    assert all(f"{r.run_id} " in listing for r in captions.runs)
+    assert listing.count(" left") == len(captions.runs)
+
+
+# --- leases ------------------------------------------------------------------------------------------
+
+
+def test_live_lease_is_respected_and_stale_or_dead_leases_are_reclaimed(tmp_path):
+    first, second = Store(tmp_path, "s"), Store(tmp_path, "s")
+    assert first.claim("run") == 0
+    assert second.claim("run") is None and second.state("run") == RUNNING
+    assert first.heartbeat("run", 0)
+
+    lease = tmp_path / "s" / "run" / "lease-000000.json"
+    lease.write_text(json.dumps({"owner": "elsewhere:1:abc", "heartbeat": time.time() - 1000}))
+    assert second.state("run") == LEFT
+    assert second.claim("run") == 1 and not lease.exists()
+    assert not first.heartbeat("run", 0)  # the first owner learns that it lost the run
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "s" / "run" / "lease-000001.json").write_text(
+        json.dumps({"owner": f"{HOST}:{gone.pid}:abc", "heartbeat": time.time()}))
+    assert first.claim("run") == 2  # its owner process no longer exists on this host
+
+
+@pytest.mark.parametrize("earlier_lease", [None, "stale"])
+def test_racing_claims_have_exactly_one_winner(tmp_path, earlier_lease):
+    if earlier_lease:
+        (tmp_path / "s" / "run").mkdir(parents=True)
+        (tmp_path / "s" / "run" / "lease-000000.json").write_text(
+            json.dumps({"owner": "elsewhere:1:abc", "heartbeat": time.time() - 1000}))
+    stores = [Store(tmp_path, "s") for _ in range(8)]
+    barrier, wins = threading.Barrier(len(stores)), []
+
+    def claim(store):
+        barrier.wait()
+        wins.append(store.claim("run"))
+
+    threads = [threading.Thread(target=claim, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins, key=str) == [1 if earlier_lease else 0] + [None] * 7
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(tmp_path, data_dir):
+    small_eval = {"eval.num_points": 1, "eval.probe_train_examples": 128, "eval.probe_test_examples": 64,
+                  "eval.val_split": "", "eval.zero_shot": False}
+    fields = tiny_fields(data_dir, **small_eval)
+    unstable = {"log_every": 1, "optim.learning_rate": 1e9, "optim.warmup_steps": 0, "optim.grad_clip": 1e9}
+    sweep = Sweep("mixed", [
+        *grid(["clip"], ["mu"], [Budget.steps(10)], fields=fields),
+        *grid(["clip"], ["mu"], [Budget.steps(5)], fields={**fields, **unstable}),
+        *grid(["clip"], ["mu"], [Budget.steps(5)], fields={**fields, "data.name": "no_such_dataset"}),
+    ])
+    good, diverged, raised = (run.run_id for run in sweep.runs)
+    lines = []
+    counts = run_sweep(sweep, tmp_path, out=lines.append)  # in this process
+    store = Store(tmp_path, "mixed")
+    assert counts == {COMPLETED: 1, FAILED: 2, RUNNING: 0, LEFT: 0}
+    assert json.loads((store.run_dir(good) / "result.json").read_text())["status"] == "completed"
+    assert json.loads((store.run_dir(diverged) / "result.json").read_text())["status"] == "diverged"
+    failure = json.loads((store.run_dir(raised) / "failure.json").read_text())
+    assert "no_such_dataset" in failure["reason"] and "Traceback" in failure["detail"]
+    assert [ended(store, r) for r in (good, diverged, raised)] == [["completed"], ["diverged"], ["failed"]]
+    assert any(f"failed: {raised}: " in line for line in lines)
+    assert not list(store.sweep_dir.rglob("lease-*.json"))
+
+    cached = read_table(store.sweep_dir)  # written by the runner
+    pd.testing.assert_frame_equal(build_table(store.sweep_dir), cached)
+    points = cached[cached.run_id == good]
+    assert list(points.kind) == ["train", "train", "eval"]
+    assert points.iloc[-1]["probe_accuracy"] > 0 and points.iloc[-1]["flops"] == points.iloc[0]["flops"] * 2
+    assert set(cached.status) == {"completed", "diverged"}
+    assert {"budget", "budget_amount", "caption_level", "seed", "size", "step", "loss"} <= set(cached.columns)
+    assert (store.sweep_dir / "compute_vs_probe.png").stat().st_size > 10_000
+
+    result = (store.run_dir(good) / "result.json").read_text()
+    assert run_sweep(sweep, tmp_path, out=lambda _: None)[FAILED] == 2
+    assert [len(store.attempts(r)) for r in (good, diverged, raised)] == [2, 2, 2]  # nothing ran again
+    run_sweep(sweep, tmp_path, retry_failed=True, out=lambda _: None)
+    assert [len(store.attempts(r)) for r in (good, diverged, raised)] == [2, 2, 4]  # diverged stays done
+    assert (store.run_dir(good) / "result.json").read_text() == result
+
+
+def test_figure_falls_back_to_train_loss_before_any_eval(tmp_path):
+    plots = load_python_file(ROOT / "analysis" / "plots.py")
+    table = pd.DataFrame({"run_id": ["a", "a", "b"], "objective": ["clip", "clip", "igpt"],
+                          "size": ["mu", "mu", "micro"], "kind": "train", "step": [5, 10, 5],
+                          "flops": [1e9, 2e9, 3e9], "loss": [3.0, 2.5, 4.0]})
+    path = plots.compute_vs_probe(table, tmp_path / "figure.png")
+    assert path.stat().st_size > 10_000
+    points, metric, title = plots._points(table)
+    assert metric == "loss" and list(points.step) == [10, 5] and "no eval records yet" in title
+
+
+def test_sigkill_mid_sweep_then_racing_reruns_resume_it_and_run_everything_once(tmp_path, data_dir):
+    sweep_file = write_sweep_file(tmp_path / "killed.py", "killed", data_dir,
+                                  [(10, ["short"]), (30, ["short"]), (10, ["medium", "descriptive"])])
+    sweep, root = load_sweep(sweep_file), tmp_path / "runs"
+    store = Store(root, sweep.name)
+    run_ids = [run.run_id for run in sweep.runs]
+    first, interrupted = run_ids[:2]
+    proc = scaling_sweep(sweep_file, root)
+    deadline = time.monotonic() + 240
+    metrics = store.run_dir(interrupted) / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (store.run_dir(interrupted) / "checkpoints" / "10").is_dir() and any(
+                r["step"] >= 15 for r in read_jsonl(metrics)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["step"]: r for r in read_jsonl(metrics)}
+    assert max(before) < 30 and [store.state(r) for r in run_ids] == [COMPLETED, LEFT, LEFT, LEFT]
+    finished_first = (store.run_dir(first) / "result.json").stat()
+
+    racers = [scaling_sweep(sweep_file, root), scaling_sweep(sweep_file, root)]  # started together
+    outputs = [racer.communicate(timeout=300)[0] for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert sorted(p.parent.name for p in root.rglob("result.json")) == sorted(run_ids)
+    assert [ended(store, r) for r in run_ids] == [["completed"]] * 4  # no run completed twice
+    assert [a["event"] for a in store.attempts(interrupted)] == ["start", "start", "end"]
+    assert [a["event"] for r in run_ids[2:] for a in store.attempts(r)] == ["start", "end"] * 2
+    assert (store.run_dir(first) / "result.json").stat().st_mtime_ns == finished_first.st_mtime_ns
+    starts = [line for output in outputs for line in output.splitlines() if "; starting " in line]
+    assert len(starts) == 3
+    after = read_jsonl(metrics)
+    assert [r["step"] for r in after] == list(range(5, 31, 5))  # nothing twice, nothing lost
+    kept = [r for r in after if r["step"] <= 10]
+    assert kept == [before[5], before[10]]  # resumed from the step-10 checkpoint, not retrained
+    assert any("[killed] 4 done, 0 running, 0 failed, 0 left" in output for output in outputs)
+    assert all(str(root / "killed" / "results.csv") in output for output in outputs)
+
+
+def pool_job(config, workdir):
+    """Stands in for training in ProcessPool workers: a crash for seed 1, else a completed result."""
+    if config.seed == 1:
+        os._exit(3)
+    files = RunFiles(workdir)
+    files.write_result({"status": "completed", "pid": os.getpid(), "xla_flags": os.environ["XLA_FLAGS"]})
+    return {"status": "completed", "reason": ""}
+
+
+def test_process_pool_trains_each_run_in_its_own_process_and_isolates_crashes(tmp_path, data_dir):
+    sweep = Sweep("pool", grid(["clip"], ["mu"], [Budget.steps(10)], seeds=[0, 1, 2],
+                               fields=tiny_fields(data_dir)))
+    counts = run_sweep(sweep, tmp_path, ProcessPool(2, devices_per_run=2, job=pool_job), out=lambda _: None,
+                       poll_s=0.05)
+    assert counts == {COMPLETED: 2, FAILED: 1, RUNNING: 0, LEFT: 0}
+    store = Store(tmp_path, "pool")
+    workers = [RunFiles(store.run_dir(sweep.runs[i].run_id)).read_result() for i in (0, 2)]
+    assert len({w["pid"] for w in workers} | {os.getpid()}) == 3
+    assert all(w["xla_flags"].endswith("--xla_force_host_platform_device_count=2") for w in workers)
+    assert store.failure_reason(sweep.runs[1].run_id) == "worker process exited with code 3"
+
+
+# --- pods --------------------------------------------------------------------------------------------
+
+
+TPU_VM_GOLDEN = [
+    "gcloud compute tpus queued-resources create sweep-quickstart --node-id=sweep-quickstart "
+    "--zone=us-east5-a --accelerator-type=v5p-64 --runtime-version=v2-alpha-tpuv5",
+    "gcloud compute tpus queued-resources describe sweep-quickstart --zone=us-east5-a "
+    "'--format=value(state.state)'  # repeat until it prints ACTIVE",
+    "tar czf /tmp/sweep-quickstart.tar.gz pyproject.toml README.md scaling experiments sweeps analysis",
+    "gcloud compute tpus tpu-vm scp /tmp/sweep-quickstart.tar.gz 'sweep-quickstart:~/' --zone=us-east5-a "
+    "--worker=all",
+    "gcloud compute tpus tpu-vm ssh sweep-quickstart --zone=us-east5-a --worker=all '--command=mkdir -p "
+    "~/visual-scaling && tar xzf ~/sweep-quickstart.tar.gz -C ~/visual-scaling && cd ~/visual-scaling && "
+    "pip install -q -e . '\"'\"'jax[tpu]'\"'\"' && scaling sweep sweeps/quickstart.py --root /mnt/runs "
+    "--executor local --distributed'",
+]
+XPK_GOLDEN = (
+    "xpk workload create --cluster=my-cluster --workload=sweep-quickstart --tpu-type=v5p-64 --num-slices=1 "
+    "--base-docker-image=python:3.11 --script-dir=. '--command=pip install -q -e . '\"'\"'jax[tpu]'\"'\"' && "
+    "scaling sweep sweeps/quickstart.py --root /mnt/runs --executor local --distributed'"
+)
+
+
+def pod_commands(executor: str, **flags) -> list[str]:
+    options = Options(executor=executor, root="/mnt/runs", tpu="v5p-64", **flags)
+    return [pods.render(c) for c in pods.commands(executor, "sweeps/quickstart.py", "quickstart", options)]
+
+
+def test_pod_commands_are_golden():
+    assert pod_commands("tpu-vm", zone="us-east5-a") == TPU_VM_GOLDEN
+    assert pod_commands("xpk", cluster="my-cluster") == [XPK_GOLDEN]
+    with pytest.raises(SweepError, match="needs --zone"):
+        pod_commands("tpu-vm")
+    with pytest.raises(SweepError, match="unknown TPU type"):
+        pods.runtime_version("v9x-8")
+    with pytest.raises(SweepError, match="every host shares"):
+        pods.commands("xpk", "s.py", "s", Options(executor="xpk", tpu="v5p-64", cluster="c"))
+    with pytest.raises(SweepError, match="must be inside the current directory"):
+        pods.commands("xpk", "/elsewhere/s.py", "s",
+                      Options(executor="xpk", root="/mnt/runs", tpu="v5p-64", cluster="c"))
+
+
+def test_cli_prints_the_pod_commands(tmp_path, data_dir):
+    write_sweep_file(tmp_path / "tiny.py", "tiny", data_dir, [(10, ["short"])])
+    flags = ["--executor", "xpk", "--tpu", "v5p-64", "--cluster", "my-cluster", "--root", "/mnt/runs",
+             "--max-parallel", "1", "--lease-timeout", "60"]
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "tiny.py", *flags], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    golden = XPK_GOLDEN.replace("sweeps/quickstart.py", "tiny.py").replace("sweep-quickstart", "sweep-tiny")
+    assert proc.stdout.strip() == golden
+
+
+def test_launch_runs_the_commands_and_waits_for_the_slice(tmp_path, monkeypatch):
+    log = tmp_path / "calls.log"
+    for tool in ("gcloud", "tar"):
+        fake = tmp_path / tool
+        fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n'
+                        f'case "$*" in *describe*) n=$(grep -c describe {log}); '
+                        f'[ "$n" -ge 2 ] && echo ACTIVE || echo WAITING_FOR_RESOURCES;; esac\n')
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    options = Options(executor="tpu-vm", root="/mnt/runs", tpu="v5p-64", zone="z")
+    pods.launch(pods.commands("tpu-vm", "sweeps/quickstart.py", "quickstart", options), out=lambda _: None,
+                poll_s=0)
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [c[4] if c[0] == "gcloud" else c[0] for c in calls] == [
+        "create", "describe", "describe", "tar", "scp", "ssh"]
