@@ -1,7 +1,8 @@
 """Training throughput against the machine's float32 matmul peak, per objective and compute dtype.
 
 Reference config: width 512, depth 8, 8 heads, MLP 2048 (size "m"), patch 4 on 32x32 images, batch
-256, AdamW; CLIP adds its text tower, captioning its decoder (64-token captions). Prints achieved
+256, AdamW; CLIP adds its text tower, captioning its decoder (64-token captions); iGPT models 16x16
+images (256 pixel tokens), as its experiment file does. Prints achieved
 training FLOP/s (analytic FLOPs of the step divided by its measured time) divided by the float32
 matmul peak measured in the same process.
 
@@ -45,7 +46,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 def reference_config(objective: str, dtype: str, batch_size: int):
     config = load_config_file(ROOT / "experiments" / f"{objective}.py", "size=m")
     config.batch_size, config.model.dtype = batch_size, dtype
-    config.data.image_size, config.model.patch_size = 32, 4
+    config.model.patch_size = 4  # images at the experiment's resolution: 32x32, 16x16 for iGPT
     config.data.max_caption_len = 64  # text towers and decoders read 64-token captions
     config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
     return config
