@@ -10,6 +10,7 @@ from helpers import run_steps
 from scaling.models.layers import einsum
 from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.models.transformer import TextTower, Transformer
+from scaling.objectives import OBJECTIVES
 
 
 def _dot_operand_dtypes(fn, *args):
@@ -51,6 +52,14 @@ def test_bfloat16_training_tracks_float32():
     low = run_steps(config, batch, jax.devices()[:1], mesh, 15)["losses"]
     assert full[-1] < 0.8 * full[0]
     np.testing.assert_allclose(low, full, rtol=0.03)
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_bfloat16_train_steps_run_for_every_objective(tiny_config, objective):
+    config = tiny_config(objective, **{"model.dtype": "bfloat16", "data.image_size": 16})
+    batch = random_batch(config, 8)
+    losses = run_steps(config, batch, jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}, 2)["losses"]
+    assert np.isfinite(losses).all()
 
 
 @pytest.mark.parametrize("name", ["mu", "nano", "b", "g"])
