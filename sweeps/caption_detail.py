@@ -5,7 +5,7 @@ compute; the "none" level is the image-only objectives (iGPT, diffusion) on the 
 language objectives cannot train without text. Two sizes x two budgets x two seeds.
 """
 
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, warmup_fraction
 
 LANGUAGE = ("clip", "captioning")
 IMAGE_ONLY = ("igpt", "diffusion")
@@ -24,14 +24,10 @@ FIELDS = {
 }
 
 
-def warmup(config):
-    config.optim.warmup_steps = min(2000, max(1, config.total_steps // 20))
-
-
 def get_sweep() -> Sweep:
     registered = available_objectives()
     runs = []
     for objectives, levels in ((LANGUAGE, LEVELS), (IMAGE_ONLY, ("none",))):
         runs += grid([o for o in objectives if o in registered], SIZES, BUDGETS, SEEDS, fields=FIELDS,
-                     axes={"data.caption_level": levels}, adjust=warmup)
+                     axes={"data.caption_level": levels}, adjust=warmup_fraction(0.05, at_most=2000))
     return Sweep("caption_detail", runs)

@@ -5,7 +5,7 @@ best size per budget grow. Sized for a TPU slice (e.g. ``--executor tpu-vm --tpu
 4 sizes x 4 budgets per objective, 1e16 to 1e18 training FLOPs per run.
 """
 
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, warmup_fraction
 
 SIZES = ("nano", "ti", "s", "m")
 BUDGETS = tuple(Budget.flops(f) for f in (1e16, 1e17, 3e17, 1e18))
@@ -21,11 +21,7 @@ FIELDS = {
 }
 
 
-def warmup(config):
-    """5% of the steps, at most 2000."""
-    config.optim.warmup_steps = min(2000, max(1, config.total_steps // 20))
-
-
 def get_sweep() -> Sweep:
+    warmup = warmup_fraction(0.05, at_most=2000)
     return Sweep("objectives_vs_compute",
                  grid(available_objectives(), SIZES, BUDGETS, fields=FIELDS, adjust=warmup))

@@ -7,7 +7,7 @@ Sized for a laptop: with 4 objectives, 16 short runs with two probe points each,
 probes stay near chance; the study proper is sweeps/objectives_vs_compute.py.
 """
 
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, warmup_fraction
 
 SIZES = ("mu", "micro")
 BUDGETS = (Budget.flops(1e11), Budget.flops(3e11))
@@ -23,10 +23,6 @@ FIELDS = {
 }
 
 
-def warmup_tenth(config):
-    config.optim.warmup_steps = config.total_steps // 10
-
-
 def get_sweep() -> Sweep:
-    runs = grid(available_objectives(), SIZES, BUDGETS, fields=FIELDS, adjust=warmup_tenth)
+    runs = grid(available_objectives(), SIZES, BUDGETS, fields=FIELDS, adjust=warmup_fraction(0.1))
     return Sweep("quickstart", runs)

@@ -153,6 +153,16 @@ def make_run(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str
     return RunSpec(run_id, config, budget, labels, dict(resources or {}))
 
 
+def warmup_fraction(fraction: float, at_most: int | None = None) -> Adjust:
+    """An ``adjust`` that sets optim.warmup_steps to ``fraction`` of the run's steps (capped, at least 1)."""
+
+    def adjust(config: ml_collections.ConfigDict) -> None:
+        steps = max(1, int(config.total_steps * fraction))
+        config.optim.warmup_steps = min(steps, at_most) if at_most else steps
+
+    return adjust
+
+
 def experiment_config(objective: str, size: str) -> ml_collections.ConfigDict:
     return load_config_file(EXPERIMENTS_DIR / f"{objective}.py", f"size={size}")
 
