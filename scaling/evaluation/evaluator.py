@@ -78,11 +78,9 @@ class Evaluator:
                                          config.eval.first_fraction))
         self.data = eval_data_config(config)
         self.features_fn = make_features_fn(objective, model_from_params)
-        names = class_names(self.data)
-        self.zero_shot_fn = (
-            make_zero_shot_fn(objective, model_from_params, names)
-            if config.eval.zero_shot and names and supports_zero_shot(objective) else None
-        )
+        wanted = self.steps and config.eval.zero_shot and supports_zero_shot(objective)
+        names = class_names(self.data) if wanted else ()  # no data set is read for a run without evals
+        self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if names else None
         self.loss_fn = jax.jit(
             lambda params, batch, rng: objective.loss(model_from_params(params), batch, rng)[0]
         )
