@@ -1,6 +1,9 @@
 """The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint (more subcommands below).
 
-Bad input ends with one ``error:`` line naming the problem and the fix, and a non-zero exit status.
+Bad input ends with one ``error:`` line naming the problem and the fix, and a non-zero exit status, whether
+absl rejects a flag or the command raises a ``scaling.errors.UserError`` where it finds the problem.
+``--config.<field>=<value>`` reaches absl as ``--config_field=<field>=<value>`` and is applied by
+``scaling.config.load_config``, which knows the field names and types.
 """
 
 from __future__ import annotations
@@ -8,13 +11,14 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from scaling.config import ConfigError
-from scaling.train import CheckpointError, DivergedError
+from scaling.config import load_config
+from scaling.errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiments/<objective>.py[:size=...]")
+CONFIG_FIELD_PREFIX = "--config."
+flags.DEFINE_string("config", None, "train: experiments/<objective>.py[:size=...]")
+flags.DEFINE_multi_string("config_field", [], "train: <field>=<value>, as --config.<field>=<value> gives it")
 flags.DEFINE_string("workdir", None, "run directory (created; resumed if it holds a checkpoint)")
 flags.DEFINE_string("dataset", "", "probe: data set to probe on (default: the run's eval.dataset)")
 flags.DEFINE_list("layers", [], "probe: layers to probe (default: all)")
@@ -33,11 +37,16 @@ flags.DEFINE_boolean("distributed", False, "sweep: call jax.distributed.initiali
 flags.DEFINE_float("lease-timeout", 120.0, "sweep: seconds without a heartbeat before a lease is stale")
 flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diverged ones stay done)")
 
-USAGE = """usage:
-  scaling train --config experiments/<objective>.py:size=mu --workdir DIR [--config.<field>=<value>]
-  scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] [--max-test N]
-  scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] [--max-parallel N]
-                [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] [--retry-failed]"""
+USAGES = {  # one line each, so that an error message that ends with one stays one line
+    "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
+             "[--config.<field>=<value>]",
+    "probe": "scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] "
+             "[--max-test N]",
+    "sweep": "scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] "
+             "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
+             "[--retry-failed]",
+}
+USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -49,10 +58,10 @@ def train_command(argv: list[str]) -> None:
     from scaling.train import train
 
     if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; {USAGE}")
+        fail(f"unexpected arguments {argv[1:]}; usage: {USAGES['train']}")
     if FLAGS.config is None or not FLAGS.workdir:
-        fail(f"--config and --workdir are required; {USAGE}")
-    result = train(FLAGS.config, FLAGS.workdir)
+        fail(f"--config and --workdir are required; usage: {USAGES['train']}")
+    result = train(load_config(FLAGS.config, FLAGS.config_field), FLAGS.workdir)
     print(f"{result['status']}: step {result['step']}, loss {result.get('final_loss')}, "
           f"{result['flops']:.3e} training FLOPs; files in {FLAGS.workdir}")
 
@@ -61,7 +70,7 @@ def probe_command(argv: list[str]) -> None:
     from scaling.evaluation.probe import probe_checkpoint
 
     if len(argv) > 1 or not FLAGS.workdir:
-        fail(f"--workdir is required and takes no other arguments; {USAGE}")
+        fail(f"--workdir is required and takes no other arguments; usage: {USAGES['probe']}")
     result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers),
                               max_train=FLAGS["max-train"].value, max_test=FLAGS["max-test"].value)
     print(f"{result['dataset']}: best layer {result['probe_layer']} at "
@@ -72,7 +81,7 @@ def sweep_command(argv: list[str]) -> None:
     from scaling.sweeps.runner import Options, main
 
     if len(argv) != 2:
-        fail(f"give exactly one sweep file; {USAGE}")
+        fail(f"give exactly one sweep file; usage: {USAGES['sweep']}")
     options = Options(
         root=FLAGS.root, executor=FLAGS.executor, max_parallel=FLAGS["max-parallel"].value,
         dry_run=FLAGS["dry-run"].value, launch=FLAGS.launch, tpu=FLAGS.tpu, zone=FLAGS.zone,
@@ -92,18 +101,31 @@ def run_command(command, argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         command(argv)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:
-        fail(str(error))
-    except DivergedError as error:
-        fail(f"run diverged: {error}", status=1)
+    except UserError as error:
+        fail(str(error), status=error.exit_status)
+
+
+def absl_argv(command: str, args: list[str]) -> list[str]:
+    """The argv absl parses: ``--config.<field>=<value>`` becomes ``--config_field=<field>=<value>``."""
+    return [f"scaling {command}", *(
+        f"--config_field={arg.removeprefix(CONFIG_FIELD_PREFIX)}" if arg.startswith(CONFIG_FIELD_PREFIX)
+        else arg for arg in args)]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        fail(f"{error}; usage: {USAGES[argv[0].split()[-1]]}")
 
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         fail(USAGE)
     command = sys.argv[1]
-    app.run(lambda argv: run_command(COMMANDS[command], argv),
-            argv=[f"scaling {command}", *sys.argv[2:]])
+    FLAGS.unparse_flags()  # main() may run more than once in a process: each run starts from the defaults
+    app.run(lambda argv: run_command(COMMANDS[command], argv), argv=absl_argv(command, sys.argv[2:]),
+            flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

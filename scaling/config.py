@@ -7,23 +7,26 @@ is allocated or any program compiled.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import ml_collections
 
 from scaling.data.scenes import CAPTION_LEVELS
+from scaling.errors import ConfigError
 from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the field and how to fix it."""
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -102,11 +105,21 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     return c
 
 
-def load_python_file(path: str | Path, where: str = "experiments/<objective>.py") -> ModuleType:
-    """Executes a Python file (a config or sweep definition) as a fresh module."""
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_python_file(path: str | Path, folder: Path = EXPERIMENTS_DIR) -> ModuleType:
+    """Executes a Python file (a config or sweep definition) as a fresh module; ``folder`` holds the known
+    ones, which a missing ``path`` lists."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; configs live in {where}")
+        known = ", ".join(_shown(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_"))
+        raise ConfigError(f"{path} does not exist; {_shown(folder)}/ holds {known or 'no .py files'}")
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -114,8 +127,113 @@ def load_python_file(path: str | Path, where: str = "experiments/<objective>.py"
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(arg)`` of a config file such as ``experiments/clip.py``, as ``--config`` loads it."""
-    return load_python_file(path).get_config(arg)
+    """``get_config(arg)`` of a config file such as ``experiments/clip.py``."""
+    module = load_python_file(path)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{path} defines no get_config(arg) -> ConfigDict; see {_shown(EXPERIMENTS_DIR)}/")
+    return module.get_config(arg)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config the command line describes: ``spec`` is ``path[:arg]`` (``--config``), each override
+    ``field=value`` (``--config.<field>=<value>``), the value read as the type the field already has."""
+    path, _, arg = spec.partition(":")
+    config = load_config_file(path, arg or None)
+    for override in overrides:
+        field, sep, text = override.partition("=")
+        if not sep:
+            raise ConfigError(f"--config.{field} needs a value: --config.{field}=<value>")
+        set_field(config, field, parse_value(field, text, get_field(config, field)))
+    return config
+
+
+# --- fields by dotted name -----------------------------------------------------------------------------
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def nearest_fields(name: str, fields: Sequence[str], count: int = 3) -> list[str]:
+    """Dotted field names a misspelt ``name`` most likely meant: the same last part in any section
+    (``learning_rate`` -> ``optim.learning_rate``), else a close last part, else a close full name."""
+    leaf_of = lambda field: field.rpartition(".")[2]
+    same_leaf = [field for field in fields if leaf_of(field) == leaf_of(name)]
+    leaves = {leaf_of(field) for field in fields}
+    close_leaves = difflib.get_close_matches(leaf_of(name), leaves, n=count, cutoff=0.75)
+    close_leaf = [field for leaf in close_leaves for field in fields if leaf_of(field) == leaf]
+    return (same_leaf or close_leaf or difflib.get_close_matches(name, fields, n=count, cutoff=0.8))[:count]
+
+
+def _parent_of(config: ml_collections.ConfigDict, dotted: str) -> tuple[ml_collections.ConfigDict, str]:
+    """(section, name) of an existing field; ConfigError with the nearest field names otherwise."""
+    *sections, name = dotted.split(".")
+    parent = config
+    for section in sections:
+        parent = parent.get(section) if isinstance(parent, ml_collections.ConfigDict) else None
+    if isinstance(parent, ml_collections.ConfigDict) and name in parent:
+        return parent, name
+    near = nearest_fields(dotted, sorted(flatten(config.to_dict())))
+    sections = [key for key, value in config.items() if isinstance(value, ml_collections.ConfigDict)]
+    hint = f"did you mean {' or '.join(near)}?" if near else f"the sections are {', '.join(sections)}"
+    raise ConfigError(f"config field {dotted} does not exist; {hint} "
+                      f"(fields are defined in {_shown(EXPERIMENTS_DIR)}/{config.get('objective', '*')}.py)")
+
+
+def get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    parent, name = _parent_of(config, dotted)
+    return parent[name]
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    """Sets an existing field to a value of its type; a misspelt name is an error, not a new unused field."""
+    parent, name = _parent_of(config, dotted)
+    current = parent[name]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"config field {dotted} is a section; set its fields, e.g. "
+                          f"{dotted}.{next(iter(current), '<field>')}=<value>")
+    try:
+        parent[name] = value
+    except TypeError:
+        raise ConfigError(f"config field {dotted} holds a {type(current).__name__} (now {current!r}); "
+                          f"got {value!r}, a {type(value).__name__}") from None
+
+
+def parse_value(field: str, text: str, current: Any) -> Any:
+    """``text`` read as the type of the field's ``current`` value (a string stays a string)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+                raise ValueError(text)
+            return text.lower() in TRUE_WORDS
+        if isinstance(current, int):
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError(text)
+            return int(number)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple | list):
+            value = ast.literal_eval(text)
+            if not isinstance(value, tuple | list):
+                raise ValueError(text)
+            return type(current)(value)
+    except (ValueError, SyntaxError):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(current), "a list")
+        raise ConfigError(f"--config.{field}={text}: {field} takes {kind} (default {current!r})") from None
+    if current is None:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return text
 
 
 def _require(condition: bool, message: str) -> None:

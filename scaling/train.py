@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from scaling.config import validate
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator
+from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
@@ -36,11 +37,13 @@ from scaling.workdir import RunFiles, is_writer
 Params = dict[str, Any]
 
 
-class DivergedError(RuntimeError):
+class DivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
+    exit_status = 1
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be restored."""
 
 
@@ -242,7 +245,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     """
     validate(config, jax.device_count(), jax.process_count())
     files = RunFiles(workdir)
-    files.root.mkdir(parents=True, exist_ok=True)
+    files.create()
     files.write_config(config)
     done = files.read_result()
     if done is not None:
@@ -263,19 +266,20 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
     )
     checkpoints = Checkpoints(files.checkpoint_dir, config)
     step, wall_offset = 0, 0.0
+    last: dict[str, Any] = {}  # the latest logged train metrics; result.json's final_loss
     latest = checkpoints.latest_step()
     if latest is not None:
         params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
         data.set_state(data_state)
         step, wall_offset = progress["step"], progress["wall_s"]
         files.truncate_metrics(step)
+        last = files.last_record("train")
 
     train_step = make_train_step(setup, config.seed)
     evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
     is_log_step = _log_points(config)
     start = time.perf_counter()
     wall = lambda: wall_offset + time.perf_counter() - start
-    last: dict[str, float] = {}
     bar = tqdm(total=config.total_steps, initial=step, disable=not is_writer(), unit="step",
                dynamic_ncols=True)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, flatten
 
 # Fields that change how a run is watched but not what it computes; a resumed run may change them.
 OPERATIONAL_FIELDS = (
@@ -42,17 +42,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted names of the result-changing fields whose values differ between two configs."""
     old_flat, new_flat = flatten(old), flatten(new)
@@ -68,10 +57,20 @@ class RunFiles:
 
     def __init__(self, workdir: str | os.PathLike):
         self.root = Path(workdir)
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--workdir {self.root} is a file, but a workdir must be a folder; "
+                              "pass a new path or the folder of an existing run")
         self.config_path = self.root / "config.json"
         self.metrics_path = self.root / "metrics.jsonl"
         self.result_path = self.root / "result.json"
         self.checkpoint_dir = self.root / "checkpoints"
+
+    def create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"--workdir {self.root} cannot be created ({error.strerror}: "
+                              f"{error.filename}); pass a folder path you can write to") from None
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         """Records the config; refuses a workdir that holds a run of a different config."""
@@ -106,6 +105,11 @@ class RunFiles:
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.metrics_path)
+
+    def last_record(self, kind: str) -> dict[str, Any]:
+        """The last metrics record of ``kind`` ("train", "eval"), or {} when there is none."""
+        records = [r for r in self.read_metrics() if r.get("kind") == kind]
+        return records[-1] if records else {}
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         if is_writer():

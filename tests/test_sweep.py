@@ -107,7 +107,7 @@ def test_duplicates_and_bad_fields_are_errors(data_dir):
     same_steps = grid(["clip"], ["mu"], [Budget.examples(320)], fields=fields)[0]
     with pytest.raises(SweepError, match="have the same config"):
         Sweep("dup", [run, same_steps])
-    with pytest.raises(SweepError, match="optim.learning_rat=.*check the field name"):
+    with pytest.raises(SweepError, match="optim.learning_rat=.*did you mean optim.learning_rate"):
         grid(["clip"], ["mu"], [Budget.steps(20)], fields={**fields, "optim.learning_rat": 1.0})
     with pytest.raises(SweepError, match="warmup_steps"):
         grid(["clip"], ["mu"], [Budget.steps(2)], fields=fields)

@@ -16,6 +16,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from scaling.data.local_builder import LocalBuilder
+from scaling.errors import DataError
 
 ENV_VAR = "SCALING_CIFAR10_JPEG_DIR"
 CLASS_NAMES = (
@@ -39,9 +40,9 @@ def default_cifar10_jpeg_dir() -> Path | None:
 
 
 def find_tarballs(directory: str | os.PathLike | None) -> dict[str, Path]:
-    """{split: tarball path}; FileNotFoundError naming the directory and the fix when incomplete."""
+    """{split: tarball path}; DataError naming the directory and the fix when incomplete."""
     if directory is None:
-        raise FileNotFoundError(
+        raise DataError(
             "No CIFAR-10 JPEG directory: none given, $" + ENV_VAR + " is unset and no "
             "shared/data/cifar10-jpeg folder sits beside the repository. Set " + ENV_VAR
             + " to the folder holding " + " and ".join(tarball_name(s) for s in SPLITS) + "."
@@ -49,8 +50,9 @@ def find_tarballs(directory: str | os.PathLike | None) -> dict[str, Path]:
     paths = {split: Path(directory) / tarball_name(split) for split in SPLITS}
     missing = [path.name for path in paths.values() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"CIFAR-10 JPEG tarballs missing from {directory}: {', '.join(missing)}. Put them "
+        absent = "" if Path(directory).is_dir() else " (no such folder)"
+        raise DataError(
+            f"CIFAR-10 JPEG tarballs missing from {directory}{absent}: {', '.join(missing)}. Put them "
             f"there or set {ENV_VAR} to the folder that holds them."
         )
     return paths
@@ -66,11 +68,15 @@ def label_of_member(name: str) -> str | None:
 
 def iter_jpegs(tarball: str | os.PathLike):
     """(member name, class name, JPEG bytes) for every image in a tarball, streaming."""
-    with tarfile.open(tarball, "r:gz") as archive:
-        for member in archive:
-            label = label_of_member(member.name) if member.isfile() else None
-            if label is not None:
-                yield member.name, label, archive.extractfile(member).read()
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            for member in archive:
+                label = label_of_member(member.name) if member.isfile() else None
+                if label is not None:
+                    yield member.name, label, archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"CIFAR-10 JPEG tarball {tarball} cannot be read ({error}); copy it again, or set "
+                        f"{ENV_VAR} to a folder with intact tarballs") from None
 
 
 class Cifar10Jpeg(LocalBuilder):

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from scaling.data.local_builder import LocalBuilder
+from scaling.errors import DataError
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 IMAGE_SIZE = 32
@@ -25,7 +26,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:
-        raise FileNotFoundError(
+        raise DataError(
             "the digits data set ships with scikit-learn; install it with `pip install scikit-learn`"
         ) from error
     bunch = sklearn_digits()

@@ -28,10 +28,12 @@ from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
+from scaling.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "SCALING_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/scaling/tensorflow_datasets"
 FILE_FORMAT = "array_record"
+BUILT_FROM_CODE = ("scenes", "digits", "cifar10_jpeg")
 BATCH_KEYS = ("image", "label", "caption_tokens", "caption_mask")
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
@@ -59,7 +61,7 @@ def _scenes_builder(config_name: str | None, image_size: int, data_dir: Path):
         config = scenes.scenes_config(int(name))
     else:
         known = ", ".join(sorted(scenes.Scenes.builder_configs))
-        raise ValueError(f"unknown scenes config {name!r}; known: {known}, or any image size")
+        raise ConfigError(f"data.name: unknown scenes config {name!r}; known: {known}, or any image size")
     return scenes.Scenes(data_dir=data_dir, config=config, file_format=FILE_FORMAT)
 
 
@@ -73,13 +75,30 @@ def make_builder(data_config):
         return cifar10_jpeg.Cifar10Jpeg(data_dir=data_dir, file_format=FILE_FORMAT)
     if dataset == "digits":
         return digits.Digits(data_dir=data_dir, file_format=FILE_FORMAT)
-    return tfds.builder(data_config.name, data_dir=data_dir)
+    try:
+        return tfds.builder(data_config.name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"no data set {data_config.name!r}: {_what_exists(data_dir)}. "
+                        f"{_how_to_prepare(data_dir)}") from None
+
+
+def _what_exists(data_dir: Path) -> str:
+    prepared = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and p.name != "downloads") if (
+        data_dir.is_dir()) else []
+    return (f"the data sets are {', '.join(BUILT_FROM_CODE)} (built here from code or local files) and "
+            f"those prepared in {data_dir} ({', '.join(prepared) or 'none'})")
+
+
+def _how_to_prepare(data_dir: Path, name: str = "NAME") -> str:
+    return (f"Prepare a TFDS data set once (needs network) with `tfds build {name} --data_dir={data_dir} "
+            f"--file_format={FILE_FORMAT}`, or point data.data_dir (or ${DATA_DIR_ENV}) at a TFDS "
+            "folder that holds it")
 
 
 def _check_readable(builder, name: str) -> None:
     formats = {builder.info.file_format, *builder.info.alternative_file_formats}
     if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
-        raise ValueError(
+        raise DataError(
             f"{name!r} in {builder.data_dir} is stored as {builder.info.file_format}, but grain "
             f"reads array_record only. Rebuild it with `tfds build {name} --file_format="
             f"{FILE_FORMAT}` or convert it with `tfds convert_format`."
@@ -97,7 +116,7 @@ def ensure_built(data_config):
     """The prepared builder for `data.name`, building it first if needed (once; idempotent).
 
     Builds `scenes` and `digits` from code and `cifar10_jpeg` from the local tarballs. Other TFDS names must
-    already be prepared in the data directory; otherwise FileNotFoundError says how.
+    already be prepared in the data directory; otherwise DataError says how.
     """
     builder = make_builder(data_config)
     if builder.is_prepared():
@@ -109,12 +128,8 @@ def ensure_built(data_config):
     elif dataset == "cifar10_jpeg":
         _prepare_cifar10_jpeg(builder)
     else:
-        raise FileNotFoundError(
-            f"TFDS data set {data_config.name!r} is not prepared in {builder.data_dir}. Prepare it "
-            f"once (needs network) with `tfds build {data_config.name} --data_dir="
-            f"{resolve_data_dir(data_config)} --file_format={FILE_FORMAT}`, or point data.data_dir "
-            f"(or ${DATA_DIR_ENV}) at a TFDS directory that holds it."
-        )
+        raise DataError(f"TFDS data set {data_config.name!r} is not prepared in {builder.data_dir}. "
+                        f"{_how_to_prepare(resolve_data_dir(data_config), data_config.name)}.")
     return builder
 
 
@@ -134,11 +149,13 @@ def _caption_key(data_config, builder) -> str | None:
     return key if key in builder.info.features else None
 
 
-def _check_label(data_config, builder) -> None:
+def check_label(data_config, builder) -> None:
+    """ConfigError unless the data set has the feature ``data_config.label`` names."""
     if data_config.label not in builder.info.features:
         available = ", ".join(sorted(builder.info.features))
-        raise ValueError(
-            f"label feature {data_config.label!r} not in {data_config.name!r}; it has {available}"
+        raise ConfigError(
+            f"label {data_config.label!r} is not a feature of data set {data_config.name!r}, which has "
+            f"{available}; set eval.label (probes) or data.label (training data) to one of them"
         )
 
 
@@ -191,7 +208,7 @@ class ToExample:
 
 
 def make_transform(data_config, builder) -> ToExample:
-    _check_label(data_config, builder)
+    check_label(data_config, builder)
     return ToExample(
         image_size=data_config.image_size,
         label_key=data_config.label,

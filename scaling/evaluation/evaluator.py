@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from scaling.data.pipeline import ensure_built, make_eval_iterator
+from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
 from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
@@ -41,7 +41,10 @@ def eval_data_config(config: ml_collections.ConfigDict, dataset: str = "") -> ml
 
 
 def class_names(data_config) -> tuple[str, ...]:
-    feature = ensure_built(data_config).info.features[data_config.label]
+    """Class names of the probe label (() when it has none); ConfigError when the data set lacks it."""
+    builder = ensure_built(data_config)
+    check_label(data_config, builder)
+    feature = builder.info.features[data_config.label]
     return tuple(getattr(feature, "names", ()) or ())
 
 
@@ -78,9 +81,10 @@ class Evaluator:
                                          config.eval.first_fraction))
         self.data = eval_data_config(config)
         self.features_fn = make_features_fn(objective, model_from_params)
-        wanted = self.steps and config.eval.zero_shot and supports_zero_shot(objective)
-        names = class_names(self.data) if wanted else ()  # no data set is read for a run without evals
-        self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if names else None
+        # the probe data set and label are checked before training; none is read for a run without evals
+        names = class_names(self.data) if self.steps else ()
+        wanted = names and config.eval.zero_shot and supports_zero_shot(objective)
+        self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if wanted else None
         self.loss_fn = jax.jit(
             lambda params, batch, rng: objective.loss(model_from_params(params), batch, rng)[0]
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -28,6 +29,16 @@ def load_run_config(files: RunFiles) -> ml_collections.ConfigDict:
     if not files.config_path.exists():
         raise ConfigError(f"{files.root} has no config.json; pass the --workdir of a `scaling train` run")
     return ml_collections.ConfigDict(json.loads(files.config_path.read_text()))
+
+
+def select_layers(features_fn, params, data, layers: tuple[str, ...], batch_size: int):
+    """``features_fn`` restricted to ``layers``; ConfigError naming the layers there are for unknown ones."""
+    images = jax.ShapeDtypeStruct((batch_size, data.image_size, data.image_size, 3), jnp.uint8)
+    available = sorted(jax.eval_shape(features_fn, params, images, jax.random.key(0)))
+    unknown = sorted(set(layers) - set(available))
+    if unknown:
+        raise ConfigError(f"--layers {unknown} not among {available}; pass names from that list")
+    return jax.jit(lambda p, x, rng: {k: v for k, v in features_fn(p, x, rng).items() if k in layers})
 
 
 def probe_checkpoint(
@@ -52,23 +63,19 @@ def probe_checkpoint(
         params = checkpoints.restore_params(step, setup.abstract_params)
         checkpoints.close()
         data = eval_data_config(config, dataset)
+        names = class_names(data)  # checks the data set and its label before any feature is computed
         batch_size = config.eval.batch_size
         to_model = lambda p: model_from_params(setup, p)
         features_fn = make_features_fn(setup.objective, to_model)
+        if layers:
+            features_fn = select_layers(features_fn, params, data, layers, batch_size)
 
         def over(split, limit, fn=features_fn):
             return map_split(fn, params, data, split, mesh=mesh, batch_size=batch_size,
                              max_examples=limit, seed=config.seed)
 
         train, test = over(config.eval.train_split, max_train), over(config.eval.test_split, max_test)
-        if layers:
-            unknown = sorted(set(layers) - set(train[0]))
-            if unknown:
-                raise ConfigError(f"--layers {unknown} not among {sorted(train[0])}")
-            train = ({k: train[0][k] for k in layers}, train[1])
-            test = ({k: test[0][k] for k in layers}, test[1])
         record = probe_record(train, test, seed=config.seed)
-        names = class_names(data)
         if names and supports_zero_shot(setup.objective):
             predict = make_zero_shot_fn(setup.objective, to_model, names)
             predictions, labels = over(

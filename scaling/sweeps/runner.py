@@ -179,7 +179,7 @@ def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
     if not PLOTS_FILE.is_file():
         out(f"figure skipped: {PLOTS_FILE} is missing")
         return
-    plots = load_python_file(PLOTS_FILE, where="analysis/plots.py")
+    plots = load_python_file(PLOTS_FILE, PLOTS_FILE.parent)
     out(f"figure: {plots.compute_vs_probe(table, store.sweep_dir / FIGURE_NAME)}")
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import ml_collections
 
-from scaling.config import ConfigError, load_config_file, load_python_file, validate
+from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file, validate
+from scaling.config import set_field as set_config_field
 from scaling.objectives import OBJECTIVES, build_objective
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+SWEEPS_DIR = EXPERIMENTS_DIR.parent / "sweeps"
 BUDGET_PREFIXES = {"flops": "f", "steps": "steps", "examples": "ex"}
 SHOWN_FIELDS = ("objective", "size", "seed")  # spelled out in every run id
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -116,18 +117,11 @@ def make_run_id(config: ml_collections.ConfigDict, budget: Budget, labels: dict[
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-    """Sets an existing field; a misspelt name is an error rather than a new, unused field."""
-    section, _, name = dotted.rpartition(".")
+    """Sets an existing field of a run's config (see scaling.config.set_field) as a SweepError."""
     try:
-        parent = config
-        for part in filter(None, section.split(".")):
-            parent = parent[part]
-        if name not in parent:
-            raise KeyError(name)
-        parent[name] = value
-    except (KeyError, TypeError) as error:
-        raise SweepError(f"config field {dotted}={value!r} cannot be set on {config.objective} ({error}); "
-                         "check the field name and value type in experiments/<objective>.py") from None
+        set_config_field(config, dotted, value)
+    except ConfigError as error:
+        raise SweepError(f"{dotted}={value!r} on {config.objective}: {error}") from None
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
@@ -220,7 +214,7 @@ class Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """``get_sweep()`` of a sweep definition file."""
-    module = load_python_file(path, where="sweeps/<name>.py")
+    module = load_python_file(path, SWEEPS_DIR)
     if not callable(getattr(module, "get_sweep", None)):
         raise SweepError(f"{path} defines no get_sweep() -> Sweep")
     sweep = module.get_sweep()

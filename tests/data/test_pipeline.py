@@ -15,6 +15,7 @@ from PIL import Image
 
 from scaling.data import cifar10_jpeg, pipeline
 from scaling.data.tokenizer import ByteTokenizer
+from scaling.errors import DataError
 
 BATCH_KEYS = {"image", "label", "caption_tokens", "caption_mask"}
 
@@ -87,7 +88,7 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 
 
 def test_unprepared_tfds_name_gives_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tfds build mnist"):
+    with pytest.raises(DataError, match="tfds build mnist"):
         pipeline.ensure_built(make_data_config(name="mnist", data_dir=str(tmp_path)))
 
 
@@ -258,12 +259,12 @@ def test_cifar_dir_from_env(monkeypatch, tmp_path):
 
 
 def test_cifar_missing_tarballs_name_dir_and_env(monkeypatch, tmp_path):
-    with pytest.raises(FileNotFoundError, match=cifar10_jpeg.ENV_VAR) as error:
+    with pytest.raises(DataError, match=cifar10_jpeg.ENV_VAR) as error:
         cifar10_jpeg.find_tarballs(tmp_path)
     assert str(tmp_path) in str(error.value)
     monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(tmp_path / "absent"))
     config = make_data_config(name="cifar10_jpeg", data_dir=str(tmp_path / "tfds"))
-    with pytest.raises(FileNotFoundError, match="absent"):
+    with pytest.raises(DataError, match="absent"):
         pipeline.ensure_built(config)
 
 
