@@ -259,24 +259,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> dict[str, Any]:
     setup = build_setup(config, mesh)
     flops_per_step = setup.objective.train_flops_per_example() * config.batch_size
-    params, opt_state = init_state(setup, config.seed)
+    # the training and probe data are found (or refused) before anything is compiled
     data = make_train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
     )
+    evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
+    params, opt_state = init_state(setup, config.seed)
     checkpoints = Checkpoints(files.checkpoint_dir, config)
     step, wall_offset = 0, 0.0
-    last: dict[str, Any] = {}  # the latest logged train metrics; result.json's final_loss
     latest = checkpoints.latest_step()
     if latest is not None:
         params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
         data.set_state(data_state)
         step, wall_offset = progress["step"], progress["wall_s"]
-        files.truncate_metrics(step)
-        last = files.last_record("train")
+    files.truncate_metrics(step)  # records logged after the checkpoint resumed from (or with none)
+    last = files.last_record("train")  # result.json's final_loss also when no step is left to run
 
     train_step = make_train_step(setup, config.seed)
-    evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
     is_log_step = _log_points(config)
     start = time.perf_counter()
     wall = lambda: wall_offset + time.perf_counter() - start
@@ -349,4 +349,4 @@ def _record_divergence(files, config, step, flops_per_step, metrics, wall_s) -> 
         {"status": "diverged", "reason": reason, "objective": config.objective, "size": config.size,
          "step": step, "flops": step * flops_per_step, "wall_s": wall_s}
     )
-    raise DivergedError(f"{reason}; lower optim.learning_rate or raise optim.warmup_steps")
+    raise DivergedError(f"the run diverged: {reason}; lower optim.learning_rate or raise optim.warmup_steps")
