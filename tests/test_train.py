@@ -119,6 +119,26 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_r
     assert [r["loss"] for r in records] == pytest.approx(reference_losses, rel=1e-6)
 
 
+def test_a_run_resumed_at_its_last_step_keeps_its_final_loss(finished_run, tmp_path):
+    config, source, reference = finished_run
+    workdir = tmp_path / "resumed"
+    shutil.copytree(source, workdir)
+    (workdir / "result.json").unlink()  # as if killed after the last checkpoint, before result.json
+    metrics = (workdir / "metrics.jsonl").read_text()
+    result = train(config, workdir)
+    assert result["step"] == 80 and result["final_loss"] == reference["final_loss"] is not None
+    assert (workdir / "metrics.jsonl").read_text() == metrics
+
+
+def test_records_of_a_run_killed_before_its_first_checkpoint_are_not_repeated(tiny_config, tmp_path):
+    stale = {"kind": "train", "step": 5, "examples": 80, "flops": 1.0, "wall_s": 1.0, "loss": 9.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(stale) + "\n")
+    result = train(tiny_config(**{"eval.num_points": 0}), tmp_path)
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [5, 10, 15, 20] and records[0]["loss"] != 9.0
+    assert result["final_loss"] == records[-1]["loss"]
+
+
 def test_a_workdir_refuses_a_different_config(finished_run):
     config, workdir, _ = finished_run
     changed = config.copy_and_resolve_references()

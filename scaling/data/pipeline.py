@@ -83,8 +83,8 @@ def make_builder(data_config):
 
 
 def _what_exists(data_dir: Path) -> str:
-    prepared = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and p.name != "downloads") if (
-        data_dir.is_dir()) else []
+    folders = sorted(data_dir.iterdir()) if data_dir.is_dir() else []
+    prepared = [folder.name for folder in folders if folder.is_dir() and folder.name != "downloads"]
     return (f"the data sets are {', '.join(BUILT_FROM_CODE)} (built here from code or local files) and "
             f"those prepared in {data_dir} ({', '.join(prepared) or 'none'})")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import ml_collections
 
+from scaling import config as run_config
 from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file, validate
-from scaling.config import set_field as set_config_field
 from scaling.objectives import OBJECTIVES, build_objective
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
@@ -119,7 +119,7 @@ def make_run_id(config: ml_collections.ConfigDict, budget: Budget, labels: dict[
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
     """Sets an existing field of a run's config (see scaling.config.set_field) as a SweepError."""
     try:
-        set_config_field(config, dotted, value)
+        run_config.set_field(config, dotted, value)
     except ConfigError as error:
         raise SweepError(f"{dotted}={value!r} on {config.objective}: {error}") from None
 
