@@ -181,10 +181,13 @@ def _parent_of(config: ml_collections.ConfigDict, dotted: str) -> tuple[ml_colle
     if isinstance(parent, ml_collections.ConfigDict) and name in parent:
         return parent, name
     near = nearest_fields(dotted, sorted(flatten(config.to_dict())))
-    sections = [key for key, value in config.items() if isinstance(value, ml_collections.ConfigDict)]
-    hint = f"did you mean {' or '.join(near)}?" if near else f"the sections are {', '.join(sections)}"
-    raise ConfigError(f"config field {dotted} does not exist; {hint} "
-                      f"(fields are defined in {_shown(EXPERIMENTS_DIR)}/{config.get('objective', '*')}.py)")
+    if near:
+        raise ConfigError(f"config field {dotted} does not exist; did you mean {' or '.join(near)}?")
+    is_section = {key: isinstance(value, ml_collections.ConfigDict) for key, value in config.items()}
+    raise ConfigError(
+        f"config field {dotted} does not exist; the fields are "
+        f"{', '.join(key for key, section in is_section.items() if not section)} and those in the sections "
+        f"{', '.join(key for key, section in is_section.items() if section)} (e.g. optim.learning_rate)")
 
 
 def get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -107,7 +107,7 @@ CASES = [
      ["train", "--config", "experiments/nope.py:size=mu", "--workdir", "{tmp}/w"],
      2, ["experiments/nope.py does not exist", "experiments/clip.py", "experiments/igpt.py"]),
     ("unknown field", None, [*NEW_RUN, "--config.foo=1"],
-     2, ["config field foo does not exist", "the sections are", "optim"]),
+     2, ["config field foo does not exist; the fields are", "batch_size", "the sections", "optim"]),
     ("misspelt field", None, [*NEW_RUN, "--config.optim.learning_rat=0.1"],
      2, ["optim.learning_rat does not exist", "did you mean optim.learning_rate?"]),
     ("field in the wrong section", None, [*NEW_RUN, "--config.learning_rate=0.1"],
