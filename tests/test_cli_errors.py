@@ -6,11 +6,13 @@ metrics, the case's own files) left as it was. Cases call ``scaling.cli.main`` i
 subprocess adds only the jax import); two run the real command where the terminal itself is the point.
 """
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -24,7 +26,7 @@ TINY = ["--config.data.name=scenes/32_small", "--config.data.data_dir={data_dir}
         "--config.total_steps=4", "--config.checkpoint_every=2", "--config.log_every=2",
         "--config.optim.warmup_steps=1", "--config.eval.num_points=0", "--config.eval.batch_size=16"]
 NEW_RUN = ["train", "--config", CLIP, "--workdir", "{tmp}/new", *TINY]
-SWEEP_FILE = "from scaling.sweeps.spec import Budget, Sweep, grid\n{body}"
+SWEEP_FILE = "from scaling.sweeps.spec import Budget, Sweep, grid\n"
 DUPLICATE_SWEEP = ('def get_sweep():\n    runs = grid(["clip"], ["mu"], [Budget.steps(4)], fields={fields})\n'
                    '    return Sweep("twice", runs + runs)\n')
 
@@ -41,6 +43,18 @@ def scaling(*args: str) -> int:
     raise AssertionError("scaling returned without exiting")
 
 
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where a case runs: its own folder, the shared run's folder and the scenes data directory."""
+
+    tmp: Path
+    world: Path
+    data_dir: str
+
+    def fill(self, args: list[str]) -> list[str]:
+        return [arg.format(tmp=self.tmp, world=self.world, data_dir=self.data_dir) for arg in args]
+
+
 def snapshot(*roots) -> dict[str, str]:
     return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
             for root in roots for path in sorted(root.rglob("*")) if path.is_file()}
@@ -50,54 +64,58 @@ def snapshot(*roots) -> dict[str, str]:
 def world(tmp_path_factory, data_dir):
     """A folder holding one finished tiny CLIP run, trained through the command itself."""
     world = tmp_path_factory.mktemp("world")
-    code = scaling(*[arg.format(world=world, data_dir=data_dir, tmp=world)
-                     for arg in ["train", "--config", CLIP, "--workdir", RUN, *TINY]])
+    code = scaling(*Place(world, world, data_dir).fill(["train", "--config", CLIP, "--workdir", RUN, *TINY]))
     assert code == 0 and json.loads((world / "run" / "result.json").read_text())["step"] == 4
     return world
 
 
-def corrupt_latest_checkpoint(tmp_path, monkeypatch, world):
+def corrupt_latest_checkpoint(place: Place, monkeypatch):
     """A copy of the shared run without result.json and with its latest checkpoint damaged."""
-    shutil.copytree(world / "run", tmp_path / "corrupt")
-    (tmp_path / "corrupt" / "result.json").unlink()
-    for path in (tmp_path / "corrupt" / "checkpoints" / "4" / "params").rglob("*"):
+    shutil.copytree(place.world / "run", place.tmp / "corrupt")
+    (place.tmp / "corrupt" / "result.json").unlink()
+    for path in (place.tmp / "corrupt" / "checkpoints" / "4" / "params").rglob("*"):
         if path.is_file():
             path.write_bytes(b"\0garbage")
 
 
-def unreadable_cifar(tmp_path, monkeypatch, world):
-    folder = tmp_path / "cifar"
+def unreadable_cifar(place: Place, monkeypatch):
+    folder = place.tmp / "cifar"
     folder.mkdir()
     for split in cifar10_jpeg.SPLITS:
         (folder / cifar10_jpeg.tarball_name(split)).write_bytes(b"not a tarball")
     monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(folder))
 
 
-def empty_cifar(tmp_path, monkeypatch, world):
-    (tmp_path / "cifar").mkdir()
-    monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(tmp_path / "cifar"))
+def empty_cifar(place: Place, monkeypatch):
+    (place.tmp / "cifar").mkdir()
+    monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(place.tmp / "cifar"))
 
 
-def absent_cifar(tmp_path, monkeypatch, world):
-    monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(tmp_path / "absent"))
+def absent_cifar(place: Place, monkeypatch):
+    monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(place.tmp / "absent"))
 
 
 def sweep_file(body: str):
-    def make(tmp_path, monkeypatch, world):
-        (tmp_path / "sweep.py").write_text(SWEEP_FILE.format(body=body))
+    """A sweep definition; ``{fields}`` in ``body`` becomes fields that point at the scenes data."""
+    fields = {"data.name": "scenes/32_small", "data.data_dir": "{data_dir}", "batch_size": 16,
+              "optim.warmup_steps": 1}
+
+    def make(place: Place, monkeypatch):
+        text = SWEEP_FILE + body.replace("{fields}", repr(fields).replace("{data_dir}", place.data_dir))
+        (place.tmp / "sweep.py").write_text(text)
 
     return make
 
 
-def a_file(tmp_path, monkeypatch, world):
-    (tmp_path / "a_file").write_text("notes\n")
+def a_file(place: Place, monkeypatch):
+    (place.tmp / "a_file").write_text("notes\n")
 
 
 CIFAR = [*NEW_RUN, "--config.data.name=cifar10_jpeg", "--config.data.data_dir={tmp}/tfds"]
 PROBE = ["probe", "--workdir", RUN, "--max-train=64", "--max-test=32"]
 SWEEP = ["sweep", "{tmp}/sweep.py", "--root", "{tmp}/sweeps"]
 
-# (case, prepare(tmp_path, monkeypatch, world) or None, argv, exit status, what the message must say)
+# (case, prepare(place, monkeypatch) or None, argv, exit status, what the message must say)
 CASES = [
     ("unknown size", None, ["train", "--config", "experiments/clip.py:size=huge", "--workdir", "{tmp}/w"],
      2, ["size: unknown 'huge'", "choose one of"]),
@@ -184,19 +202,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case, prepare, argv, status, says", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_ends_in_one_line_and_leaves_files_alone(case, prepare, argv, status, says, world,
-                                                           data_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
+@pytest.mark.parametrize("prepare, argv, status, says", [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])
+def test_bad_input_ends_in_one_line_and_leaves_files_alone(prepare, argv, status, says, world, data_dir,
+                                                           tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)  # where users run the command; every path it writes to is under tmp_path
+    place = Place(tmp_path, world, data_dir)
     if prepare is not None:
-        prepare(tmp_path, monkeypatch, world)
-    fields = {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
-              "optim.warmup_steps": 1}
-    if (tmp_path / "sweep.py").exists():
-        sweep = tmp_path / "sweep.py"
-        sweep.write_text(sweep.read_text().replace("{fields}", repr(fields)))
+        prepare(place, monkeypatch)
     before = snapshot(world, tmp_path)
-    code = scaling(*[arg.format(world=world, data_dir=data_dir, tmp=tmp_path) for arg in argv])
+    code = scaling(*place.fill(argv))
     printed = capsys.readouterr()
     errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
     assert code == status, printed.err[-3000:]
