@@ -16,6 +16,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.config import ConfigError
+from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
 from scaling.models.layers import Dense
@@ -51,7 +52,7 @@ class ClipModel(nnx.Module):
         )
         self.text = TextTower(
             text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
-            max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
+            max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
             rngs=rngs, remat=config.model.remat,
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
@@ -141,7 +142,7 @@ class Clip:
         del rng
         prompts = class_prompts(class_names)
         tokens_PT, mask_PT = tokenize_prompts(
-            get_tokenizer(self.config.data.tokenizer), prompts, self.config.data.max_caption_len
+            get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
         )
         text_PE = model.embed_texts(jnp.asarray(tokens_PT), jnp.asarray(mask_PT))
         class_CE = _l2_normalize(text_PE.reshape(len(class_names), -1, text_PE.shape[-1]).mean(axis=1))
@@ -153,6 +154,6 @@ class Clip:
         image = get_size(c.size)
         return flops.clip_train_flops(
             image, get_size(c.clip.text_size or c.size), image_size=c.data.image_size,
-            patch=c.model.patch_size, text_len=c.data.max_caption_len,
+            patch=c.model.patch_size, text_len=caption_length(c.data),
             embed_dim=c.clip.embed_dim or image.width, batch_size=c.batch_size,
         )

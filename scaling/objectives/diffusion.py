@@ -27,7 +27,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.config import ConfigError
-from scaling.data.pipeline import make_builder
+from scaling.data.pipeline import caption_length, make_builder
 from scaling.data.tokenizer import get_tokenizer
 from scaling.evaluation.zero_shot import TEMPLATES, class_prompts, tokenize_prompts
 from scaling.models.layers import Dense, PatchEmbed, Positions, TokenEmbed, modulate, param
@@ -214,7 +214,7 @@ class DiffusionModel(nnx.Module):
             text_size = get_size(c.text_size)
             self.text = TextTower(
                 text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
-                max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
+                max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
                 rngs=rngs, causal=False, remat=config.model.remat,
             )
             self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
@@ -399,7 +399,7 @@ class Diffusion:
         else:
             prompts = class_prompts(class_names, TEMPLATES[:1])
             tokens_CT, mask_CT = tokenize_prompts(
-                get_tokenizer(self.config.data.tokenizer), prompts, self.config.data.max_caption_len
+                get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
             )
             condition = {"caption_tokens": jnp.asarray(tokens_CT), "caption_mask": jnp.asarray(mask_CT)}
         return model.embed_condition(condition, jnp.ones((count,), bool))
@@ -460,5 +460,5 @@ class Diffusion:
             get_size(c.size), image_size=c.data.image_size, patch=c.model.patch_size,
             frequency_dim=TIMESTEP_FREQUENCIES,
             text=get_size(c.diffusion.text_size) if c.diffusion.condition == "caption" else None,
-            text_len=c.data.max_caption_len,
+            text_len=caption_length(c.data),
         )
