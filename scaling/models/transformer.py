@@ -107,10 +107,13 @@ class TextTower(nnx.Module):
         self.causal = causal
 
     def __call__(
-        self, tokens_BL: Array, context_BMD: Array | None = None
+        self, tokens_BL: Array, context_BMD: Array | None = None, bidirectional_B: Array | None = None
     ) -> tuple[Array, list[Array]]:
+        """``bidirectional_B`` (bool [B]) lifts a causal tower's mask on the rows where it is set."""
         x_BLD = self.positions(self.embed(tokens_BL))
         mask_BLL = causal_mask(tokens_BL.shape[1])[None] if self.causal else None
+        if mask_BLL is not None and bidirectional_B is not None:
+            mask_BLL = mask_BLL | bidirectional_B[:, None, None]
         return self.transformer(x_BLD, mask_BLL, context_BMD)
 
 

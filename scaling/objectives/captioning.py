@@ -6,8 +6,8 @@ next-token cross-entropy over the real caption tokens (padding is masked out).
 
 CapPa parallel prediction: per example, with probability ``captioning.parallel_fraction``, every decoder
 input is the [MASK] token (one extra embedding id, ``vocab_size``), so the decoder must predict the whole
-caption from the image alone. The causal self-attention mask is kept on those rows: the inputs carry no
-information, so removing it (as the paper does) would change nothing the decoder can learn from them.
+caption from the image alone. As in the paper, those rows attend without the causal mask (every position
+sees every other position's state); autoregressive rows stay causal.
 
 Besides the protocol it offers greedy decoding, per-caption log-likelihoods (for zero-shot
 classification) and ``write_samples`` (an image grid with reference and generated captions).
@@ -69,9 +69,10 @@ class CaptioningModel(nnx.Module):
         """Encoder output tokens [B, M, D] and every encoder block's output."""
         return self.encoder(images_BHWC)
 
-    def decode(self, inputs_BL: Array, context_BMD: Array) -> Array:
-        """Next-token logits [B, L, V] for decoder inputs [B, L] given encoder tokens."""
-        out_BLD, _ = self.decoder(inputs_BL, context_BMD)
+    def decode(self, inputs_BL: Array, context_BMD: Array, parallel_B: Array | None = None) -> Array:
+        """Next-token logits [B, L, V] for decoder inputs [B, L] given encoder tokens; rows where
+        ``parallel_B`` is set attend bidirectionally (CapPa parallel prediction), the others causally."""
+        out_BLD, _ = self.decoder(inputs_BL, context_BMD, parallel_B)
         return self.head(out_BLD)
 
 
@@ -140,7 +141,7 @@ class Captioning:
             tokens_BT, rng, self.config.captioning.parallel_fraction, model.mask_id
         )
         context_BMD, _ = model.encode(batch["image"])
-        logits_BLV = model.decode(inputs_BL, context_BMD)
+        logits_BLV = model.decode(inputs_BL, context_BMD, parallel_B)
         targets_BL = tokens_BT[:, 1:]
         weights_BL = batch["caption_mask"][:, 1:].astype(jnp.float32)
         token_loss_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
