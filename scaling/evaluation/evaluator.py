@@ -17,7 +17,7 @@ import numpy as np
 from scaling.data.pipeline import ensure_built, make_eval_iterator
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
-from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
+from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
 
 FEWSHOT_SHOTS = (1, 5, 10, 25)
@@ -103,7 +103,8 @@ class Evaluator:
                 lambda p, images, rng: {"prediction": self.zero_shot_fn(p, images, rng)},
                 params, e.test_split, e.probe_test_examples,
             )
-            record["zero_shot_accuracy"] = float(np.mean(predictions["prediction"] == labels))
+            field = class_score_field(self.objective)
+            record[field] = float(np.mean(predictions["prediction"] == labels))
         if e.val_split:
             record["val_loss"] = self.validation_loss(params)
         record["eval_s"] = time.perf_counter() - start

@@ -2,7 +2,7 @@
 
 The model is the shared backbone run over noisy patches, every block adaLN-Zero conditioned on a timestep
 embedding (sinusoids -> MLP) plus an optional condition embedding: a class-label table with a null row, or
-a caption embedding (a small bidirectional TextTower, mean-pooled over real tokens and projected) with a
+a caption embedding (a small bidirectional TextTower over the real tokens, mean-pooled and projected) with a
 learned null vector. Classifier-free dropout swaps the condition for the null one. A final
 adaLN-modulated LayerNorm and a zero-initialised un-patchify head predict epsilon or v for every pixel,
 so the whole model outputs zeros at init.
@@ -228,7 +228,7 @@ class DiffusionModel(nnx.Module):
         if self.condition == "label":
             return self.labels(jnp.where(keep_B, condition["label"], self.null_label))
         if self.condition == "caption":
-            out_BTD, _ = self.text(condition["caption_tokens"])
+            out_BTD, _ = self.text(condition["caption_tokens"], key_mask_BL=condition["caption_mask"])
             caption_BW = self.text_proj(masked_mean(out_BTD, condition["caption_mask"]))
             return jnp.where(keep_B[:, None], caption_BW, self.null_caption[...])
         return None
@@ -370,6 +370,24 @@ class Diffusion:
     @property
     def zero_shot_available(self) -> bool:
         return self.config.diffusion.condition != "none"
+
+    @property
+    def class_score_field(self) -> str:
+        """A label-conditioned model classifies with the labels it was trained on: a generative
+        classifier, not zero-shot transfer. Caption conditioning scores class-name prompts: zero-shot."""
+        if self.config.diffusion.condition == "label":
+            return "generative_classifier_accuracy"
+        return "zero_shot_accuracy"
+
+    def check_class_names(self, class_names) -> None:
+        """A label-conditioned model scores exactly the label ids it has embeddings for."""
+        if self.config.diffusion.condition == "label" and len(class_names) != self.num_classes:
+            raise ConfigError(
+                f"eval: a diffusion model conditioned on the {self.num_classes} classes of data.label "
+                f"{self.config.data.label!r} cannot score {len(class_names)} other classes; evaluate on "
+                "the training data set and label, train with diffusion.condition=caption, or set "
+                "eval.zero_shot=False"
+            )
 
     def zero_shot_scores(self, model: DiffusionModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """[B, C] diffusion-classifier scores (minus mean denoising error; higher is better).
