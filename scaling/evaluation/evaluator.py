@@ -52,7 +52,9 @@ def probe_record(
     shots: tuple[int, ...] = FEWSHOT_SHOTS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Flat probe fields: best-layer and per-layer linear-probe accuracy, few-shot on the best layer."""
+    """Flat probe fields: best-layer and per-layer linear-probe accuracy, and per-layer few-shot
+    accuracy (``fewshot_{k}shot/{layer}``). Few-shot has no headline layer: the linear probe's best
+    layer is chosen with every training label, which a k-shot result must not lean on."""
     (features_train, labels_train), (features_test, labels_test) = train, test
     probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
     best = probes["best_layer"]
@@ -62,10 +64,11 @@ def probe_record(
     per_class = np.bincount(labels_train).min()
     usable = tuple(k for k in shots if k <= per_class)
     if usable:
-        fewshot = fewshot_ridge(features_train[best], labels_train, features_test[best], labels_test,
-                                shots=usable)
-        for k, result in fewshot["shots"].items():
-            record[f"fewshot_{k}shot"] = result["mean_accuracy"]
+        for layer, layer_train in features_train.items():
+            fewshot = fewshot_ridge(layer_train, labels_train, features_test[layer], labels_test,
+                                    shots=usable)
+            for k, result in fewshot["shots"].items():
+                record[f"fewshot_{k}shot/{layer}"] = result["mean_accuracy"]
     return record
 
 

@@ -13,9 +13,10 @@ This module owns
 * ``fewshot_ridge``: closed-form ridge regression onto one-hot targets from ``k`` examples per
   class, cheap enough to run inside a training loop.
 
-Features are standardised with the mean and standard deviation of the split a probe is fitted
-on; validation and test features reuse those statistics. All results are plain dicts of Python
-floats, ints, strings and lists, ready for ``json.dumps``.
+Features are standardised with the mean and standard deviation of the examples a probe is fitted
+on (for few-shot, the ``k`` per class drawn); validation and test features reuse those
+statistics. All results are plain dicts of Python floats, ints, strings and lists, ready for
+``json.dumps``.
 
 The solver is preconditioned. With standardised features ``Z`` and the eigendecomposition
 ``Z^T Z / N = V diag(s) V^T``, the weights are written ``W = V diag(d) U`` with
@@ -699,18 +700,15 @@ def _ridge_accuracies(
     labels_Sn: jax.Array,
     x_test_MD: jax.Array,
     labels_test_M: jax.Array,
-    mean_D: jax.Array,
-    scale_D: jax.Array,
     l2: jax.Array,
     *,
     num_classes: int,
 ) -> jax.Array:
-    z_test_MD = _standardise(x_test_MD, mean_D, scale_D)
-
     def accuracy(x_nD, labels_n):
+        mean_D, scale_D = _standardisation(x_nD, jnp.ones(x_nD.shape[0], jnp.float32))
         targets_nK = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32)
         w_DK, b_K = fit_ridge(_standardise(x_nD, mean_D, scale_D), targets_nK, l2)
-        predictions_M = jnp.argmax(z_test_MD @ w_DK + b_K, axis=1)
+        predictions_M = jnp.argmax(_standardise(x_test_MD, mean_D, scale_D) @ w_DK + b_K, axis=1)
         return jnp.mean((predictions_M == labels_test_M).astype(jnp.float32))
 
     return jax.vmap(accuracy)(x_SnD, labels_Sn)
@@ -731,8 +729,9 @@ def fewshot_ridge(
     For each ``k`` in ``shots`` and each seed, ``k`` examples of every class are drawn from the
     training pool (``fewshot_indices``), a ridge regression is solved in closed form and the
     argmax of its outputs is scored on the whole test set. Features are standardised with the
-    mean and standard deviation of the training pool (no labels involved), so ``l2`` is on the
-    scale of standardised features, whose squared norm is about the feature dimension ``D``;
+    mean and standard deviation of that draw of ``k`` per class (nothing else of the training pool
+    is read), so ``l2`` is on the scale of standardised features, whose squared norm is about the
+    feature dimension ``D``;
     the default ``l2=None`` uses ``l2 = D``. Returns a JSON-serialisable dict
     ``{"shots": {str(k): {"mean_accuracy", "std_accuracy", "accuracy_per_seed"}}, "l2",
     "seeds", "num_classes"}``; accuracies are fractions and ``std_accuracy`` is over seeds.
@@ -755,7 +754,6 @@ def fewshot_ridge(
         )
     labels_train_N = _encode_labels(y_train, classes)
     x_train_j = jnp.asarray(x_train)
-    mean_D, scale_D = _standardisation(x_train_j, jnp.ones(x_train.shape[0], jnp.float32))
     x_test_j = jnp.asarray(x_test)
     labels_test_M = jnp.asarray(_encode_labels(y_test, classes))
 
@@ -767,8 +765,6 @@ def fewshot_ridge(
             jnp.asarray(labels_train_N[rows_Sn]),
             x_test_j,
             labels_test_M,
-            mean_D,
-            scale_D,
             jnp.asarray(l2, jnp.float32),
             num_classes=int(classes.size),
         )

@@ -233,8 +233,8 @@ def test_fewshot_matches_numpy_closed_form(digits, shots):
     l2 = 64.0
     result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(shots,), seeds=(4,), l2=l2)
 
-    scaler = StandardScaler().fit(x_train.astype(np.float64))
     rows = lp.fewshot_indices(y_train, shots, seed=4)
+    scaler = StandardScaler().fit(x_train[rows].astype(np.float64))  # statistics of the k-shot draw
     z_train, z_test = scaler.transform(x_train[rows]), scaler.transform(x_test)
     w_DK, b_K = _numpy_ridge(z_train, y_train[rows], 10, l2)
     expected = np.mean(np.argmax(z_test @ w_DK + b_K, axis=1) == y_test)
@@ -243,6 +243,16 @@ def test_fewshot_matches_numpy_closed_form(digits, shots):
     ours_w, ours_b = lp.fit_ridge(z_train.astype(np.float32), np.eye(10)[y_train[rows]], l2)
     np.testing.assert_allclose(ours_w, w_DK, atol=1e-4)
     np.testing.assert_allclose(ours_b, b_K, atol=1e-4)
+
+
+def test_fewshot_reads_only_the_drawn_examples_of_the_training_pool(digits):
+    x_train, y_train, x_test, y_test = digits
+    result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    undrawn = np.setdiff1d(np.arange(len(y_train)), lp.fewshot_indices(y_train, 5, seed=3))
+    shifted = x_train.copy()
+    shifted[undrawn] = 10.0 * shifted[undrawn] + 7.0  # changes the pool's mean and spread
+    again = lp.fewshot_ridge(shifted, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    assert again["shots"]["5"]["mean_accuracy"] == result["shots"]["5"]["mean_accuracy"]
 
 
 def test_fewshot_draws_are_balanced_and_deterministic(digits):
@@ -313,3 +323,16 @@ def test_layer_names_must_match():
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         lp.probe_layers({"a": x, "b": x}, y, {"a": x}, y)
+
+
+def test_probe_record_reports_fewshot_per_layer_without_the_full_label_best_layer(digits):
+    from scaling.evaluation.evaluator import probe_record
+
+    x_train, y_train, x_test, y_test = digits
+    noise = np.random.default_rng(0)
+    train = ({"pixels": x_train, "noise": noise.normal(size=x_train.shape).astype(np.float32)}, y_train)
+    test = ({"pixels": x_test, "noise": noise.normal(size=x_test.shape).astype(np.float32)}, y_test)
+    record = probe_record(train, test, shots=(5,))
+    assert record["probe_layer"] == "pixels"
+    assert not any(key.startswith("fewshot") and "/" not in key for key in record)
+    assert record["fewshot_5shot/pixels"] > 0.7 > 0.2 > record["fewshot_5shot/noise"]
