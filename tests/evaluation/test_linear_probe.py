@@ -70,7 +70,7 @@ def test_preconditioning_changes_iterations_not_the_solution(blobs):
 def test_protocol_matches_sklearn_protocol(blobs):
     x_train, y_train, x_test, y_test = blobs
     c_grid = (1e-4, 1e-2, 1.0)
-    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=c_grid, seed=3)
+    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=c_grid, refine_steps=0, seed=3)
 
     fit_rows, val_rows = lp.stratified_holdout(y_train, 0.2, seed=3)
     val_accuracy = {}
@@ -88,12 +88,33 @@ def test_protocol_matches_sklearn_protocol(blobs):
 
 def test_result_is_plain_json(blobs):
     x_train, y_train, x_test, y_test = blobs
-    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-3, 1e-1))
+    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-3, 1e-1), refine_steps=0)
     assert json.loads(json.dumps(result)) == result
     assert type(result["test_accuracy"]) is float
     assert type(result["best_C"]) is float
     assert result["num_fit"] + result["num_val"] == result["num_refit"] == 2000
     assert set(result["val_accuracy_per_C"]) == {"0.001", "0.1"}
+
+
+def test_fine_search_between_decades_improves_on_the_best_grid_value(blobs):
+    x_train, y_train, x_test, y_test = blobs
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    coarse = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=grid, refine_steps=0)
+    fine = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=grid)
+    tried = {float(C) for C in fine["val_accuracy_per_C"]}
+    assert len(tried) == len(grid) + 6 and set(grid) <= tried
+    assert fine["val_accuracy"] >= coarse["val_accuracy"]
+    assert fine["val_accuracy_per_C"][format(coarse["best_C"], "g")] == coarse["val_accuracy"]
+    neighbours = [C for C in tried - set(grid) if coarse["best_C"] / 10 < C < coarse["best_C"] * 10]
+    assert len(neighbours) == 6  # three a quarter decade apart on each side of the best grid value
+
+
+def test_best_c_on_the_grid_edge_warns_with_the_fix():
+    x_train, y_train = _strong_shared_noise_problem(2000, seed=0)
+    x_test, y_test = _strong_shared_noise_problem(500, seed=1)
+    with pytest.warns(UserWarning, match=r"best C \(0.01\) is the largest value .* extend c_grid above"):
+        result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-4, 1e-3, 1e-2))
+    assert result["best_C_on_edge"]
 
 
 def test_sweep_compiles_the_solver_once_per_shape(blobs):
@@ -148,7 +169,7 @@ def test_selection_prefers_strong_penalty_when_overfitting_hurts():
     result = lp.select_and_evaluate(
         x_pool[train_rows], y_pool[train_rows], x_test, y_test, x_val=x_pool[val_rows], y_val=y_pool[val_rows]
     )
-    assert result["best_C"] <= 1e-2
+    assert result["best_C"] < 0.03  # 1e-2 on the grid, refined to a quarter decade above it
     assert result["val_accuracy_per_C"]["100"] < result["val_accuracy"] - 0.05
 
 
