@@ -80,7 +80,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.data.image_size = 32
     c.data.caption_level = "descriptive"
     c.data.label = "label"
-    c.data.max_caption_len = 128  # byte tokens; descriptive captions run to ~240, medium to ~80
+    c.data.max_caption_len = 0  # tokens; 0 -> the longest caption of caption_level (2, 20, 80, 250)
     c.data.tokenizer = "byte"
     c.data.worker_count = 0
     c.data.train_split = "train"
@@ -271,6 +271,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     _require(
         config.data.caption_level in CAPTION_LEVELS,
         f"data.caption_level: {config.data.caption_level!r} not in {CAPTION_LEVELS}",
+    )
+    _require(
+        config.data.max_caption_len == 0 or config.data.max_caption_len >= 2,
+        f"data.max_caption_len: {config.data.max_caption_len} leaves no room for BOS and EOS; use 0 "
+        "(the longest caption of data.caption_level) or at least 2",
     )
     _require(
         config.data.image_size % config.model.patch_size == 0,

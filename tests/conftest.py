@@ -53,9 +53,12 @@ def tiny_config(data_dir):
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A batch of the shape the pipeline yields, with random content."""
+    from scaling.data.pipeline import caption_length
+
     rng = np.random.default_rng(seed)
-    size, length = config.data.image_size, config.data.max_caption_len
-    mask = (np.arange(length)[None] < rng.integers(4, length, (batch_size, 1))).astype(np.int32)
+    size, length = config.data.image_size, caption_length(config.data)
+    lengths = rng.integers(min(4, length), max(length, 5), (batch_size, 1))  # all of BOS+EOS if 2
+    mask = (np.arange(length)[None] < lengths).astype(np.int32)
     return {
         "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
         "label": rng.integers(0, 4, (batch_size,)).astype(np.int32),

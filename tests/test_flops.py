@@ -19,3 +19,25 @@ def test_formula_matches_xla(tiny_config, objective, size, dtype, batch_size, ov
     config = tiny_config(objective, size=size, **{"model.dtype": dtype, **overrides})
     analytic, measured = step_flops(config, batch_size)
     assert analytic == pytest.approx(measured, rel=0.05)
+
+
+def test_clip_text_compute_follows_the_caption_level():
+    """At size s the text tower reads the level's caption length: short captions cost a fifth of the
+    compute, not two thirds of it as when every caption was padded to 128 tokens."""
+    from conftest import load_experiment
+
+    from scaling import flops
+    from scaling.models.sizes import get_size
+    from scaling.objectives.clip import Clip
+
+    def text_share(level: str) -> float:
+        config = load_experiment("clip", "size=s")
+        config.data.caption_level = level
+        total = Clip(config).train_flops_per_example()
+        image_only = flops.clip_train_flops(
+            get_size("s"), get_size("s"), image_size=32, patch=4, text_len=0, embed_dim=384,
+            batch_size=config.batch_size,
+        )
+        return 1 - image_only / total
+
+    assert text_share("short") < 0.25 < 0.5 < text_share("medium") < text_share("descriptive")

@@ -61,7 +61,8 @@ def test_probe_points_are_recorded_against_compute(finished_run):
         assert layers == {"probe_accuracy/layer_01", "probe_accuracy/layer_02"}
         assert record["probe_accuracy"] == record[f"probe_accuracy/{record['probe_layer']}"]
         assert 0 <= record["zero_shot_accuracy"] <= 1 and record["val_loss"] > 0
-        assert {"fewshot_1shot", "fewshot_10shot", "fewshot_25shot"} <= set(record)
+        assert {f"fewshot_{k}shot/layer_0{i}" for k in (1, 10, 25) for i in (1, 2)} <= set(record)
+        assert not any(key.startswith("fewshot") and "/" not in key for key in record)
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
 
 

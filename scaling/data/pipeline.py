@@ -3,7 +3,9 @@
 Owns finding and building data sets (`ensure_built`), the per-example transform into the fixed batch
 layout, and the train and eval iterators. Every batch is a dict of numpy arrays with exactly these
 keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_tokens` int32 [b, T] and
-`caption_mask` int32 [b, T], with b = batch_size // process_count and T = data.max_caption_len.
+`caption_mask` int32 [b, T], with b = batch_size // process_count and T = `caption_length(data)`:
+`data.max_caption_len` when set, else the longest caption of `data.caption_level` (so no caption is cut
+and a short caption is not padded to a descriptive one's length).
 
 Each process reads a disjoint strided shard of the split (examples process_index, process_index +
 process_count, ...), so shard sizes differ by at most one example between processes.
@@ -141,6 +143,13 @@ def num_examples(data_config, split: str) -> int:
 # ----------------------------------------------------------------------------- examples
 
 
+def caption_length(data_config) -> int:
+    """Tokens per caption sequence (BOS and EOS included): `data.max_caption_len` if positive, else the
+    byte-token length of the longest scenes caption at `data.caption_level` (a subword tokenizer needs
+    fewer tokens, so it fits too)."""
+    return data_config.max_caption_len or scenes.CAPTION_TOKENS[data_config.caption_level]
+
+
 def _caption_key(data_config, builder) -> str | None:
     level = data_config.caption_level
     if level not in scenes.CAPTION_LEVELS:
@@ -213,7 +222,7 @@ def make_transform(data_config, builder) -> ToExample:
         image_size=data_config.image_size,
         label_key=data_config.label,
         caption_key=_caption_key(data_config, builder),
-        max_caption_len=data_config.max_caption_len,
+        max_caption_len=caption_length(data_config),
         tokenizer=get_tokenizer(data_config.tokenizer),
     )
 

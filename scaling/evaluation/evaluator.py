@@ -17,7 +17,7 @@ import numpy as np
 from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
-from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
+from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
 
 FEWSHOT_SHOTS = (1, 5, 10, 25)
@@ -55,7 +55,9 @@ def probe_record(
     shots: tuple[int, ...] = FEWSHOT_SHOTS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Flat probe fields: best-layer and per-layer linear-probe accuracy, few-shot on the best layer."""
+    """Flat probe fields: best-layer and per-layer linear-probe accuracy, and per-layer few-shot
+    accuracy (``fewshot_{k}shot/{layer}``). Few-shot has no headline layer: the linear probe's best
+    layer is chosen with every training label, which a k-shot result must not lean on."""
     (features_train, labels_train), (features_test, labels_test) = train, test
     probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
     best = probes["best_layer"]
@@ -65,10 +67,11 @@ def probe_record(
     per_class = np.bincount(labels_train).min()
     usable = tuple(k for k in shots if k <= per_class)
     if usable:
-        fewshot = fewshot_ridge(features_train[best], labels_train, features_test[best], labels_test,
-                                shots=usable)
-        for k, result in fewshot["shots"].items():
-            record[f"fewshot_{k}shot"] = result["mean_accuracy"]
+        for layer, layer_train in features_train.items():
+            fewshot = fewshot_ridge(layer_train, labels_train, features_test[layer], labels_test,
+                                    shots=usable)
+            for k, result in fewshot["shots"].items():
+                record[f"fewshot_{k}shot/{layer}"] = result["mean_accuracy"]
     return record
 
 
@@ -107,7 +110,8 @@ class Evaluator:
                 lambda p, images, rng: {"prediction": self.zero_shot_fn(p, images, rng)},
                 params, e.test_split, e.probe_test_examples,
             )
-            record["zero_shot_accuracy"] = float(np.mean(predictions["prediction"] == labels))
+            field = class_score_field(self.objective)
+            record[field] = float(np.mean(predictions["prediction"] == labels))
         if e.val_split:
             record["val_loss"] = self.validation_loss(params)
         record["eval_s"] = time.perf_counter() - start

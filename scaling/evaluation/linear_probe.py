@@ -8,14 +8,18 @@ This module owns
   L-BFGS inside one jit-compiled loop. ``C`` is a traced argument, so a whole sweep compiles once
   per data shape, and consecutive values of ``C`` are warm-started.
 * ``select_and_evaluate``: pick ``C`` on a validation split, refit on train+validation, score
-  once on test (the protocol of Radford et al. 2021, appendix A.3).
+  once on test (the protocol of Radford et al. 2021, appendix A.3). ``C`` is searched coarse to
+  fine: the grid (one value per decade), then ``refine_steps`` values on each side of its best
+  between it and its grid neighbours (a quarter decade apart by default); a best ``C`` on the
+  grid's edge warns, as the optimum may lie beyond it.
 * ``probe_layers``: the same protocol for every layer of a feature dict.
 * ``fewshot_ridge``: closed-form ridge regression onto one-hot targets from ``k`` examples per
   class, cheap enough to run inside a training loop.
 
-Features are standardised with the mean and standard deviation of the split a probe is fitted
-on; validation and test features reuse those statistics. All results are plain dicts of Python
-floats, ints, strings and lists, ready for ``json.dumps``.
+Features are standardised with the mean and standard deviation of the examples a probe is fitted
+on (for few-shot, the ``k`` per class drawn); validation and test features reuse those
+statistics. All results are plain dicts of Python floats, ints, strings and lists, ready for
+``json.dumps``.
 
 The solver is preconditioned. With standardised features ``Z`` and the eigendecomposition
 ``Z^T Z / N = V diag(s) V^T``, the weights are written ``W = V diag(d) U`` with
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +44,9 @@ import optax
 
 DEFAULT_C_GRID: tuple[float, ...] = tuple(10.0**e for e in range(-6, 3))
 """Regularisation values swept by default: 1e-6, 1e-5, ..., 1e2 (one per decade)."""
+
+DEFAULT_REFINE_STEPS = 3
+"""Values tried between the best grid C and each neighbour: 3 puts them a quarter decade apart."""
 
 DEFAULT_FEWSHOT_SHOTS: tuple[int, ...] = (1, 5, 10, 25)
 DEFAULT_FEWSHOT_SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -443,13 +451,14 @@ def _sweep_c(
     tol: float,
     max_iter: int,
     precondition: bool,
+    init: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[dict[float, float], dict[float, LogisticProbe]]:
-    """Fit every C in ascending order, each warm-started from the previous solution."""
+    """Fit every C in ascending order, the first from ``init``, each next one warm-started from the
+    previous solution."""
     x_val_MD = jnp.asarray(x_val_MD)
     labels_val_M = jnp.asarray(labels_val_M)
     accuracy_per_C: dict[float, float] = {}
     probe_per_C: dict[float, LogisticProbe] = {}
-    init = None
     for C in sorted(c_grid):
         probe = _fit_prepared(data, C, tol=tol, max_iter=max_iter, init=init, precondition=precondition)
         init = (probe.weights, probe.bias)
@@ -462,6 +471,31 @@ def _best_c(accuracy_per_C: Mapping[float, float]) -> float:
     """Highest validation accuracy; ties go to the smallest C (the most regularised probe)."""
     best = max(accuracy_per_C.values())
     return min(C for C, accuracy in accuracy_per_C.items() if accuracy == best)
+
+
+def refined_c_values(c_grid: Sequence[float], best_C: float, steps: int) -> tuple[float, ...]:
+    """``steps`` log-spaced values strictly between ``best_C`` and each of its neighbours in the
+    sorted grid (one side only at the grid's edge)."""
+    ordered = sorted(c_grid)
+    index = ordered.index(best_C)
+    neighbours = [ordered[i] for i in (index - 1, index + 1) if 0 <= i < len(ordered)]
+    return tuple(
+        float(C) for other in neighbours for C in np.geomspace(best_C, other, steps + 2)[1:-1]
+    )
+
+
+def _warn_if_on_edge(best_C: float, c_values: tuple[float, ...]) -> bool:
+    low, high = min(c_values), max(c_values)
+    if len(c_values) > 1 and best_C in (low, high):
+        side, beyond = ("smallest", "below") if best_C == low else ("largest", "above")
+        warnings.warn(
+            f"linear probe: the best C ({best_C:g}) is the {side} value of c_grid "
+            f"[{low:g}, {high:g}], so the optimum may lie {beyond} it; extend c_grid {beyond} "
+            f"{best_C:g}",
+            stacklevel=3,
+        )
+        return True
+    return False
 
 
 def _selection_split(
@@ -496,6 +530,7 @@ def select_and_evaluate(
     x_val: Any = None,
     y_val: Any = None,
     c_grid: Sequence[float] = DEFAULT_C_GRID,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
     val_fraction: float = 0.2,
     seed: int = 0,
     tol: float = 1e-4,
@@ -504,16 +539,19 @@ def select_and_evaluate(
 ) -> dict[str, Any]:
     """Linear-probe accuracy with the CLIP protocol.
 
-    For each ``C`` in ``c_grid`` a probe is fitted on the training split and scored on the
-    validation split; the ``C`` with the best validation accuracy (ties: the smaller ``C``) is
-    refitted on train+validation and scored once on test. Without ``x_val``/``y_val`` a
+    For each ``C`` in ``c_grid``, then for the ``refine_steps`` values on each side of the best
+    (``refined_c_values``), a probe is fitted on the training split and scored on the validation
+    split; the ``C`` with the best validation accuracy (ties: the smaller ``C``) is refitted on
+    train+validation and scored once on test. A best ``C`` at the end of ``c_grid`` warns
+    (``UserWarning``) and sets ``best_C_on_edge``. Without ``x_val``/``y_val`` a
     stratified ``val_fraction`` of the training set, drawn with ``seed``, is held out.
 
     Labels may be any integers; the classes are those present in ``y_train``. Validation and
     test examples of other classes count as errors (and are left out of the refit).
-    Accuracies are fractions in [0, 1]. Returns a JSON-serialisable dict with ``test_accuracy``, ``best_C``,
-    ``val_accuracy`` (at ``best_C``), ``val_accuracy_per_C`` (keys ``format(C, "g")``),
-    ``c_grid``, split sizes, ``num_classes``, ``refit_iterations`` and ``refit_converged``.
+    Accuracies are fractions in [0, 1]. Returns a JSON-serialisable dict with ``test_accuracy``,
+    ``best_C``, ``val_accuracy`` (at ``best_C``), ``val_accuracy_per_C`` (keys ``format(C, "g")``,
+    every value fitted), ``c_grid``, ``best_C_on_edge``, split sizes, ``num_classes``,
+    ``refit_iterations`` and ``refit_converged``.
     """
     x_train = _as_features(x_train, "x_train")
     y_train = _as_labels(y_train, x_train.shape[0], "y_train", "x_train")
@@ -521,6 +559,10 @@ def select_and_evaluate(
     y_test = _as_labels(y_test, x_test.shape[0], "y_test", "x_test")
     _check_same_dim(x_train, x_test, "x_train", "x_test")
     c_values = _check_c_grid(c_grid)
+    if int(refine_steps) != refine_steps or refine_steps < 0:
+        raise ValueError(
+            f"refine_steps must be a non-negative integer, got {refine_steps!r}; 0 fits c_grid only."
+        )
 
     x_all, y_all, fit_mask_N = _selection_split(x_train, y_train, x_val, y_val, val_fraction, seed)
     classes = _class_ids(y_all[fit_mask_N], "y_train")
@@ -538,8 +580,26 @@ def select_and_evaluate(
         max_iter=max_iter,
         precondition=precondition,
     )
+    coarse_best = _best_c(accuracy_per_C)
+    fine = refined_c_values(c_values, coarse_best, refine_steps)
+    if fine:
+        lowest_fine = min(fine)
+        start = max((value for value in c_values if value < lowest_fine), default=coarse_best)
+        fine_accuracy, fine_probes = _sweep_c(
+            fit_data,
+            x_all[val_rows],
+            labels_N[val_rows],
+            fine,
+            tol=tol,
+            max_iter=max_iter,
+            precondition=precondition,
+            init=(probe_per_C[start].weights, probe_per_C[start].bias),
+        )
+        accuracy_per_C.update(fine_accuracy)
+        probe_per_C.update(fine_probes)
     del fit_data
     best_C = _best_c(accuracy_per_C)
+    on_edge = _warn_if_on_edge(best_C, c_values)
 
     selected = probe_per_C[best_C]
     refit = _fit_prepared(
@@ -554,9 +614,10 @@ def select_and_evaluate(
         "test_accuracy": probe_accuracy(refit, x_test, _encode_labels(y_test, classes)),
         "best_C": best_C,
         "val_accuracy": accuracy_per_C[best_C],
-        "val_accuracy_per_C": {_c_key(C): accuracy_per_C[C] for C in c_values},
-        "iterations_per_C": {_c_key(C): int(probe_per_C[C].iterations) for C in c_values},
+        "val_accuracy_per_C": {_c_key(C): accuracy_per_C[C] for C in sorted(accuracy_per_C)},
+        "iterations_per_C": {_c_key(C): int(probe_per_C[C].iterations) for C in sorted(probe_per_C)},
         "c_grid": list(c_values),
+        "best_C_on_edge": on_edge,
         "num_classes": int(classes.size),
         "num_fit": int(fit_mask_N.sum()),
         "num_val": int(val_rows.size),
@@ -588,6 +649,7 @@ def probe_layers(
     features_by_layer_val: Mapping[str, Any] | None = None,
     y_val: Any = None,
     c_grid: Sequence[float] = DEFAULT_C_GRID,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
     val_fraction: float = 0.2,
     seed: int = 0,
     tol: float = 1e-4,
@@ -628,6 +690,7 @@ def probe_layers(
                 x_val=x_val,
                 y_val=y_val,
                 c_grid=c_grid,
+                refine_steps=refine_steps,
                 val_fraction=val_fraction,
                 seed=seed,
                 tol=tol,
@@ -699,18 +762,15 @@ def _ridge_accuracies(
     labels_Sn: jax.Array,
     x_test_MD: jax.Array,
     labels_test_M: jax.Array,
-    mean_D: jax.Array,
-    scale_D: jax.Array,
     l2: jax.Array,
     *,
     num_classes: int,
 ) -> jax.Array:
-    z_test_MD = _standardise(x_test_MD, mean_D, scale_D)
-
     def accuracy(x_nD, labels_n):
+        mean_D, scale_D = _standardisation(x_nD, jnp.ones(x_nD.shape[0], jnp.float32))
         targets_nK = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32)
         w_DK, b_K = fit_ridge(_standardise(x_nD, mean_D, scale_D), targets_nK, l2)
-        predictions_M = jnp.argmax(z_test_MD @ w_DK + b_K, axis=1)
+        predictions_M = jnp.argmax(_standardise(x_test_MD, mean_D, scale_D) @ w_DK + b_K, axis=1)
         return jnp.mean((predictions_M == labels_test_M).astype(jnp.float32))
 
     return jax.vmap(accuracy)(x_SnD, labels_Sn)
@@ -731,8 +791,9 @@ def fewshot_ridge(
     For each ``k`` in ``shots`` and each seed, ``k`` examples of every class are drawn from the
     training pool (``fewshot_indices``), a ridge regression is solved in closed form and the
     argmax of its outputs is scored on the whole test set. Features are standardised with the
-    mean and standard deviation of the training pool (no labels involved), so ``l2`` is on the
-    scale of standardised features, whose squared norm is about the feature dimension ``D``;
+    mean and standard deviation of that draw of ``k`` per class (nothing else of the training pool
+    is read), so ``l2`` is on the scale of standardised features, whose squared norm is about the
+    feature dimension ``D``;
     the default ``l2=None`` uses ``l2 = D``. Returns a JSON-serialisable dict
     ``{"shots": {str(k): {"mean_accuracy", "std_accuracy", "accuracy_per_seed"}}, "l2",
     "seeds", "num_classes"}``; accuracies are fractions and ``std_accuracy`` is over seeds.
@@ -755,7 +816,6 @@ def fewshot_ridge(
         )
     labels_train_N = _encode_labels(y_train, classes)
     x_train_j = jnp.asarray(x_train)
-    mean_D, scale_D = _standardisation(x_train_j, jnp.ones(x_train.shape[0], jnp.float32))
     x_test_j = jnp.asarray(x_test)
     labels_test_M = jnp.asarray(_encode_labels(y_test, classes))
 
@@ -767,8 +827,6 @@ def fewshot_ridge(
             jnp.asarray(labels_train_N[rows_Sn]),
             x_test_j,
             labels_test_M,
-            mean_D,
-            scale_D,
             jnp.asarray(l2, jnp.float32),
             num_classes=int(classes.size),
         )

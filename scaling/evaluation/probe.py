@@ -19,7 +19,7 @@ import numpy as np
 from scaling.config import ConfigError
 from scaling.evaluation.evaluator import class_names, eval_data_config, probe_record
 from scaling.evaluation.features import make_features_fn, map_split
-from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
+from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import make_mesh
 from scaling.train import Checkpoints, build_setup, model_from_params
 from scaling.workdir import RunFiles, write_json_atomic
@@ -81,7 +81,8 @@ def probe_checkpoint(
             predictions, labels = over(
                 config.eval.test_split, max_test, lambda p, x, r: {"prediction": predict(p, x, r)}
             )
-            record["zero_shot_accuracy"] = float(np.mean(predictions["prediction"] == labels))
+            field = class_score_field(setup.objective)
+            record[field] = float(np.mean(predictions["prediction"] == labels))
 
     result = {"dataset": data.name, "label": data.label, "step": step,
               "train_examples": int(train[1].shape[0]), "test_examples": int(test[1].shape[0]), **record}

@@ -107,10 +107,18 @@ class TextTower(nnx.Module):
         self.causal = causal
 
     def __call__(
-        self, tokens_BL: Array, context_BMD: Array | None = None
+        self, tokens_BL: Array, context_BMD: Array | None = None, bidirectional_B: Array | None = None,
+        key_mask_BL: Array | None = None,
     ) -> tuple[Array, list[Array]]:
+        """``bidirectional_B`` (bool [B]) lifts a causal tower's mask on the rows where it is set;
+        ``key_mask_BL`` (nonzero on real tokens) keeps every position from attending to padding."""
         x_BLD = self.positions(self.embed(tokens_BL))
         mask_BLL = causal_mask(tokens_BL.shape[1])[None] if self.causal else None
+        if mask_BLL is not None and bidirectional_B is not None:
+            mask_BLL = mask_BLL | bidirectional_B[:, None, None]
+        if key_mask_BL is not None:
+            keys_B1L = key_mask_BL.astype(bool)[:, None, :]
+            mask_BLL = keys_B1L if mask_BLL is None else mask_BLL & keys_B1L
         return self.transformer(x_BLD, mask_BLL, context_BMD)
 
 

@@ -6,8 +6,8 @@ next-token cross-entropy over the real caption tokens (padding is masked out).
 
 CapPa parallel prediction: per example, with probability ``captioning.parallel_fraction``, every decoder
 input is the [MASK] token (one extra embedding id, ``vocab_size``), so the decoder must predict the whole
-caption from the image alone. The causal self-attention mask is kept on those rows: the inputs carry no
-information, so removing it (as the paper does) would change nothing the decoder can learn from them.
+caption from the image alone. As in the paper, those rows attend without the causal mask (every position
+sees every other position's state); autoregressive rows stay causal.
 
 Besides the protocol it offers greedy decoding, per-caption log-likelihoods (for zero-shot
 classification) and ``write_samples`` (an image grid with reference and generated captions).
@@ -26,6 +26,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.config import ConfigError
+from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
 from scaling.models.layers import Dense
@@ -57,7 +58,7 @@ class CaptioningModel(nnx.Module):
             positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
         )
         self.decoder = TextTower(
-            decoder_size, vocab=vocab + 1, max_len=config.data.max_caption_len - 1,
+            decoder_size, vocab=vocab + 1, max_len=caption_length(config.data) - 1,
             positions=config.model.positions, dtype=dtype, rngs=rngs,
             cross_attention_width=encoder_size.width, remat=config.model.remat,
         )
@@ -68,9 +69,10 @@ class CaptioningModel(nnx.Module):
         """Encoder output tokens [B, M, D] and every encoder block's output."""
         return self.encoder(images_BHWC)
 
-    def decode(self, inputs_BL: Array, context_BMD: Array) -> Array:
-        """Next-token logits [B, L, V] for decoder inputs [B, L] given encoder tokens."""
-        out_BLD, _ = self.decoder(inputs_BL, context_BMD)
+    def decode(self, inputs_BL: Array, context_BMD: Array, parallel_B: Array | None = None) -> Array:
+        """Next-token logits [B, L, V] for decoder inputs [B, L] given encoder tokens; rows where
+        ``parallel_B`` is set attend bidirectionally (CapPa parallel prediction), the others causally."""
+        out_BLD, _ = self.decoder(inputs_BL, context_BMD, parallel_B)
         return self.head(out_BLD)
 
 
@@ -129,8 +131,6 @@ class Captioning:
                 f"captioning.parallel_fraction: {c.parallel_fraction} must lie in [0, 1] "
                 "(0.75 is CapPa, 0 is plain autoregressive captioning)"
             )
-        if config.data.max_caption_len < 2:
-            raise ConfigError("data.max_caption_len: captioning needs at least 2 (BOS and EOS)")
 
     def init(self, rngs: nnx.Rngs) -> CaptioningModel:
         return CaptioningModel(self.config, rngs=rngs)
@@ -141,7 +141,7 @@ class Captioning:
             tokens_BT, rng, self.config.captioning.parallel_fraction, model.mask_id
         )
         context_BMD, _ = model.encode(batch["image"])
-        logits_BLV = model.decode(inputs_BL, context_BMD)
+        logits_BLV = model.decode(inputs_BL, context_BMD, parallel_B)
         targets_BL = tokens_BT[:, 1:]
         weights_BL = batch["caption_mask"][:, 1:].astype(jnp.float32)
         token_loss_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
@@ -165,7 +165,7 @@ class Captioning:
         prompts = class_prompts(class_names)
         tokenizer = get_tokenizer(self.config.data.tokenizer)
         longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
-        length = min(longest, self.config.data.max_caption_len)
+        length = min(longest, caption_length(self.config.data))
         tokens_PT, mask_PT = tokenize_prompts(tokenizer, prompts, length)
         context_BMD, _ = model.encode(images_BHWC)
         B, P = context_BMD.shape[0], tokens_PT.shape[0]
@@ -179,10 +179,10 @@ class Captioning:
 
         A caption that has not ended by ``max_len`` is cut to end in EOS, as the tokenizer does.
         """
-        limit = self.config.data.max_caption_len
+        limit = caption_length(self.config.data)
         max_len = max_len or limit
         if not 2 <= max_len <= limit:
-            raise ValueError(f"max_len must lie in [2, data.max_caption_len={limit}], got {max_len}")
+            raise ValueError(f"max_len must lie in [2, caption length {limit}], got {max_len}")
         tok = self.tokenizer
         context_BMD = _encode(model, jnp.asarray(images_BHWC))
         tokens_BT = np.full((context_BMD.shape[0], max_len), tok.pad_id, np.int32)
@@ -223,7 +223,7 @@ class Captioning:
         c = self.config
         return flops.captioning_train_flops(
             get_size(c.size), get_size(c.captioning.decoder_size or c.size),
-            image_size=c.data.image_size, patch=c.model.patch_size, text_len=c.data.max_caption_len,
+            image_size=c.data.image_size, patch=c.model.patch_size, text_len=caption_length(c.data),
             vocab=self.tokenizer.vocab_size,
         )
 

@@ -2,7 +2,11 @@
 
 Image and text towers are the shared backbone. Embeddings are L2-normalised; the loss is over the global
 batch (under jit the similarity matrix spans every shard, so sharding never changes the loss). The
-temperature is learned as a log logit scale initialised to log(1/0.07) and clamped at 100.
+logit scale (inverse temperature) is learned, initialised as each loss was published (1/0.07 for the
+softmax loss, 10 with a bias of -10 for SigLIP's sigmoid loss) and bounded by ``max_logit_scale``
+through its parametrisation, log scale = log max - softplus(4 (log max - u)) / 4 for the stored ``u``
+(within 1% of exp(u) up to 0.37 x max): the bound holds without a clamp whose zero gradient would
+leave ``u`` stranded past it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.config import ConfigError
+from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
 from scaling.models.layers import Dense
@@ -24,6 +29,8 @@ from scaling.models.transformer import ImageTower, TextTower, pooled_layer_featu
 
 Array = jax.Array
 LOSSES = ("softmax", "sigmoid")
+INIT_LOGIT_SCALE = {"softmax": 1 / 0.07, "sigmoid": 10.0}  # CLIP (Radford et al.), SigLIP (Zhai et al.)
+BOUND_SHARPNESS = 4.0  # of the soft upper bound on the log logit scale
 
 
 def config_section() -> ml_collections.ConfigDict:
@@ -32,7 +39,7 @@ def config_section() -> ml_collections.ConfigDict:
             "text_size": "",  # "" -> the image tower's size
             "embed_dim": 0,  # 0 -> the image tower's width
             "loss": "softmax",
-            "init_logit_scale": 1 / 0.07,
+            "init_logit_scale": 0.0,  # 0 -> the loss's published init: 1/0.07 softmax, 10 sigmoid
             "max_logit_scale": 100.0,
             "init_logit_bias": -10.0,  # sigmoid loss only
         }
@@ -51,14 +58,16 @@ class ClipModel(nnx.Module):
         )
         self.text = TextTower(
             text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
-            max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
+            max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
             rngs=rngs, remat=config.model.remat,
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
                                 rngs=rngs, use_bias=False)
         self.text_proj = Dense((text_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
                                rngs=rngs, use_bias=False)
-        self.log_logit_scale = nnx.Param(jnp.asarray(np.log(c.init_logit_scale), jnp.float32), axes=())
+        self.logit_scale_param = nnx.Param(
+            jnp.asarray(logit_scale_param(initial_logit_scale(c), c.max_logit_scale), jnp.float32), axes=()
+        )
         self.logit_bias = nnx.Param(jnp.asarray(c.init_logit_bias, jnp.float32), axes=())
         self.dtype = dtype
 
@@ -71,6 +80,23 @@ class ClipModel(nnx.Module):
         last_B = jnp.maximum(mask_BT.sum(axis=1) - 1, 0)
         pooled_BD = jnp.take_along_axis(out_BTD, last_B[:, None, None], axis=1)[:, 0]
         return _l2_normalize(self.text_proj(pooled_BD))
+
+
+def initial_logit_scale(clip_config) -> float:
+    return clip_config.init_logit_scale or INIT_LOGIT_SCALE[clip_config.loss]
+
+
+def logit_scale_param(scale: float, max_scale: float) -> float:
+    """The stored parameter ``u`` that ``bounded_logit_scale`` maps to ``scale`` (< ``max_scale``)."""
+    gap = np.log(max_scale) - np.log(scale)
+    return float(np.log(max_scale) - np.log(np.expm1(BOUND_SHARPNESS * gap)) / BOUND_SHARPNESS)
+
+
+def bounded_logit_scale(param: Array, max_scale: float) -> Array:
+    """exp(log max - softplus(k (log max - u)) / k): exp(u) well below the bound, never above it, and
+    with a gradient that shrinks smoothly rather than vanishing as ``u`` passes it."""
+    log_max = np.log(max_scale)
+    return jnp.exp(log_max - jax.nn.softplus(BOUND_SHARPNESS * (log_max - param)) / BOUND_SHARPNESS)
 
 
 def _l2_normalize(x_BE: Array) -> Array:
@@ -108,15 +134,20 @@ class Clip:
             raise ConfigError(
                 "data.caption_level: CLIP needs captions; use short, medium or descriptive"
             )
-        if not 0 < c.init_logit_scale <= c.max_logit_scale:
-            raise ConfigError("clip.init_logit_scale: must lie in (0, clip.max_logit_scale]")
+        if not 0 < initial_logit_scale(c) < c.max_logit_scale:
+            raise ConfigError(
+                f"clip.init_logit_scale: {initial_logit_scale(c)} must lie in (0, clip.max_logit_scale "
+                f"= {c.max_logit_scale}); 0 picks the loss's published init"
+            )
 
     def init(self, rngs: nnx.Rngs) -> ClipModel:
         return ClipModel(self.config, rngs=rngs)
 
+    def logit_scale(self, model: ClipModel) -> Array:
+        return bounded_logit_scale(model.logit_scale_param[...], self.config.clip.max_logit_scale)
+
     def logits(self, model: ClipModel, image_BE: Array, text_BE: Array) -> Array:
-        scale = jnp.minimum(jnp.exp(model.log_logit_scale[...]), self.config.clip.max_logit_scale)
-        return scale * jnp.einsum("ie,te->it", image_BE, text_BE)
+        return self.logit_scale(model) * jnp.einsum("ie,te->it", image_BE, text_BE)
 
     def loss(self, model: ClipModel, batch, rng: Array):
         del rng
@@ -128,7 +159,7 @@ class Clip:
         else:
             loss = softmax_contrastive_loss(logits_BB)
         accuracy = (logits_BB.argmax(axis=1) == jnp.arange(logits_BB.shape[0])).mean()
-        metrics = {"image_to_text_accuracy": accuracy, "logit_scale": jnp.exp(model.log_logit_scale[...])}
+        metrics = {"image_to_text_accuracy": accuracy, "logit_scale": self.logit_scale(model)}
         return loss, metrics
 
     def features(self, model: ClipModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
@@ -141,7 +172,7 @@ class Clip:
         del rng
         prompts = class_prompts(class_names)
         tokens_PT, mask_PT = tokenize_prompts(
-            get_tokenizer(self.config.data.tokenizer), prompts, self.config.data.max_caption_len
+            get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
         )
         text_PE = model.embed_texts(jnp.asarray(tokens_PT), jnp.asarray(mask_PT))
         class_CE = _l2_normalize(text_PE.reshape(len(class_names), -1, text_PE.shape[-1]).mean(axis=1))
@@ -153,6 +184,6 @@ class Clip:
         image = get_size(c.size)
         return flops.clip_train_flops(
             image, get_size(c.clip.text_size or c.size), image_size=c.data.image_size,
-            patch=c.model.patch_size, text_len=c.data.max_caption_len,
+            patch=c.model.patch_size, text_len=caption_length(c.data),
             embed_dim=c.clip.embed_dim or image.width, batch_size=c.batch_size,
         )

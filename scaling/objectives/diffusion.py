@@ -2,7 +2,7 @@
 
 The model is the shared backbone run over noisy patches, every block adaLN-Zero conditioned on a timestep
 embedding (sinusoids -> MLP) plus an optional condition embedding: a class-label table with a null row, or
-a caption embedding (a small bidirectional TextTower, mean-pooled over real tokens and projected) with a
+a caption embedding (a small bidirectional TextTower over the real tokens, mean-pooled and projected) with a
 learned null vector. Classifier-free dropout swaps the condition for the null one. A final
 adaLN-modulated LayerNorm and a zero-initialised un-patchify head predict epsilon or v for every pixel,
 so the whole model outputs zeros at init.
@@ -27,7 +27,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.config import ConfigError
-from scaling.data.pipeline import make_builder
+from scaling.data.pipeline import caption_length, make_builder
 from scaling.data.tokenizer import get_tokenizer
 from scaling.evaluation.zero_shot import TEMPLATES, class_prompts, tokenize_prompts
 from scaling.models.layers import Dense, PatchEmbed, Positions, TokenEmbed, modulate, param
@@ -214,7 +214,7 @@ class DiffusionModel(nnx.Module):
             text_size = get_size(c.text_size)
             self.text = TextTower(
                 text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
-                max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
+                max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
                 rngs=rngs, causal=False, remat=config.model.remat,
             )
             self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
@@ -228,7 +228,7 @@ class DiffusionModel(nnx.Module):
         if self.condition == "label":
             return self.labels(jnp.where(keep_B, condition["label"], self.null_label))
         if self.condition == "caption":
-            out_BTD, _ = self.text(condition["caption_tokens"])
+            out_BTD, _ = self.text(condition["caption_tokens"], key_mask_BL=condition["caption_mask"])
             caption_BW = self.text_proj(masked_mean(out_BTD, condition["caption_mask"]))
             return jnp.where(keep_B[:, None], caption_BW, self.null_caption[...])
         return None
@@ -371,6 +371,24 @@ class Diffusion:
     def zero_shot_available(self) -> bool:
         return self.config.diffusion.condition != "none"
 
+    @property
+    def class_score_field(self) -> str:
+        """A label-conditioned model classifies with the labels it was trained on: a generative
+        classifier, not zero-shot transfer. Caption conditioning scores class-name prompts: zero-shot."""
+        if self.config.diffusion.condition == "label":
+            return "generative_classifier_accuracy"
+        return "zero_shot_accuracy"
+
+    def check_class_names(self, class_names) -> None:
+        """A label-conditioned model scores exactly the label ids it has embeddings for."""
+        if self.config.diffusion.condition == "label" and len(class_names) != self.num_classes:
+            raise ConfigError(
+                f"eval: a diffusion model conditioned on the {self.num_classes} classes of data.label "
+                f"{self.config.data.label!r} cannot score {len(class_names)} other classes; evaluate on "
+                "the training data set and label, train with diffusion.condition=caption, or set "
+                "eval.zero_shot=False"
+            )
+
     def zero_shot_scores(self, model: DiffusionModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """[B, C] diffusion-classifier scores (minus mean denoising error; higher is better).
 
@@ -399,7 +417,7 @@ class Diffusion:
         else:
             prompts = class_prompts(class_names, TEMPLATES[:1])
             tokens_CT, mask_CT = tokenize_prompts(
-                get_tokenizer(self.config.data.tokenizer), prompts, self.config.data.max_caption_len
+                get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
             )
             condition = {"caption_tokens": jnp.asarray(tokens_CT), "caption_mask": jnp.asarray(mask_CT)}
         return model.embed_condition(condition, jnp.ones((count,), bool))
@@ -460,5 +478,5 @@ class Diffusion:
             get_size(c.size), image_size=c.data.image_size, patch=c.model.patch_size,
             frequency_dim=TIMESTEP_FREQUENCIES,
             text=get_size(c.diffusion.text_size) if c.diffusion.condition == "caption" else None,
-            text_len=c.data.max_caption_len,
+            text_len=caption_length(c.data),
         )

@@ -2,8 +2,9 @@
 
 Images become sequences of palette indices in raster order (a k-means colour palette, see
 scaling.data.palette); a causal decoder with a learned start token predicts each index from the ones
-before it. The loss is the mean next-token cross-entropy in nats; ``bits_per_dim`` is the same loss in
-bits per palette-index token (one token per pixel, as iGPT reports it, not per RGB sub-pixel).
+before it. The loss is the mean next-token cross-entropy in nats; ``bits_per_token`` is the same loss in
+bits per palette-index token (one token per pixel). It is not the published bits/dim, which counts each
+8-bit RGB sub-pixel of the unquantised image, and must not be compared with it.
 
 The palette is not a parameter: the trainer differentiates and weight-decays every leaf of the model
 state, and a decayed palette would drift. The objective holds it as a constant instead, loaded (or
@@ -110,13 +111,15 @@ class Igpt:
         logits_BLK = self.predict(model, indices_BL)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits_BLK, indices_BL).mean()
         accuracy = (logits_BLK.argmax(axis=-1) == indices_BL).mean()
-        return loss, {"bits_per_dim": loss / np.log(2.0), "accuracy": accuracy}
+        return loss, {"bits_per_token": loss / np.log(2.0), "accuracy": accuracy}
 
     def features(self, model: IgptModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
-        """Every layer's activations over the image's pixel positions (the full, unshifted sequence
-        after the start token), LayerNorm-ed without scale and average-pooled."""
+        """Every layer's activations over the positions training reads, LayerNorm-ed without scale and
+        average-pooled: the training input sequence (start token, then every pixel but the last), less
+        the start token, whose activations are the same for every image. The last pixel is never an
+        input in training, so its position's activations receive no training signal."""
         del rng
-        _, hidden = model(prepend_start(self.tokenize(images_BHWC), self.start_token))
+        _, hidden = model(prepend_start(self.tokenize(images_BHWC), self.start_token)[:, :-1])
         return pooled_layer_features([h_BLD[:, 1:] for h_BLD in hidden])
 
     def complete(self, model: IgptModel, indices_BL: Array, rng: Array, *, given: int,

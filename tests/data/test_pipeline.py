@@ -311,3 +311,11 @@ def test_digits_are_real_scikit_learn_digits(tmp_path):
     first = batch["image"][0, ::4, ::4, 0].astype(np.float64) * 16 / 255
     matches = np.abs(reference.images - first).max(axis=(1, 2)) < 0.5
     assert reference.target[matches][0] == batch["label"][0]
+
+
+@pytest.mark.parametrize("level, length", [("short", 20), ("descriptive", 250)])
+def test_caption_width_follows_the_caption_level(data_config, level, length):
+    config = make_data_config(data_dir=data_config.data_dir, caption_level=level, max_caption_len=0)
+    batch = next(pipeline.make_eval_iterator(config, "validation", batch_size=64))
+    assert batch["caption_tokens"].shape == (64, length)
+    assert (batch["caption_tokens"][np.arange(64), batch["caption_mask"].sum(1) - 1] == 2).all()  # EOS kept

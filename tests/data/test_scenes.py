@@ -140,3 +140,25 @@ def test_raw_pixel_logistic_regression_stays_low(scenes_builder):
     model.fit(scaler.transform(x_train), y_train)
     accuracy = model.score(scaler.transform(x_test), y_test)
     assert accuracy < 0.30  # measured 0.17 here (0.22 on the full set; chance is 0.125)
+
+
+def test_default_caption_length_cuts_no_caption_of_any_split():
+    """With data.max_caption_len unset, every caption of every level and split encodes whole, and the
+    longest one fills the sequence exactly (no length beyond what the data needs)."""
+    from scaling.config import base_config
+    from scaling.data.pipeline import caption_length
+    from scaling.data.tokenizer import ByteTokenizer
+
+    texts = {level: [] for level in scenes.CAPTION_LEVELS}
+    for split, count in scenes.DEFAULT_SPLIT_SIZES:
+        for index in range(count):
+            for key, text in scenes.scene_captions(split, index).items():
+                texts[key.removeprefix("caption_")].append(text)
+    data = base_config("clip").data
+    tokenizer = ByteTokenizer()
+    for level, level_texts in texts.items():
+        data.caption_level = level
+        tokens, mask = tokenizer.encode_batch(level_texts, caption_length(data))
+        cut = [text for text, row in zip(level_texts, tokens, strict=True) if tokenizer.decode(row) != text]
+        assert not cut, f"{len(cut)} {level} captions cut, e.g. {cut[0]!r}"
+        assert mask.sum(axis=1).max() == caption_length(data), level

@@ -70,7 +70,7 @@ def test_preconditioning_changes_iterations_not_the_solution(blobs):
 def test_protocol_matches_sklearn_protocol(blobs):
     x_train, y_train, x_test, y_test = blobs
     c_grid = (1e-4, 1e-2, 1.0)
-    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=c_grid, seed=3)
+    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=c_grid, refine_steps=0, seed=3)
 
     fit_rows, val_rows = lp.stratified_holdout(y_train, 0.2, seed=3)
     val_accuracy = {}
@@ -88,12 +88,33 @@ def test_protocol_matches_sklearn_protocol(blobs):
 
 def test_result_is_plain_json(blobs):
     x_train, y_train, x_test, y_test = blobs
-    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-3, 1e-1))
+    result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-3, 1e-1), refine_steps=0)
     assert json.loads(json.dumps(result)) == result
     assert type(result["test_accuracy"]) is float
     assert type(result["best_C"]) is float
     assert result["num_fit"] + result["num_val"] == result["num_refit"] == 2000
     assert set(result["val_accuracy_per_C"]) == {"0.001", "0.1"}
+
+
+def test_fine_search_between_decades_improves_on_the_best_grid_value(blobs):
+    x_train, y_train, x_test, y_test = blobs
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    coarse = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=grid, refine_steps=0)
+    fine = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=grid)
+    tried = {float(C) for C in fine["val_accuracy_per_C"]}
+    assert len(tried) == len(grid) + 6 and set(grid) <= tried
+    assert fine["val_accuracy"] >= coarse["val_accuracy"]
+    assert fine["val_accuracy_per_C"][format(coarse["best_C"], "g")] == coarse["val_accuracy"]
+    neighbours = [C for C in tried - set(grid) if coarse["best_C"] / 10 < C < coarse["best_C"] * 10]
+    assert len(neighbours) == 6  # three a quarter decade apart on each side of the best grid value
+
+
+def test_best_c_on_the_grid_edge_warns_with_the_fix():
+    x_train, y_train = _strong_shared_noise_problem(2000, seed=0)
+    x_test, y_test = _strong_shared_noise_problem(500, seed=1)
+    with pytest.warns(UserWarning, match=r"best C \(0.01\) is the largest value .* extend c_grid above"):
+        result = lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-4, 1e-3, 1e-2))
+    assert result["best_C_on_edge"]
 
 
 def test_sweep_compiles_the_solver_once_per_shape(blobs):
@@ -148,7 +169,7 @@ def test_selection_prefers_strong_penalty_when_overfitting_hurts():
     result = lp.select_and_evaluate(
         x_pool[train_rows], y_pool[train_rows], x_test, y_test, x_val=x_pool[val_rows], y_val=y_pool[val_rows]
     )
-    assert result["best_C"] <= 1e-2
+    assert result["best_C"] < 0.03  # 1e-2 on the grid, refined to a quarter decade above it
     assert result["val_accuracy_per_C"]["100"] < result["val_accuracy"] - 0.05
 
 
@@ -233,8 +254,8 @@ def test_fewshot_matches_numpy_closed_form(digits, shots):
     l2 = 64.0
     result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(shots,), seeds=(4,), l2=l2)
 
-    scaler = StandardScaler().fit(x_train.astype(np.float64))
     rows = lp.fewshot_indices(y_train, shots, seed=4)
+    scaler = StandardScaler().fit(x_train[rows].astype(np.float64))  # statistics of the k-shot draw
     z_train, z_test = scaler.transform(x_train[rows]), scaler.transform(x_test)
     w_DK, b_K = _numpy_ridge(z_train, y_train[rows], 10, l2)
     expected = np.mean(np.argmax(z_test @ w_DK + b_K, axis=1) == y_test)
@@ -243,6 +264,16 @@ def test_fewshot_matches_numpy_closed_form(digits, shots):
     ours_w, ours_b = lp.fit_ridge(z_train.astype(np.float32), np.eye(10)[y_train[rows]], l2)
     np.testing.assert_allclose(ours_w, w_DK, atol=1e-4)
     np.testing.assert_allclose(ours_b, b_K, atol=1e-4)
+
+
+def test_fewshot_reads_only_the_drawn_examples_of_the_training_pool(digits):
+    x_train, y_train, x_test, y_test = digits
+    result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    undrawn = np.setdiff1d(np.arange(len(y_train)), lp.fewshot_indices(y_train, 5, seed=3))
+    shifted = x_train.copy()
+    shifted[undrawn] = 10.0 * shifted[undrawn] + 7.0  # changes the pool's mean and spread
+    again = lp.fewshot_ridge(shifted, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    assert again["shots"]["5"]["mean_accuracy"] == result["shots"]["5"]["mean_accuracy"]
 
 
 def test_fewshot_draws_are_balanced_and_deterministic(digits):
@@ -313,3 +344,16 @@ def test_layer_names_must_match():
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         lp.probe_layers({"a": x, "b": x}, y, {"a": x}, y)
+
+
+def test_probe_record_reports_fewshot_per_layer_without_the_full_label_best_layer(digits):
+    from scaling.evaluation.evaluator import probe_record
+
+    x_train, y_train, x_test, y_test = digits
+    noise = np.random.default_rng(0)
+    train = ({"pixels": x_train, "noise": noise.normal(size=x_train.shape).astype(np.float32)}, y_train)
+    test = ({"pixels": x_test, "noise": noise.normal(size=x_test.shape).astype(np.float32)}, y_test)
+    record = probe_record(train, test, shots=(5,))
+    assert record["probe_layer"] == "pixels"
+    assert not any(key.startswith("fewshot") and "/" not in key for key in record)
+    assert record["fewshot_5shot/pixels"] > 0.7 > 0.2 > record["fewshot_5shot/noise"]

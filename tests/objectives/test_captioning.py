@@ -109,6 +109,35 @@ def test_decoder_is_causal():
     assert np.abs(changed_logits_BLV[:, k:] - logits_BLV[:, k:]).max(axis=-1).min() > 1e-4
 
 
+def test_parallel_rows_attend_to_later_positions_and_autoregressive_rows_do_not():
+    config, _, model = objective_and_model()
+    batch = random_batch(config, 2)
+    context_BMD, _ = model.encode(batch["image"])
+    inputs_BL = jnp.asarray(batch["caption_tokens"][:, :-1])
+    parallel_B = jnp.asarray([True, False])
+    k = 5
+    logits_BLV = model.decode(inputs_BL, context_BMD, parallel_B)
+    changed_BLV = model.decode(inputs_BL.at[:, k].set(MASK_ID), context_BMD, parallel_B)
+    change_BL = np.abs(changed_BLV - logits_BLV).max(axis=-1)
+    assert change_BL[0, :k].min() > 1e-4  # parallel row: earlier positions see position k
+    np.testing.assert_allclose(change_BL[1, :k], 0.0, atol=1e-6)  # autoregressive row: they do not
+
+
+@pytest.mark.parametrize("parallel_fraction, sees_later", [(1.0, True), (0.0, False)])
+def test_loss_on_the_first_token_sees_later_positions_only_under_parallel_prediction(
+    parallel_fraction, sees_later
+):
+    config, objective, model = objective_and_model(parallel_fraction=parallel_fraction)
+    batch = random_batch(config, 2)
+    batch["caption_mask"] = np.zeros_like(batch["caption_mask"])
+    batch["caption_mask"][:, :2] = 1  # the loss reads the first predicted token only
+    loss, _ = objective.loss(model, batch, jax.random.key(0))
+    table = model.decoder.positions.table
+    table[...] = table[...].at[7].set(jax.random.normal(jax.random.key(1), table.shape[1:]))  # a later state
+    moved, _ = objective.loss(model, batch, jax.random.key(0))
+    assert (abs(float(moved) - float(loss)) > 1e-5) == sees_later
+
+
 def test_log_likelihood_matches_the_autoregressive_loss_and_features_cover_every_layer():
     config, objective, model = objective_and_model(parallel_fraction=0.0)
     batch = random_batch(config, 4)

@@ -187,3 +187,34 @@ def test_bad_settings_are_refused():
     config.data.caption_level = "none"
     with pytest.raises(ConfigError, match="data.caption_level"):
         validate(config, 1)
+
+
+def test_caption_embedding_does_not_attend_to_padding():
+    config = diffusion_config(condition="caption")
+    model = Diffusion(config).init(nnx.Rngs(0))
+    batch = random_batch(config, 4)
+    padding_BT = batch["caption_mask"] == 0
+    other_tokens_BT = np.where(padding_BT, np.random.default_rng(1).integers(3, 259, padding_BT.shape),
+                               batch["caption_tokens"])
+    keep_B = jnp.ones((4,), bool)
+    embed = lambda tokens: model.embed_condition(
+        {"caption_tokens": jnp.asarray(tokens), "caption_mask": jnp.asarray(batch["caption_mask"])}, keep_B
+    )
+    np.testing.assert_allclose(embed(other_tokens_BT), embed(batch["caption_tokens"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("condition, field", [("label", "generative_classifier_accuracy"),
+                                              ("caption", "zero_shot_accuracy")])
+def test_only_caption_conditioned_classification_is_called_zero_shot(condition, field):
+    from scaling.evaluation.zero_shot import class_score_field
+
+    assert class_score_field(Diffusion(diffusion_config(condition=condition, num_classes=4))) == field
+
+
+def test_label_conditioned_model_rejects_labels_it_has_no_embedding_for():
+    from scaling.config import ConfigError
+    from scaling.evaluation.zero_shot import make_zero_shot_fn
+
+    objective = Diffusion(diffusion_config(condition="label", num_classes=4))
+    with pytest.raises(ConfigError, match="conditioned on the 4 classes .* cannot score 10 other classes"):
+        make_zero_shot_fn(objective, lambda params: params, tuple(f"class_{i}" for i in range(10)))

@@ -93,6 +93,23 @@ def test_features_pool_every_layer_over_the_pixels(small_config):
     assert np.abs(np.asarray(features["layer_01"][0] - features["layer_01"][1])).max() > 0
 
 
+def test_features_pool_only_positions_that_training_reads(small_config):
+    """The last pixel is never a training input: changing it leaves the features as they are, while
+    changing the one before it (an input to the last prediction) moves them."""
+    config = small_config()
+    objective = igpt.Igpt(config)
+    model = objective.init(nnx.Rngs(0))
+    images = random_batch(config, 2)["image"]
+    features = objective.features(model, images, jax.random.key(0))
+    for (row, col), moves in (((-1, -1), False), ((-1, -2), True)):
+        edited = images.copy()
+        edited[:, row, col] = 255 - edited[:, row, col]
+        assert not np.array_equal(objective.tokenize(edited), objective.tokenize(images))
+        edited_features = objective.features(model, edited, jax.random.key(0))
+        change = max(np.abs(np.asarray(edited_features[k] - features[k])).max() for k in features)
+        assert (change > 1e-6) == moves
+
+
 def test_completions_keep_the_top_half_and_sample_the_rest(small_config):
     config = small_config()
     objective = igpt.Igpt(config)
@@ -116,7 +133,7 @@ def test_loss_falls_in_a_short_run_and_the_run_keeps_samples_and_palette(small_c
     records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
     first, last = records[0], records[-1]
     assert last["loss"] < first["loss"] - 0.3
-    assert last["bits_per_dim"] == pytest.approx(last["loss"] / np.log(2), rel=1e-5)
+    assert last["bits_per_token"] == pytest.approx(last["loss"] / np.log(2), rel=1e-5)
     assert result["flops_per_example"] == igpt.Igpt(config).train_flops_per_example()
 
     samples = tmp_path / "samples"
