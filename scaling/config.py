@@ -1,8 +1,9 @@
-"""The run configuration: shared defaults every objective starts from, and validation before compile.
+"""The run configuration: shared defaults every objective starts from, loading, and validation before compile.
 
 Experiment files (``experiments/<objective>.py``) call ``base_config`` and add their objective's section;
-``validate`` turns a bad value into a ``ConfigError`` that names the field and the fix, before any array
-is allocated or any program compiled.
+``load_config`` reads one with ``field=value`` overrides (fields by dotted name, values read as the field's
+type, a misspelt name answered with the nearest ones); ``validate`` turns a bad value into a ``ConfigError``
+that names the field and the fix, before any array is allocated or any program compiled.
 """
 
 from __future__ import annotations
