@@ -2,7 +2,9 @@
 
 One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
 caption level, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
-examples, flops, wall_s, and whatever metrics it holds). Cached as ``<sweep dir>/results.csv``.
+examples, flops, wall_s, and whatever metrics it holds). Eval rows say which compute point they are
+(``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before the field existed get it
+from their step). Cached as ``<sweep dir>/results.csv``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from scaling.sweeps.spec import Budget
-from scaling.workdir import RunFiles, flatten, read_json
+from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json
 
 RESULTS_NAME = "results.csv"
 CONFIG_COLUMNS = {  # column -> dotted config field
@@ -26,7 +28,7 @@ CONFIG_COLUMNS = {  # column -> dotted config field
     "caption_level": "data.caption_level",
 }
 RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "budget", "budget_unit", "budget_amount")
-POINT_COLUMNS = ("kind", "step", "examples", "flops", "wall_s")
+POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
 
 
 def run_status(run_dir: Path) -> str:
@@ -54,13 +56,21 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def with_point(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
+    """An eval record with its ``point`` kind, inferred from the step where the record predates it."""
+    if record["kind"] != "eval" or "point" in record:
+        return record
+    return {**record, "point": END_OF_SCHEDULE if record["step"] == total_steps else MID_SCHEDULE}
+
+
 def build_table(sweep_dir: str | Path) -> pd.DataFrame:
     run_dirs = sorted(p for p in Path(sweep_dir).glob("*") if p.is_dir())
     rows = []
     for run_dir in run_dirs:
         fields = run_fields(run_dir)
         if fields is not None:
-            rows.extend({**fields, **record} for record in RunFiles(run_dir).read_metrics())
+            rows.extend({**fields, **with_point(record, fields["total_steps"])}
+                        for record in RunFiles(run_dir).read_metrics())
     table = pd.DataFrame.from_records(rows, columns=None if rows else [*RUN_COLUMNS, *POINT_COLUMNS])
     leading = [column for column in (*RUN_COLUMNS, *POINT_COLUMNS) if column in table]
     return table[leading + sorted(set(table.columns) - set(leading))]
