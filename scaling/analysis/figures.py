@@ -91,7 +91,7 @@ def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, dict[str, Fit]],
-                    metric: str, stem: str | Path, floor: float | None = None) -> list[Path]:
+                    metric: str, stem: str | Path) -> list[Path]:
     """Error against compute per objective: all points, the honest frontier, fitted laws with bands."""
     figure = Figure(figsize=(7.5, 5), layout="constrained")
     axes = figure.subplots()
@@ -113,8 +113,6 @@ def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str
                 axes.plot(span, estimate, dashes, color=c, linewidth=1.5,
                           label=f"{objective} {name}: {fit.law.formula}" if dashes != "--" else None)
                 axes.fill_between(span, lo, hi, color=c, alpha=0.12, linewidth=0)
-    if floor is not None:
-        axes.axhline(floor, color="black", linestyle="-.", linewidth=1, label="raw-pixel probe")
     axes.plot([], [], "o", markerfacecolor="none", color="grey", label="mid-schedule (not fitted)")
     axes.plot([], [], "--", color="grey", label=f"extrapolation (to {EXTRAPOLATE:g}x measured)")
     axes.set_xscale("log")

@@ -123,8 +123,9 @@ def robust_fit(law: Law, x: Array, y: Array, weights: Array, delta: float = HUBE
         jac = law.jacobian(theta, x)  # [B, S, N, P]
         normal = np.einsum("...np,...n,...nq->...pq", jac, irls, jac)
         gradient = np.einsum("...np,...n,...n->...p", jac, irls, residual)
-        scale = np.diagonal(normal, axis1=-2, axis2=-1)[..., None, :] * eye + 1e-9 * eye
-        step = np.linalg.solve(normal + damping[..., None, None] * scale, -gradient[..., None])[..., 0]
+        scale = np.diagonal(normal, axis1=-2, axis2=-1)[..., None, :] * eye
+        system = normal + damping[..., None, None] * scale + 1e-10 * eye  # never singular
+        step = np.linalg.solve(system, -gradient[..., None])[..., 0]
         candidate = theta + step
         candidate_loss = objective(candidate)
         better = np.isfinite(candidate_loss) & (candidate_loss < loss)

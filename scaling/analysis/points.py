@@ -1,6 +1,7 @@
 """Compute points of sweeps: loading results tables, choosing the metric, honest points, frontiers.
 
-A metric is an error (lower is better): ``<name>_error`` is 1 - the table's ``<name>_accuracy`` column
+Points are grouped into series by objective (and caption level, where an objective ran at several). A
+metric is an error (lower is better): ``<name>_error`` is 1 - the table's ``<name>_accuracy`` column
 (``probe_error`` from ``probe_accuracy``, per layer with ``layer``), any other name is a column as it is
 (e.g. ``val_loss``). Only honest points (end of a schedule, or a cool-down branch) make frontiers.
 """
@@ -17,7 +18,8 @@ from scaling.sweeps.results import RESULTS_NAME, build_table, read_table, write_
 from scaling.workdir import END_OF_SCHEDULE, HONEST_POINTS, MID_SCHEDULE
 
 PROBE = "probe_accuracy"
-POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "point", "step", "flops"]
+POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "point", "step",
+                "flops"]
 
 
 def load_results(sweep_dirs: list[str | Path]) -> pd.DataFrame:
@@ -79,7 +81,15 @@ def eval_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.Dat
     points = evals.reindex(columns=POINT_FIELDS).copy()
     points["error"] = 1.0 - evals[source] if complement else evals[source]
     points["honest"] = points["point"].isin(HONEST_POINTS)
-    return points.reset_index(drop=True)
+    return series(points).reset_index(drop=True)
+
+
+def series(points: pd.DataFrame) -> pd.DataFrame:
+    """Points whose objective ran at several caption levels, relabelled ``objective/level``: each level is
+    a series of its own (its frontier, its fits)."""
+    levels = points.groupby("objective")["caption_level"].transform("nunique")
+    relabelled = points["objective"] + "/" + points["caption_level"].astype(str)
+    return points.assign(objective=points["objective"].where(levels <= 1, relabelled))
 
 
 def frontier_mask(flops: np.ndarray, error: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -123,7 +123,14 @@ def test_analyze_command_on_a_tiny_real_sweep(tmp_path, data_dir):
     assert f"report and figures: {sweep_dir / 'analysis'}" in proc.stdout
 
     bad = scaling_analyze(sweep_dir, "--metric", "top5_error")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
-        "error: --metric top5_error: not in the results table; choose one of probe_error")
-    empty = scaling_analyze(tmp_path / "nothing-here")
-    assert empty.returncode == 2 and "is not a folder" in empty.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
+    assert errors[0].startswith("error: --metric top5_error: not in the results table; choose one of ")
+    assert "probe_error" in errors[0] and "val_loss" in errors[0]
+
+
+def test_caption_levels_of_one_objective_are_series_of_their_own():
+    table = synthetic_table().assign(caption_level="descriptive")
+    table.loc[(table["objective"] == "clip") & (table["size"] == "mu"), "caption_level"] = "short"
+    counts = eval_points(table, "probe_error")["objective"].value_counts().to_dict()
+    assert counts == {"igpt": 18, "clip/short": 9, "clip/descriptive": 9}
