@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from scaling.analysis.fits import Fit
 from scaling.analysis.points import PROBE
@@ -156,7 +157,7 @@ def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     axes.set_xlabel("relative depth of the probed layer (layer / layers)")
     axes.set_ylabel("linear-probe accuracy")
     axes.set_xlim(0, 1.05)
-    axes.set_title("Probe accuracy by layer (largest-compute honest point per objective and size)")
+    axes.set_title("Probe accuracy by layer (each size's largest-compute honest point)")
     axes.grid(True, alpha=0.3)
     if len(profiles):
         axes.legend(fontsize="small", ncol=2)
@@ -221,6 +222,7 @@ def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path) -> list[
             axes.plot(curve.index, curve.values, "o-", color=f"C{i}", label=str(budget))
             axes.plot([curve.idxmin()], [curve.min()], "*", color=f"C{i}", markersize=12)
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_title(objective)
         axes.set_xlabel("backbone parameters")
         axes.grid(True, which="both", alpha=0.3)
@@ -232,5 +234,5 @@ def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path) -> list[
 
 def _budget_order(label: str) -> float:
     """Sorts budget labels such as "f1e11" or "f3e11" by their amount."""
-    number = re.search(r"[\d.]+(e\d+)?", str(label))
+    number = re.search(r"\d+(\.\d+)?(e[+-]?\d+)?", str(label))
     return float(number.group()) if number else 0.0
