@@ -15,7 +15,7 @@ import pandas as pd
 
 from scaling.config import ConfigError
 from scaling.sweeps.results import RESULTS_NAME, build_table, read_table, write_table
-from scaling.workdir import END_OF_SCHEDULE, HONEST_POINTS, MID_SCHEDULE
+from scaling.workdir import COOLDOWN_BRANCH, END_OF_SCHEDULE, HONEST_POINTS, MID_SCHEDULE
 
 PROBE = "probe_accuracy"
 POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "point", "step",
@@ -49,6 +49,16 @@ def with_points(table: pd.DataFrame) -> pd.DataFrame:
     current = table["point"] if "point" in table else pd.Series(np.nan, index=table.index, dtype=object)
     missing = (table["kind"] == "eval") & current.isna()
     return table.assign(point=current.where(~missing, pd.Series(inferred, index=table.index)))
+
+
+def spent_compute(table: pd.DataFrame) -> tuple[float, float]:
+    """(training FLOPs the runs spent, cool-down branches included; of which branches), from the table."""
+    branch = table["point"] == COOLDOWN_BRANCH
+    main = table[~branch].groupby("run_id")["flops"].max().sum()
+    rows = table[branch]
+    branches = (rows["flops"] * rows["cooldown_steps"] / (rows["step"] + rows["cooldown_steps"])).sum() \
+        if len(rows) else 0.0
+    return float(main + branches), float(branches)
 
 
 def metric_column(table: pd.DataFrame, metric: str, layer: str = "best") -> tuple[str, bool]:

@@ -11,7 +11,7 @@ import pandas as pd
 from scaling.analysis import figures
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
 from scaling.analysis.multipliers import Multiplier, multiplier, multiplier_grid, oriented
-from scaling.analysis.points import eval_points, frontier, load_results
+from scaling.analysis.points import eval_points, frontier, load_results, spent_compute
 from scaling.config import ConfigError
 
 OUTPUT_DIR = "analysis"
@@ -111,6 +111,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
     ]
     edge.to_csv(out / "frontier.csv", index=False)
     counts = points.groupby("point").size().to_dict()
+    spent, branches = spent_compute(table)
     lines = [
         f"# Scaling-law analysis: {', '.join(Path(d).name for d in sweep_dirs)}",
         "",
@@ -119,6 +120,8 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "Only honest points (end_of_schedule, cooldown_branch) feed frontiers and fits. Fits are Huber in "
         f"log space; intervals are {100 * level:.0f}% percentile intervals of {boots} bootstrap refits "
         "(points, and seeds where there are several, resampled; the frontier recomputed each time).",
+        "",
+        f"Training compute spent: {spent:.3g} FLOPs, of which {branches:.3g} in cool-down branches.",
         "",
         "## Headlines",
         "",

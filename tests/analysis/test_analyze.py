@@ -38,9 +38,10 @@ def synthetic_table() -> pd.DataFrame:
                 error = true_error(objective, size, flops) * np.exp(rng.normal(0, 0.02))
                 layers = {f"probe_accuracy/layer_{k:02d}": (1 - error) * (1 - 0.1 * abs(k / depth - 0.6))
                           for k in range(1, depth + 1)}
+                branch = {"cooldown_steps": 5, "step": 25} if point == "cooldown_branch" else {}
                 rows.append({"run_id": run_id, "status": "completed", "objective": objective, "size": size,
                              "seed": 0, "total_steps": 100, "budget": f"f{budget:.0e}", "kind": "eval",
-                             "point": point, "step": int(100 * min(fraction, 1)), "flops": flops,
+                             "point": point, "step": int(100 * fraction), "flops": flops, **branch,
                              "probe_accuracy": max(layers.values()), **layers, "val_loss": 2 + error})
     return pd.DataFrame(rows)
 
@@ -62,6 +63,9 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
     ratio = float(headline.split(" at 1/")[1].split(" ")[0])
     assert 2.5 < ratio < 6.5, headline  # built with 4
     assert "extrapolated" in report and "| yes |" in report
+    spent = 2 * 2 * sum(BUDGETS) * (1 + 0.3 * 5 / 30)  # each run: its budget, and a 5-step branch at 25
+    assert f"Training compute spent: {spent:.3g} FLOPs, of which {spent - 4 * sum(BUDGETS):.3g} in " \
+           "cool-down branches" in report
     optima = report.split("(isoFLOP)")[1]
     assert "| clip | f1e+15 | " in optima and "| mu |" in optima and "| micro |" in optima
 
