@@ -15,7 +15,7 @@ import pandas as pd
 
 from scaling.config import ConfigError
 from scaling.sweeps.results import RESULTS_NAME, build_table, read_table, write_table
-from scaling.workdir import COOLDOWN_BRANCH, END_OF_SCHEDULE, HONEST_POINTS, MID_SCHEDULE
+from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS
 
 PROBE = "probe_accuracy"
 POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "point", "step",
@@ -39,16 +39,8 @@ def load_results(sweep_dirs: list[str | Path]) -> pd.DataFrame:
                 f"{sweep_dir} holds no eval results (no run folders with eval records, no {RESULTS_NAME}); "
                 "run a sweep into it first, e.g. scaling sweep sweeps/quickstart.py"
             )
-        tables.append(with_points(table).assign(sweep=sweep_dir.name))
+        tables.append(table.assign(sweep=sweep_dir.name))
     return pd.concat(tables, ignore_index=True)
-
-
-def with_points(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with every eval row's ``point`` (a results.csv written before the field existed lacks it)."""
-    inferred = np.where(table["step"] == table["total_steps"], END_OF_SCHEDULE, MID_SCHEDULE)
-    current = table["point"] if "point" in table else pd.Series(np.nan, index=table.index, dtype=object)
-    missing = (table["kind"] == "eval") & current.isna()
-    return table.assign(point=current.where(~missing, pd.Series(inferred, index=table.index)))
 
 
 def spent_compute(table: pd.DataFrame) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from scaling.sweeps.spec import Budget
@@ -56,11 +57,15 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
-def with_point(record: dict[str, Any], total_steps: int) -> dict[str, Any]:
-    """An eval record with its ``point`` kind, inferred from the step where the record predates it."""
-    if record["kind"] != "eval" or "point" in record:
-        return record
-    return {**record, "point": END_OF_SCHEDULE if record["step"] == total_steps else MID_SCHEDULE}
+def with_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every eval row's ``point``, inferred from the step for records (or results.csv files)
+    written before the field existed."""
+    if table.empty:
+        return table
+    inferred = pd.Series(np.where(table["step"] == table["total_steps"], END_OF_SCHEDULE, MID_SCHEDULE),
+                         index=table.index)
+    current = table["point"] if "point" in table else pd.Series(None, index=table.index, dtype=object)
+    return table.assign(point=current.where(~((table["kind"] == "eval") & current.isna()), inferred))
 
 
 def build_table(sweep_dir: str | Path) -> pd.DataFrame:
@@ -69,9 +74,9 @@ def build_table(sweep_dir: str | Path) -> pd.DataFrame:
     for run_dir in run_dirs:
         fields = run_fields(run_dir)
         if fields is not None:
-            rows.extend({**fields, **with_point(record, fields["total_steps"])}
-                        for record in RunFiles(run_dir).read_metrics())
+            rows.extend({**fields, **record} for record in RunFiles(run_dir).read_metrics())
     table = pd.DataFrame.from_records(rows, columns=None if rows else [*RUN_COLUMNS, *POINT_COLUMNS])
+    table = with_points(table)
     leading = [column for column in (*RUN_COLUMNS, *POINT_COLUMNS) if column in table]
     return table[leading + sorted(set(table.columns) - set(leading))]
 
@@ -87,4 +92,4 @@ def write_table(table: pd.DataFrame, sweep_dir: str | Path) -> Path:
 
 
 def read_table(sweep_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(sweep_dir) / RESULTS_NAME)
+    return with_points(pd.read_csv(Path(sweep_dir) / RESULTS_NAME))
