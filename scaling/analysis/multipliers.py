@@ -24,7 +24,8 @@ class Multiplier:
     ratio: float  # C_A / C
     low: float
     high: float
-    extrapolated: bool
+    extrapolated: bool  # C outside B's measured compute, or C_A outside A's
+    measured_reference: bool  # C inside B's measured compute
 
     def headline(self, metric: str, level: float) -> str:
         span = f"{100 * level:.0f}% CI [{_fraction(self.low)}, {_fraction(self.high)}]"
@@ -59,11 +60,12 @@ def multiplier(fit_a: Fit, fit_b: Fit, flops: np.ndarray) -> list[Multiplier]:
     low, high = (np.quantile(needed_boots, [tail, 1 - tail], axis=0) if len(needed_boots)
                  else (np.full(len(flops), np.nan),) * 2)
     a_range, b_range = (fit_a.flops.min(), fit_a.flops.max()), (fit_b.flops.min(), fit_b.flops.max())
-    return [
-        Multiplier(fit_a.label, fit_b.label, fit_a.law.name, float(c), float(n / c), float(lo), float(hi),
-                   bool(not b_range[0] <= c <= b_range[1] or not a_range[0] <= n <= a_range[1]))
-        for c, n, lo, hi in zip(flops, needed, low, high, strict=True)
-    ]
+    rows = []
+    for c, n, lo, hi in zip(flops, needed, low, high, strict=True):
+        measured = bool(b_range[0] <= c <= b_range[1])
+        rows.append(Multiplier(fit_a.label, fit_b.label, fit_a.law.name, float(c), float(n / c), float(lo),
+                               float(hi), not measured or not a_range[0] <= n <= a_range[1], measured))
+    return rows
 
 
 def multiplier_grid(fit_b: Fit, extrapolate: float = 10.0) -> np.ndarray:

@@ -72,8 +72,9 @@ def _multipliers_table(rows: list[Multiplier]) -> list[str]:
 
 
 def headlines(rows: list[Multiplier], metric: str, level: float) -> list[str]:
-    """One line per pair under the power law: the multiplier at the largest measured compute of B."""
-    measured = [m for m in rows if m.law == "power" and not m.extrapolated]
+    """One line per pair under the power law: the multiplier at the largest measured compute of B (the line
+    says when reaching B's error takes A beyond its own measured compute)."""
+    measured = [m for m in rows if m.law == "power" and m.measured_reference]
     chosen = {}
     for m in measured:
         key = (m.better, m.reference)
