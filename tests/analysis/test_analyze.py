@@ -107,19 +107,21 @@ def scaling_analyze(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_analyze_command_on_a_tiny_real_sweep(tmp_path, data_dir):
-    """Two CLIP runs with WSD cool-down branches: four honest points for a law of validation loss."""
+    """One CLIP run with WSD cool-down branches at its first two eval points: three honest points."""
     fields = {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
               "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "optim.learning_rate": 3e-3,
-              "optim.schedule": "wsd", "eval.num_points": 2, "eval.first_fraction": 0.5,
+              "optim.schedule": "wsd", "eval.num_points": 3, "eval.first_fraction": 0.25,
               "eval.probe_train_examples": 128, "eval.probe_test_examples": 64, "eval.zero_shot": False,
               "eval.val_batches": 1}
-    sweep = Sweep("tiny", grid(["clip"], ["mu"], [Budget.steps(10), Budget.steps(20)], fields=fields))
+    sweep = Sweep("tiny", grid(["clip"], ["mu"], [Budget.steps(20)], fields=fields))
     run_sweep(sweep, tmp_path, out=lambda _: None)
     sweep_dir = tmp_path / "tiny"
 
     table = load_results([sweep_dir])
     evals = table[table["kind"] == "eval"]
-    assert sorted(evals["point"]) == ["cooldown_branch"] * 2 + ["end_of_schedule"] * 2 + ["mid_schedule"] * 2
+    assert list(zip(evals["point"], evals["step"], strict=True)) == [
+        ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10), ("cooldown_branch", 10),
+        ("end_of_schedule", 20)]
     proc = scaling_analyze(sweep_dir, "--metric", "val_loss", "--boots", "50")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (sweep_dir / "analysis" / "report.md").read_text()
