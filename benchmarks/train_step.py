@@ -71,11 +71,12 @@ def step_seconds(config, steps: int) -> tuple[float, float]:
         params, opt_state = trainer.init_state(setup, config.seed)
         batch = shard_batch(synthetic_batch(config, config.batch_size), mesh)
         step_fn = trainer.make_train_step(setup, config.seed)
-        params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(0))
+        rate = np.float32(config.optim.learning_rate)
+        params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(0), rate)
         jax.block_until_ready(metrics)
         start = time.perf_counter()
         for step in range(1, steps + 1):
-            params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(step))
+            params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(step), rate)
         jax.block_until_ready(metrics)
         seconds = (time.perf_counter() - start) / steps
     return seconds, setup.objective.train_flops_per_example() * config.batch_size

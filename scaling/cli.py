@@ -1,4 +1,4 @@
-"""The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint (more subcommands below).
+"""The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint, run a ``sweep``, ``analyze`` sweeps.
 
 Bad input ends with one ``error:`` line naming the problem and the fix, and a non-zero exit status, whether
 absl rejects a flag or the command raises a ``scaling.errors.UserError`` where it finds the problem.
@@ -36,6 +36,10 @@ flags.DEFINE_string("cluster", None, "sweep: XPK cluster")
 flags.DEFINE_boolean("distributed", False, "sweep: call jax.distributed.initialize() (multi-host slices)")
 flags.DEFINE_float("lease-timeout", 120.0, "sweep: seconds without a heartbeat before a lease is stale")
 flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diverged ones stay done)")
+flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_error = 1 - <name>_accuracy, "
+                    "or a column such as val_loss)")
+flags.DEFINE_string("layer", "best", "analyze: probed layer of probe_error (best, or a name like layer_02)")
+flags.DEFINE_integer("boots", 400, "analyze: bootstrap refits per law and objective")
 
 USAGES = {  # one line each, so that an error message that ends with one stays one line
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
@@ -45,6 +49,8 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
     "sweep": "scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] "
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
+    "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
+               "[--boots N]",
 }
 USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
 
@@ -94,7 +100,17 @@ def sweep_command(argv: list[str]) -> None:
              status=1)
 
 
-COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command}
+def analyze_command(argv: list[str]) -> None:
+    from scaling.analysis.report import analyze, summary
+
+    if len(argv) < 2:
+        fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
+    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots)
+    print(f"{summary(report)}\nreport and figures: {report.parent}")
+
+
+COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command,
+            "analyze": analyze_command}
 
 
 def run_command(command, argv: list[str]) -> None:

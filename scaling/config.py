@@ -88,6 +88,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval = ml_collections.ConfigDict()
     c.eval.num_points = 4  # probe points spaced evenly in log-compute, the last at the end; 0 = none
     c.eval.first_fraction = 1 / 16  # training-compute fraction of the first point
+    c.eval.cooldown_fraction = 0.2  # wsd only: cool-down branch at each earlier point, x its step; 0 = none
     c.eval.dataset = ""  # "" -> the training data set
     c.eval.label = ""  # "" -> data.label
     c.eval.train_split = "train"
@@ -269,6 +270,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         f"({config.total_steps})",
     )
     _require(config.optim.learning_rate > 0, "optim.learning_rate: must be positive")
+    _require(
+        0 <= config.eval.cooldown_fraction <= 1,
+        f"eval.cooldown_fraction: {config.eval.cooldown_fraction} must be in [0, 1] (cool-down branch "
+        "length as a fraction of the steps so far; 0 for none)",
+    )
     _require(
         config.data.caption_level in CAPTION_LEVELS,
         f"data.caption_level: {config.data.caption_level!r} not in {CAPTION_LEVELS}",

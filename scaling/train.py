@@ -4,6 +4,13 @@ It owns the sharded parameter and optimizer state, the jitted step, checkpoints 
 state, data-iterator state, progress, config) with resume from the latest complete one, metrics.jsonl
 records carrying cumulative training FLOPs, and result.json at the end. It never asks which objective it
 runs.
+
+Every eval record says which kind of compute point it is (``point``): ``end_of_schedule`` at the last step,
+``mid_schedule`` before it (a point that understates what a run ending there would reach), and, with the
+warmup-stable-decay schedule, ``cooldown_branch``: at each earlier eval milestone a short linear cool-down
+forked from the live state (its own data stream, copies of the state) is trained, evaluated and discarded,
+and its record sits at the main run's FLOPs plus the branch's. The learning rate is an argument of the
+compiled step, so the branch runs through the same executable as the main run.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -28,11 +36,11 @@ from tqdm import tqdm
 from scaling.config import validate
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator
 from scaling.errors import UserError
-from scaling.evaluation.evaluator import Evaluator
+from scaling.evaluation.evaluator import Evaluator, milestone_steps
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
 from scaling.sharding import make_mesh, shard_batch, state_shardings
-from scaling.workdir import RunFiles, is_writer
+from scaling.workdir import COOLDOWN_BRANCH, END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, is_writer
 
 Params = dict[str, Any]
 
@@ -68,16 +76,36 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
     )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
-    """AdamW with global-norm clipping; matrices decay, vectors and scalars (norms, biases) do not."""
+def learning_rates(optim: ml_collections.ConfigDict, total_steps: int) -> np.ndarray:
+    """The main run's learning rate at every step, float32 [total_steps]."""
+    schedule = make_schedule(optim, total_steps)
+    return np.asarray(jax.vmap(schedule)(jnp.arange(total_steps)), np.float32)
+
+
+def cooldown_rates(from_rate: float, final_rate: float, steps: int) -> np.ndarray:
+    """A linear cool-down over ``steps`` steps from just below ``from_rate`` down to ``final_rate``."""
+    return np.float32(from_rate + (final_rate - from_rate) * np.arange(1, steps + 1) / steps)
+
+
+def cooldown_branches(config: ml_collections.ConfigDict) -> dict[int, int]:
+    """{eval milestone step: cool-down steps} for the branches a run forks (WSD only; none at the end)."""
+    fraction = config.eval.cooldown_fraction
+    if config.optim.schedule != "wsd" or fraction <= 0:
+        return {}
+    milestones = milestone_steps(config.total_steps, config.eval.num_points, config.eval.first_fraction)
+    return {step: max(1, round(fraction * step)) for step in milestones if step < config.total_steps}
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping, less its learning rate (the step scales by the rate it is given);
+    matrices decay, vectors and scalars (norms, biases) do not."""
     o = config.optim
-    schedule = make_schedule(o, config.total_steps)
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    tx = optax.chain(
+    return optax.chain(
         optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+        optax.scale_by_adam(b1=o.b1, b2=o.b2),
+        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
     )
-    return tx, schedule
 
 
 # --- state -------------------------------------------------------------------------------------------
@@ -94,7 +122,6 @@ class TrainSetup:
     param_shardings: Params
     opt_shardings: Any
     tx: optax.GradientTransformation
-    schedule: optax.Schedule
 
 
 def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
@@ -106,7 +133,7 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         nnx.to_pure_dict(abstract_state), param_shardings,
     )
-    tx, schedule = make_optimizer(config)
+    tx = make_optimizer(config)
     abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_state))
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(
@@ -114,7 +141,7 @@ def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
         transform_non_params=lambda _: replicated,
     )
     return TrainSetup(
-        objective, mesh, graphdef, abstract_params, param_shardings, opt_shardings, tx, schedule
+        objective, mesh, graphdef, abstract_params, param_shardings, opt_shardings, tx
     )
 
 
@@ -134,27 +161,31 @@ def model_from_params(setup: TrainSetup, params: Params) -> nnx.Module:
 
 
 def make_train_step(setup: TrainSetup, seed: int) -> Callable:
-    """The jitted step: (params, opt_state, batch, step) -> (params, opt_state, metrics)."""
+    """The jitted step: (params, opt_state, batch, step, learning_rate) -> (params, opt_state, metrics).
+
+    ``params`` and ``opt_state`` are donated: pass copies to keep the originals.
+    """
 
     def loss_fn(params, batch, rng):
         return setup.objective.loss(model_from_params(setup, params), batch, rng)
 
-    def train_step(params, opt_state, batch, step):
+    def train_step(params, opt_state, batch, step, learning_rate):
         rng = jax.random.fold_in(jax.random.key(seed), step)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-        updates, opt_state = setup.tx.update(grads, opt_state, params)
+        directions, opt_state = setup.tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda d: -learning_rate * d, directions)
         params = optax.apply_updates(params, updates)
         metrics = {
             **metrics,
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "learning_rate": setup.schedule(step),
+            "learning_rate": learning_rate,
         }
         return params, opt_state, metrics
 
     return jax.jit(
         train_step,
-        in_shardings=(setup.param_shardings, setup.opt_shardings, None, None),
+        in_shardings=(setup.param_shardings, setup.opt_shardings, None, None, None),
         out_shardings=(setup.param_shardings, setup.opt_shardings, None),
         donate_argnums=(0, 1),
     )
@@ -277,15 +308,20 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
     last = files.last_record("train")  # result.json's final_loss also when no step is left to run
 
     train_step = make_train_step(setup, config.seed)
+    rates = learning_rates(config.optim, config.total_steps)
+    branches = cooldown_branches(config)
+    final_rate = config.optim.learning_rate * config.optim.final_lr_fraction
     is_log_step = _log_points(config)
     start = time.perf_counter()
     wall = lambda: wall_offset + time.perf_counter() - start
+    point = lambda steps: {"step": step, "examples": steps * config.batch_size,
+                           "flops": steps * flops_per_step, "wall_s": wall()}
     bar = tqdm(total=config.total_steps, initial=step, disable=not is_writer(), unit="step",
                dynamic_ncols=True)
     try:
         while step < config.total_steps:
             batch = shard_batch(next(data), mesh)
-            params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step))
+            params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step), rates[step])
             step += 1
             bar.update(1)
             checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
@@ -293,16 +329,17 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
                 last = _host_metrics(metrics)
                 if not math.isfinite(last["loss"]):
                     _record_divergence(files, config, step, flops_per_step, last, wall())
-                files.append_metrics(
-                    {"kind": "train", "step": step, "examples": step * config.batch_size,
-                     "flops": step * flops_per_step, "wall_s": wall(), **last}
-                )
+                files.append_metrics({"kind": "train", **point(step), **last})
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
             if evaluator.due(step):
-                files.append_metrics(
-                    {"kind": "eval", "step": step, "examples": step * config.batch_size,
-                     "flops": step * flops_per_step, "wall_s": wall(), **evaluator(params)}
-                )
+                kind = END_OF_SCHEDULE if step == config.total_steps else MID_SCHEDULE
+                files.append_metrics({"kind": "eval", "point": kind, **point(step), **evaluator(params)})
+            if step in branches:
+                length = branches[step]
+                cooled = cool_down(config, setup, train_step, params, opt_state, step,
+                                   cooldown_rates(rates[step], final_rate, length))
+                files.append_metrics({"kind": "eval", "point": COOLDOWN_BRANCH, **point(step + length),
+                                      "cooldown_steps": length, **evaluator(cooled)})
             if checkpoint_due:
                 progress = {"step": step, "wall_s": wall()}
                 checkpoints.save(step, params, opt_state, data.get_state(), progress)
@@ -313,6 +350,9 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         data.close()
 
     _write_samples(config, setup, params, files)
+    cooldown_flops = flops_per_step * sum(
+        record.get("cooldown_steps", 0) for record in files.read_metrics() if record["kind"] == "eval"
+    )
     result = {
         "status": "completed",
         "objective": config.objective,
@@ -320,12 +360,37 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         "step": step,
         "examples": step * config.batch_size,
         "flops": step * flops_per_step,
+        "cooldown_flops": cooldown_flops,
+        "total_flops": step * flops_per_step + cooldown_flops,
         "flops_per_example": flops_per_step / config.batch_size,
         "final_loss": last.get("loss"),
         "wall_s": wall(),
     }
     files.write_result(result)
     return result
+
+
+def cool_down(config, setup: TrainSetup, train_step: Callable, params: Params, opt_state, step: int,
+              rates: np.ndarray) -> Params:
+    """Parameters after a cool-down branch forked at ``step``: copies of the state trained through ``rates``
+    on a data stream of the branch's own, so the main run's state and data are untouched."""
+    params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
+    data = make_train_iterator(
+        config.data, batch_size=config.batch_size, seed=branch_seed(config.seed, step),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )
+    try:
+        for offset, rate in enumerate(rates):
+            batch = shard_batch(next(data), setup.mesh)
+            params, opt_state, _ = train_step(params, opt_state, batch, jnp.int32(step + offset), rate)
+    finally:
+        data.close()
+    return params
+
+
+def branch_seed(seed: int, step: int) -> int:
+    """The data-order seed of the cool-down branch forked at ``step`` (never the main run's)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 SAMPLE_BATCH = 16

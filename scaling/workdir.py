@@ -17,6 +17,11 @@ import ml_collections
 
 from scaling.config import ConfigError, flatten
 
+# The kinds of compute point an eval record in metrics.jsonl is (its ``point`` field). Only the honest ones
+# stand for what a run ending at their compute would reach: the end of a schedule, or a cool-down branch.
+END_OF_SCHEDULE, MID_SCHEDULE, COOLDOWN_BRANCH = "end_of_schedule", "mid_schedule", "cooldown_branch"
+HONEST_POINTS = (END_OF_SCHEDULE, COOLDOWN_BRANCH)
+
 # Fields that change how a run is watched but not what it computes; a resumed run may change them.
 OPERATIONAL_FIELDS = (
     "log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count", "data.data_dir",

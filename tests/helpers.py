@@ -27,9 +27,11 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
         first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
         grads = jax.device_get(grads)
         step_fn = trainer.make_train_step(setup, config.seed)
+        rates = trainer.learning_rates(config.optim, config.total_steps)
         losses = []
         for step in range(steps):
-            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step))
+            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step),
+                                                 rates[step])
             losses.append(float(metrics["loss"]))
         return {"first_loss": float(first_loss), "grads": grads, "losses": losses,
                 "params": params, "opt_state": opt_state}
@@ -45,7 +47,7 @@ def step_flops(config, batch_size: int) -> tuple[float, float]:
         params, opt_state = trainer.init_state(setup, 0)
         batch = shard_batch(random_batch(config, batch_size), mesh)
         step = trainer.make_train_step(setup, 0)
-        measured = xla_flops(step, params, opt_state, batch, jnp.int32(0))
+        measured = xla_flops(step, params, opt_state, batch, jnp.int32(0), np.float32(1e-3))
     return setup.objective.train_flops_per_example() * batch_size, measured
 
 

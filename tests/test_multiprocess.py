@@ -22,7 +22,7 @@ from scaling.sharding import make_mesh, shard_batch
 from scaling.sweeps.runner import run_sweep
 from scaling.sweeps.spec import Budget, Sweep, make_run
 from scaling.sweeps.store import Store
-from scaling.train import build_setup, init_state, make_train_step
+from scaling.train import build_setup, init_state, learning_rates, make_train_step
 
 PROCESSES, LOCAL_DEVICES, BATCH, STEPS = 2, 2, 16, 3
 
@@ -51,8 +51,10 @@ def fixed_batch_losses(config, batch: dict[str, np.ndarray], devices) -> list[fl
         setup = build_setup(config, mesh)
         params, opt_state = init_state(setup, config.seed)
         step_fn, global_batch, losses = make_train_step(setup, config.seed), shard_batch(batch, mesh), []
+        rates = learning_rates(config.optim, config.total_steps)
         for step in range(STEPS):
-            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step))
+            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step),
+                                                 rates[step])
             losses.append(float(metrics["loss"]))
     return losses
 

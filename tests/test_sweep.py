@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from scaling.config import load_python_file
+from scaling.analysis.figures import compute_figure, curve_points
 from scaling.objectives import build_objective
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
@@ -215,13 +215,12 @@ def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(t
 
 
 def test_figure_falls_back_to_train_loss_before_any_eval(tmp_path):
-    plots = load_python_file(ROOT / "analysis" / "plots.py")
     table = pd.DataFrame({"run_id": ["a", "a", "b"], "objective": ["clip", "clip", "igpt"],
                           "size": ["mu", "mu", "micro"], "kind": "train", "step": [5, 10, 5],
                           "flops": [1e9, 2e9, 3e9], "loss": [3.0, 2.5, 4.0]})
-    path = plots.compute_vs_probe(table, tmp_path / "figure.png")
+    path = compute_figure(table, tmp_path / "figure.png")
     assert path.stat().st_size > 10_000
-    points, metric, title = plots._points(table)
+    points, metric, title = curve_points(table)
     assert metric == "loss" and list(points.step) == [10, 5] and "no eval records yet" in title
 
 

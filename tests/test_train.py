@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from scaling.config import ConfigError
-from scaling.train import CheckpointError, DivergedError, train
+from scaling.train import CheckpointError, DivergedError, cooldown_branches, train
 
 
 def read_metrics(workdir, kind="train"):
@@ -55,6 +55,8 @@ def test_probe_points_are_recorded_against_compute(finished_run):
     config, workdir, result = finished_run
     evals = read_metrics(workdir, kind="eval")
     assert [r["step"] for r in evals] == [20, 80]
+    assert [r["point"] for r in evals] == ["mid_schedule", "end_of_schedule"]  # cosine: no cool-downs
+    assert result["total_flops"] == result["flops"] and result["cooldown_flops"] == 0
     assert evals[-1]["flops"] == result["flops"]
     for record in evals:
         layers = {key for key in record if key.startswith("probe_accuracy/")}
@@ -172,3 +174,24 @@ def test_divergence_stops_with_a_failure_record(tiny_config, tmp_path):
         train(config, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "diverged" and "loss became" in result["reason"]
+
+
+def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(tiny_config, tmp_path):
+    fields = {"optim.schedule": "wsd", "eval.num_points": 2, "eval.first_fraction": 0.5,
+              "eval.probe_train_examples": 128, "eval.probe_test_examples": 64, "eval.zero_shot": False}
+    assert cooldown_branches(tiny_config(**fields)) == {10: 2}  # 0.2 x the 10 steps so far
+    assert cooldown_branches(tiny_config(**{**fields, "optim.schedule": "cosine"})) == {}
+    plain = train(tiny_config(**fields, **{"eval.cooldown_fraction": 0.0}), tmp_path / "plain")
+    branched = train(tiny_config(**fields), tmp_path / "branched")
+
+    main_losses = [r["loss"] for r in read_metrics(tmp_path / "branched")]
+    assert main_losses == [r["loss"] for r in read_metrics(tmp_path / "plain")]  # bit for bit
+    assert branched["final_loss"] == plain["final_loss"]
+    evals = read_metrics(tmp_path / "branched", kind="eval")
+    assert [(r["point"], r["step"]) for r in evals] == [
+        ("mid_schedule", 10), ("cooldown_branch", 10), ("end_of_schedule", 20)]
+    per_step = branched["flops_per_example"] * 16
+    assert evals[1]["flops"] == pytest.approx(12 * per_step) and evals[1]["cooldown_steps"] == 2
+    assert branched["cooldown_flops"] == pytest.approx(2 * per_step)
+    assert branched["total_flops"] == pytest.approx(branched["flops"] + 2 * per_step)
+    assert evals[1]["val_loss"] != evals[0]["val_loss"]  # the branch evaluates its own, cooled model

@@ -2,7 +2,9 @@
 
 One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
 caption level, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
-examples, flops, wall_s, and whatever metrics it holds). Cached as ``<sweep dir>/results.csv``.
+examples, flops, wall_s, and whatever metrics it holds). Eval rows say which compute point they are
+(``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before the field existed get it
+from their step). Cached as ``<sweep dir>/results.csv``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from scaling.sweeps.spec import Budget
-from scaling.workdir import RunFiles, flatten, read_json
+from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json
 
 RESULTS_NAME = "results.csv"
 CONFIG_COLUMNS = {  # column -> dotted config field
@@ -26,7 +29,7 @@ CONFIG_COLUMNS = {  # column -> dotted config field
     "caption_level": "data.caption_level",
 }
 RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "budget", "budget_unit", "budget_amount")
-POINT_COLUMNS = ("kind", "step", "examples", "flops", "wall_s")
+POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
 
 
 def run_status(run_dir: Path) -> str:
@@ -54,6 +57,17 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
+def with_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every eval row's ``point``, inferred from the step for records (or results.csv files)
+    written before the field existed."""
+    if table.empty:
+        return table
+    inferred = pd.Series(np.where(table["step"] == table["total_steps"], END_OF_SCHEDULE, MID_SCHEDULE),
+                         index=table.index)
+    current = table["point"] if "point" in table else pd.Series(None, index=table.index, dtype=object)
+    return table.assign(point=current.where(~((table["kind"] == "eval") & current.isna()), inferred))
+
+
 def build_table(sweep_dir: str | Path) -> pd.DataFrame:
     run_dirs = sorted(p for p in Path(sweep_dir).glob("*") if p.is_dir())
     rows = []
@@ -62,6 +76,7 @@ def build_table(sweep_dir: str | Path) -> pd.DataFrame:
         if fields is not None:
             rows.extend({**fields, **record} for record in RunFiles(run_dir).read_metrics())
     table = pd.DataFrame.from_records(rows, columns=None if rows else [*RUN_COLUMNS, *POINT_COLUMNS])
+    table = with_points(table)
     leading = [column for column in (*RUN_COLUMNS, *POINT_COLUMNS) if column in table]
     return table[leading + sorted(set(table.columns) - set(leading))]
 
@@ -77,4 +92,4 @@ def write_table(table: pd.DataFrame, sweep_dir: str | Path) -> Path:
 
 
 def read_table(sweep_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(sweep_dir) / RESULTS_NAME)
+    return with_points(pd.read_csv(Path(sweep_dir) / RESULTS_NAME))

@@ -24,7 +24,6 @@ from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNI
 
 Print = Callable[[str], None]
 FIGURE_NAME = "compute_vs_probe.png"
-PLOTS_FILE = Path(__file__).resolve().parents[2] / "analysis" / "plots.py"
 
 
 def progress(sweep: Sweep, store: Store) -> dict[str, int]:
@@ -169,32 +168,29 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
 
 def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
     """The results table (CSV) and, when there are points to draw, the compute figure."""
-    from scaling.config import load_python_file
+    from scaling.analysis.figures import compute_figure
     from scaling.sweeps.results import build_table, write_table
 
     table = build_table(store.sweep_dir)
     out(f"results table: {write_table(table, store.sweep_dir)} ({len(table)} rows)")
-    if table.empty:
-        return
-    if not PLOTS_FILE.is_file():
-        out(f"figure skipped: {PLOTS_FILE} is missing")
-        return
-    plots = load_python_file(PLOTS_FILE, PLOTS_FILE.parent)
-    out(f"figure: {plots.compute_vs_probe(table, store.sweep_dir / FIGURE_NAME)}")
+    if not table.empty:
+        out(f"figure: {compute_figure(table, store.sweep_dir / FIGURE_NAME)}")
 
 
 def describe(sweep: Sweep, store: Store) -> str:
-    """A dry-run listing: one line per run with its steps, compute and current state."""
+    """A dry-run listing: one line per run with its steps, compute (cool-down branches included) and state."""
     from scaling.objectives import build_objective
+    from scaling.train import cooldown_branches
 
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {store.sweep_dir}"]
     total = 0.0
     for run in sweep.runs:
         flops = build_objective(run.config).train_flops_per_example() * run.config.batch_size
-        total += flops * run.config.total_steps
+        steps = run.config.total_steps + sum(cooldown_branches(run.config).values())
+        total += flops * steps
         lines.append(f"  {run.run_id:<56} {run.config.total_steps:>7} steps "
-                     f"{flops * run.config.total_steps:9.3g} FLOPs  {store.state(run.run_id)}")
-    lines.append(f"total {total:.3g} training FLOPs")
+                     f"{flops * steps:9.3g} FLOPs  {store.state(run.run_id)}")
+    lines.append(f"total {total:.3g} training FLOPs (cool-down branches included)")
     return "\n".join(lines)
 
 

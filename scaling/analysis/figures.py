@@ -1,0 +1,238 @@
+"""Figures of a sweep, each saved as PNG and SVG: compute curves, frontiers with fitted laws and their
+intervals, per-layer probes, probe accuracy against validation loss, and isoFLOP curves.
+
+Honest points (end of schedule, cool-down branch) are filled markers; mid-schedule points are hollow and
+never feed a frontier or a fit. Fitted laws are solid over the measured compute and dashed beyond it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from scaling.analysis.fits import Fit
+from scaling.analysis.points import PROBE
+from scaling.models.sizes import LADDER, get_size, transformer_params
+from scaling.workdir import HONEST_POINTS
+
+MARKERS = "osD^v<>ph*"
+COMPUTE_LABEL = "training compute (FLOPs)"
+LAW_STYLES = {"power": "-", "saturating": ":"}
+EXTRAPOLATE = 10.0  # fits drawn this far beyond the measured compute
+
+
+def save(figure: Figure, stem: str | Path) -> list[Path]:
+    """Writes ``stem``.png and ``stem``.svg; returns their paths."""
+    paths = [Path(stem).with_suffix(suffix) for suffix in (".png", ".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=150)
+    return paths
+
+
+def _colors(objectives) -> dict[str, str]:
+    return {objective: f"C{i}" for i, objective in enumerate(sorted(set(objectives)))}
+
+
+def _size_markers(sizes) -> dict[str, str]:
+    ordered = [size for size in LADDER if size in set(sizes)]
+    return {size: MARKERS[i % len(MARKERS)] for i, size in enumerate(ordered)}
+
+
+def _metric_label(metric: str) -> str:
+    words = metric.replace("_", " ")
+    return f"{words} (1 - accuracy)" if metric.endswith("_error") else words
+
+
+def curve_points(table: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """(points to draw, metric column, title) of the compute figure."""
+    if PROBE in table and table[PROBE].notna().any():
+        evals = table[(table["kind"] == "eval") & table[PROBE].notna()]
+        return evals, PROBE, "Linear-probe accuracy vs training compute"
+    train = table[table["kind"] == "train"]
+    final = train.loc[train.groupby("run_id")["step"].idxmax()]
+    return final, "loss", "Final train loss vs training compute (no eval records yet)"
+
+
+def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
+    """Every run's probe accuracy against compute (a line through its main-run points, marker = size,
+    hollow = mid-schedule); before any eval record, final train losses instead. Writes ``path``."""
+    points, metric, title = curve_points(table)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    marker, color = _size_markers(points["size"]), _colors(points["objective"])
+    honest = points["point"].isin(HONEST_POINTS) if "point" in points else pd.Series(True, points.index)
+    for objective, group in points.groupby("objective"):
+        for run_id, run in group.groupby("run_id"):
+            style = dict(marker=marker[run["size"].iloc[0]], color=color[objective])
+            main = run[run["point"] != "cooldown_branch"] if "point" in run else run
+            axes.plot(main["flops"], main[metric], alpha=0.6, color=style["color"],
+                      label=objective if run_id == group["run_id"].iloc[0] else None)
+            axes.scatter(run["flops"], run[metric], marker=style["marker"], edgecolors=style["color"],
+                         facecolors=np.where(honest[run.index], style["color"], "none"), zorder=3)
+    for size, symbol in marker.items():
+        axes.plot([], [], marker=symbol, color="grey", linestyle="none", label=f"size {size}")
+    if "point" in points and (~honest).any():
+        axes.plot([], [], marker="o", markerfacecolor="none", color="grey", linestyle="none",
+                  label="mid-schedule (not honest)")
+    axes.set_xscale("log")
+    axes.set_xlabel(COMPUTE_LABEL)
+    axes.set_ylabel(metric.replace("_", " "))
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    if len(points):
+        axes.legend(fontsize="small")
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, dict[str, Fit]],
+                    metric: str, stem: str | Path) -> list[Path]:
+    """Error against compute per objective: all points, the honest frontier, fitted laws with bands."""
+    figure = Figure(figsize=(7.5, 5), layout="constrained")
+    axes = figure.subplots()
+    color = _colors(points["objective"])
+    for objective, group in points.groupby("objective"):
+        c = color[objective]
+        honest = group[group["honest"]]
+        axes.scatter(honest["flops"], honest["error"], color=c, alpha=0.35, s=18)
+        mid = group[~group["honest"]]
+        axes.scatter(mid["flops"], mid["error"], facecolors="none", edgecolors=c, alpha=0.35, s=18)
+        edge = frontier[frontier["objective"] == objective]
+        axes.plot(edge["flops"], edge["error"], "o", color=c, markersize=6, label=f"{objective} frontier")
+        for name, fit in fits.get(objective, {}).items():
+            low, high = fit.flops.min(), fit.flops.max()
+            inside = np.geomspace(low, high, 50)
+            beyond = np.geomspace(high, high * EXTRAPOLATE, 20)
+            for span, dashes in ((inside, LAW_STYLES[name]), (beyond, "--")):
+                estimate, lo, hi = fit.predict(span)
+                axes.plot(span, estimate, dashes, color=c, linewidth=1.5,
+                          label=f"{objective} {name}: {fit.law.formula}" if dashes != "--" else None)
+                axes.fill_between(span, lo, hi, color=c, alpha=0.12, linewidth=0)
+    axes.plot([], [], "o", markerfacecolor="none", color="grey", label="mid-schedule (not fitted)")
+    axes.plot([], [], "--", color="grey", label=f"extrapolation (to {EXTRAPOLATE:g}x measured)")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel(COMPUTE_LABEL)
+    axes.set_ylabel(_metric_label(metric))
+    level = next((fit.level for laws in fits.values() for fit in laws.values()), 0.9)
+    axes.set_title(f"Compute frontiers and fitted laws (bands: {100 * level:.0f}% bootstrap intervals)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="x-small", ncol=2)
+    return save(figure, stem)
+
+
+def _layer_columns(table: pd.DataFrame) -> list[str]:
+    return sorted(c for c in table if c.startswith(f"{PROBE}/") and table[c].notna().any())
+
+
+def layer_profiles(table: pd.DataFrame) -> pd.DataFrame:
+    """Probe accuracy per layer of each objective and size, at its largest-compute honest eval:
+    columns objective, size, layer, relative_depth (layer index / layers probed), accuracy."""
+    evals = table[(table["kind"] == "eval") & table["point"].isin(HONEST_POINTS)]
+    rows = []
+    for (objective, size), group in evals.groupby(["objective", "size"]):
+        record = group.loc[group["flops"].idxmax()]
+        layers = [c for c in _layer_columns(table) if pd.notna(record[c])]
+        for index, column in enumerate(layers, start=1):
+            rows.append({"objective": objective, "size": size, "layer": column.removeprefix(f"{PROBE}/"),
+                         "relative_depth": index / len(layers), "accuracy": record[column]})
+    return pd.DataFrame(rows, columns=["objective", "size", "layer", "relative_depth", "accuracy"])
+
+
+def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Probe accuracy against relative depth, one line per objective and size."""
+    profiles = layer_profiles(table)
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    color, marker = _colors(profiles["objective"]), _size_markers(profiles["size"])
+    for (objective, size), group in profiles.groupby(["objective", "size"]):
+        axes.plot(group["relative_depth"], group["accuracy"], marker=marker[size], color=color[objective],
+                  label=f"{objective} {size}")
+    axes.set_xlabel("relative depth of the probed layer (layer / layers)")
+    axes.set_ylabel("linear-probe accuracy")
+    axes.set_xlim(0, 1.05)
+    axes.set_title("Probe accuracy by layer (each size's largest-compute honest point)")
+    axes.grid(True, alpha=0.3)
+    if len(profiles):
+        axes.legend(fontsize="small", ncol=2)
+    return save(figure, stem)
+
+
+def loss_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Probe accuracy against validation loss, one panel per objective (losses differ across them)."""
+    evals = table[(table["kind"] == "eval") & table[PROBE].notna()]
+    evals = evals[evals["val_loss"].notna()] if "val_loss" in evals else evals.iloc[:0]
+    objectives = sorted(set(evals["objective"])) or ["(no validation loss recorded)"]
+    figure = Figure(figsize=(3.2 * len(objectives), 3.4), layout="constrained")
+    panels = np.atleast_1d(figure.subplots(1, len(objectives), squeeze=False)[0])
+    marker = _size_markers(evals["size"])
+    for i, (axes, objective) in enumerate(zip(panels, objectives, strict=True)):
+        group = evals[evals["objective"] == objective]
+        for size, part in group.groupby("size"):
+            axes.scatter(part["val_loss"], part[PROBE], marker=marker[size], color=f"C{i}",
+                         label=f"size {size}")
+        axes.set_title(objective)
+        axes.set_xlabel("validation loss (objective's own)")
+        axes.grid(True, alpha=0.3)
+        if len(group):
+            axes.legend(fontsize="x-small")
+    panels[0].set_ylabel("linear-probe accuracy")
+    return save(figure, stem)
+
+
+def backbone_params(size: str) -> int:
+    return transformer_params(get_size(size))
+
+
+def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
+    """Per objective and budget with two or more sizes at the end of their schedules: the size with the
+    lowest error. Columns objective, budget, flops, sizes, best_size, best_params, error."""
+    ends = points[points["point"] == "end_of_schedule"]
+    rows = []
+    for (objective, budget), group in ends.groupby(["objective", "budget"]):
+        per_size = group.groupby("size")["error"].mean()
+        if len(per_size) < 2:
+            continue
+        best = per_size.idxmin()
+        rows.append({"objective": objective, "budget": budget, "flops": group["flops"].median(),
+                     "sizes": len(per_size), "best_size": best, "best_params": backbone_params(best),
+                     "error": per_size[best]})
+    return pd.DataFrame(rows, columns=["objective", "budget", "flops", "sizes", "best_size", "best_params",
+                                       "error"])
+
+
+def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path) -> list[Path]:
+    """Error against backbone parameters at each budget, one panel per objective (the isoFLOP view)."""
+    ends = points[points["point"] == "end_of_schedule"].copy()
+    ends["params"] = ends["size"].map(backbone_params)
+    objectives = sorted(set(ends["objective"])) or ["(no end-of-schedule points)"]
+    figure = Figure(figsize=(3.2 * len(objectives), 3.4), layout="constrained")
+    panels = figure.subplots(1, len(objectives), squeeze=False)[0]
+    for axes, objective in zip(panels, objectives, strict=True):
+        group = ends[ends["objective"] == objective]
+        budgets = sorted(set(group["budget"]), key=_budget_order)
+        for i, budget in enumerate(budgets):
+            curve = group[group["budget"] == budget].groupby("params")["error"].mean()
+            axes.plot(curve.index, curve.values, "o-", color=f"C{i}", label=str(budget))
+            axes.plot([curve.idxmin()], [curve.min()], "*", color=f"C{i}", markersize=12)
+        axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_title(objective)
+        axes.set_xlabel("backbone parameters")
+        axes.grid(True, which="both", alpha=0.3)
+        if budgets:
+            axes.legend(fontsize="x-small", title="budget (star: best)", title_fontsize="x-small")
+    panels[0].set_ylabel(_metric_label(metric))
+    return save(figure, stem)
+
+
+def _budget_order(label: str) -> float:
+    """Sorts budget labels such as "f1e11" or "f3e11" by their amount."""
+    number = re.search(r"\d+(\.\d+)?(e[+-]?\d+)?", str(label))
+    return float(number.group()) if number else 0.0

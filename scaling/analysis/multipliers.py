@@ -1,0 +1,81 @@
+"""Compute-efficiency multipliers between objectives, from their fitted laws.
+
+The multiplier of A over B at compute C is C_A / C, where C_A is the compute at which A's law reaches the
+error B's law gives at C: below 1, A gets there with less compute. Its interval pairs the bootstrap
+replicates of the two fits; a value is an extrapolation when C lies outside B's measured compute or C_A
+outside A's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from scaling.analysis.fits import Fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Multiplier:
+    better: str  # A
+    reference: str  # B
+    law: str
+    flops: float  # C
+    ratio: float  # C_A / C
+    low: float
+    high: float
+    extrapolated: bool  # C outside B's measured compute, or C_A outside A's
+    measured_reference: bool  # C inside B's measured compute
+
+    def headline(self, metric: str, level: float) -> str:
+        span = f"{100 * level:.0f}% CI [{_fraction(self.low)}, {_fraction(self.high)}]"
+        note = "; extrapolated" if self.extrapolated else ""
+        where = f"at C = {self.flops:.2g} FLOPs ({self.law} law{note})"
+        if self.ratio <= 1:
+            return f"{self.better} reaches {self.reference}'s {metric} at {_fraction(self.ratio)} of its " \
+                   f"compute, {span}, {where}"
+        return f"{self.better} needs {self.ratio:.3g}x {self.reference}'s compute to reach its {metric}, " \
+               f"{100 * level:.0f}% CI [{self.low:.3g}x, {self.high:.3g}x], {where}"
+
+
+def _fraction(ratio: float) -> str:
+    """0.25 -> "1/4", 3 -> "3x", 0 -> "0", inf -> "never"."""
+    if not np.isfinite(ratio):
+        return "never"
+    if ratio >= 1:
+        return f"{ratio:.3g}x"
+    return "0" if ratio <= 0 else f"1/{1 / ratio:.3g}"
+
+
+def multiplier(fit_a: Fit, fit_b: Fit, flops: np.ndarray) -> list[Multiplier]:
+    """A's multiplier over B at each compute in ``flops``, with intervals from paired replicates."""
+    flops = np.asarray(flops, float)
+    target = np.exp(fit_b.law.predict(fit_b.theta, np.log(flops) - fit_b.log_c_ref))
+    needed = fit_a.compute_for(target)
+    pairs = min(len(fit_a.boots), len(fit_b.boots))
+    target_boots = np.exp(fit_b.law.predict(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
+    needed_boots = fit_a.compute_for(target_boots, fit_a.boots[:pairs, None, :]) / flops
+    needed_boots = needed_boots[~np.isnan(needed_boots).any(axis=1)]
+    tail = (1 - fit_a.level) / 2
+    low, high = (np.quantile(needed_boots, [tail, 1 - tail], axis=0) if len(needed_boots)
+                 else (np.full(len(flops), np.nan),) * 2)
+    a_range, b_range = (fit_a.flops.min(), fit_a.flops.max()), (fit_b.flops.min(), fit_b.flops.max())
+    rows = []
+    for c, n, lo, hi in zip(flops, needed, low, high, strict=True):
+        measured = bool(b_range[0] <= c <= b_range[1])
+        rows.append(Multiplier(fit_a.label, fit_b.label, fit_a.law.name, float(c), float(n / c), float(lo),
+                               float(hi), not measured or not a_range[0] <= n <= a_range[1], measured))
+    return rows
+
+
+def multiplier_grid(fit_b: Fit, extrapolate: float = 10.0) -> np.ndarray:
+    """Computes to compare at: B's measured range (ends and geometric middle) and ``extrapolate`` x beyond."""
+    low, high = fit_b.flops.min(), fit_b.flops.max()
+    return np.array([low, np.sqrt(low * high), high, high * extrapolate])
+
+
+def oriented(fit_a: Fit, fit_b: Fit) -> tuple[Fit, Fit]:
+    """The pair ordered so the first is the more compute-efficient at the geometric middle of the
+    second's measured range."""
+    middle = multiplier_grid(fit_b)[1:2]
+    return (fit_a, fit_b) if multiplier(fit_a, fit_b, middle)[0].ratio <= 1 else (fit_b, fit_a)

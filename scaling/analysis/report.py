@@ -1,0 +1,165 @@
+"""``scaling analyze``: frontiers, fitted laws, multipliers and figures of one or more sweeps, as a markdown
+report and PNG/SVG figures in ``<first sweep dir>/analysis/``."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+
+from scaling.analysis import figures
+from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
+from scaling.analysis.multipliers import Multiplier, multiplier, multiplier_grid, oriented
+from scaling.analysis.points import eval_points, frontier, load_results, spent_compute
+from scaling.config import ConfigError
+
+OUTPUT_DIR = "analysis"
+REPORT_NAME = "report.md"
+
+
+def fit_objectives(points: pd.DataFrame, *, boots: int = BOOTS, level: float = LEVEL,
+                   seed: int = 0) -> tuple[dict[str, dict[str, Fit]], dict[str, dict[str, str]]]:
+    """({objective: {law: Fit}}, {objective: {law: why not fitted}}) on each objective's honest frontier."""
+    fits: dict[str, dict[str, Fit]] = {}
+    skipped: dict[str, dict[str, str]] = {}
+    for objective, group in points[points["honest"]].groupby("objective"):
+        seeds = group["seed"].to_numpy() if group["seed"].notna().all() else None
+        for name, law in LAWS.items():
+            try:
+                fits.setdefault(objective, {})[name] = fit_law(
+                    law, group["flops"].to_numpy(), group["error"].to_numpy(), label=objective, seeds=seeds,
+                    boots=boots, level=level, seed=seed)
+            except ConfigError as error:
+                skipped.setdefault(objective, {})[name] = str(error)
+    return {objective: laws for objective, laws in fits.items() if laws}, skipped
+
+
+def compare(fits: dict[str, dict[str, Fit]]) -> list[Multiplier]:
+    """Multipliers of every pair of objectives under every law both have, the more efficient first."""
+    rows = []
+    for first, second in itertools.combinations(sorted(fits), 2):
+        for law in LAWS:
+            if law in fits[first] and law in fits[second]:
+                better, reference = oriented(fits[first][law], fits[second][law])
+                rows.extend(multiplier(better, reference, multiplier_grid(reference)))
+    return rows
+
+
+def _interval(estimate: float, low: float, high: float) -> str:
+    return f"{estimate:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _fits_table(fits: dict[str, dict[str, Fit]], skipped: dict[str, dict[str, str]]) -> list[str]:
+    lines = ["| objective | law | parameters (estimate [interval]) | frontier points | measured compute "
+             "| usable refits |", "| --- | --- | --- | --- | --- | --- |"]
+    for objective in sorted(set(fits) | set(skipped)):
+        for fit in fits.get(objective, {}).values():
+            params = ", ".join(f"{key} = {_interval(*value)}" for key, value in fit.params().items())
+            lines.append(f"| {objective} | {fit.law.formula} | {params} | {len(fit.flops)} | "
+                         f"{fit.flops.min():.3g} to {fit.flops.max():.3g} FLOPs | {fit.usable_boots} |")
+        for name, why in skipped.get(objective, {}).items():
+            lines.append(f"| {objective} | {LAWS[name].formula} | not fitted: {why} | | | |")
+    return lines
+
+
+def _multipliers_table(rows: list[Multiplier]) -> list[str]:
+    lines = ["| more efficient (A) | reference (B) | law | at C (FLOPs) | C_A / C [interval] "
+             "| extrapolated |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {m.better} | {m.reference} | {m.law} | {m.flops:.3g} | "
+              f"{_interval(m.ratio, m.low, m.high)} | {'yes' if m.extrapolated else 'no'} |" for m in rows]
+    return lines
+
+
+def headlines(rows: list[Multiplier], metric: str, level: float) -> list[str]:
+    """One line per pair under the power law: the multiplier at the largest measured compute of B (the line
+    says when reaching B's error takes A beyond its own measured compute)."""
+    measured = [m for m in rows if m.law == "power" and m.measured_reference]
+    chosen = {}
+    for m in measured:
+        key = (m.better, m.reference)
+        if key not in chosen or m.flops > chosen[key].flops:
+            chosen[key] = m
+    return [m.headline(metric.replace("_", " "), level) for m in chosen.values()]
+
+
+def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer: str = "best",
+            boots: int = BOOTS, level: float = LEVEL, seed: int = 0) -> Path:
+    """Writes the report and figures of ``sweep_dirs`` into ``<sweep_dirs[0]>/analysis/``; returns the
+    report's path. Raises ConfigError for a folder without results, an unknown metric or layer, or
+    frontiers too small for any fit."""
+    table = load_results(sweep_dirs)
+    points = eval_points(table, metric, layer)
+    if not points["honest"].any():
+        raise ConfigError(f"no honest points (end of schedule or cool-down branch) with {metric} in "
+                          f"{', '.join(map(str, sweep_dirs))}; let runs finish, or train with the wsd "
+                          "schedule and eval.cooldown_fraction > 0")
+    fits, skipped = fit_objectives(points, boots=boots, level=level, seed=seed)
+    if not fits:
+        reasons = "; ".join(why for laws in skipped.values() for why in laws.values())
+        raise ConfigError(f"no scaling law could be fit: {reasons}")
+    edge = frontier(points)
+    rows = compare(fits)
+    optima = figures.isoflop_optima(points)
+
+    out = Path(sweep_dirs[0]) / OUTPUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [
+        *figures.frontier_figure(points, edge, fits, metric, out / "frontiers"),
+        *figures.layers_figure(table, out / "layers"),
+        *figures.loss_figure(table, out / "probe_vs_loss"),
+        *figures.isoflop_figure(points, metric, out / "isoflop"),
+    ]
+    edge.to_csv(out / "frontier.csv", index=False)
+    counts = points.groupby("point").size().to_dict()
+    spent, branches = spent_compute(table)
+    lines = [
+        f"# Scaling-law analysis: {', '.join(Path(d).name for d in sweep_dirs)}",
+        "",
+        f"Metric: **{metric}**" + (f" (layer {layer})" if layer != "best" else " (best layer per point)") +
+        f"; {len(points)} eval points ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}). "
+        "Only honest points (end_of_schedule, cooldown_branch) feed frontiers and fits. Fits are Huber in "
+        f"log space; intervals are {100 * level:.0f}% percentile intervals of {boots} bootstrap refits "
+        "(points, and seeds where there are several, resampled; the frontier recomputed each time).",
+        "",
+        f"Training compute spent: {spent:.3g} FLOPs, of which {branches:.3g} in cool-down branches.",
+        "",
+        "## Headlines",
+        "",
+        *([f"- {line}" for line in headlines(rows, metric, level)] or
+          ["- no pair of objectives with a power law each"]),
+        "",
+        "## Fitted laws (C in training FLOPs)",
+        "",
+        *_fits_table(fits, skipped),
+        "",
+        "## Efficiency multipliers",
+        "",
+        "C_A / C: the compute A needs to reach the error B reaches at C (below 1: A is more efficient). "
+        "Extrapolated: C outside B's measured compute, or C_A outside A's.",
+        "",
+        *(_multipliers_table(rows) if rows else ["(needs two objectives with fits)"]),
+        "",
+        "## Compute-optimal size per budget (isoFLOP)",
+        "",
+        *(["| objective | budget | FLOPs | sizes | best size | backbone parameters | error |",
+           "| --- | --- | --- | --- | --- | --- | --- |"] +
+          [f"| {r.objective} | {r.budget} | {r.flops:.3g} | {r.sizes} | {r.best_size} | {r.best_params} | "
+           f"{r.error:.3g} |" for r in optima.itertuples()]
+          if len(optima) else ["(no budget with two or more sizes at the end of their schedules)"]),
+        "",
+        "## Figures",
+        "",
+        *[f"- [{path.name}]({path.name})" for path in drawn],
+        "",
+    ]
+    report = out / REPORT_NAME
+    report.write_text("\n".join(lines))
+    return report
+
+
+def summary(report: Path) -> str:
+    """The headline lines of a report, for the command's output."""
+    text = report.read_text().split("## Headlines", 1)[-1].split("##", 1)[0]
+    return "\n".join(line for line in text.splitlines() if line.startswith("- "))
+

@@ -1,0 +1,142 @@
+"""``scaling analyze`` and the notebooks: a synthetic results table, a tiny real sweep, and bad input."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from scaling.analysis.points import eval_points, load_results
+from scaling.analysis.report import analyze
+from scaling.config import ConfigError
+from scaling.models.sizes import LADDER
+from scaling.sweeps.runner import run_sweep
+from scaling.sweeps.spec import Budget, Sweep, grid
+
+BUDGETS = (1e15, 1e16, 1e17)
+BEST_LOG_FLOPS = {"mu": 15.5, "micro": 16.5}  # each size is compute-optimal around here
+SPEEDUP = {"clip": 4.0, "igpt": 1.0}  # clip at C does what igpt does at 4 C
+
+
+def true_error(objective: str, size: str, flops: float) -> float:
+    penalty = 0.02 * (np.log10(flops) - BEST_LOG_FLOPS[size]) ** 2
+    return 30.0 * (flops * SPEEDUP[objective]) ** -0.12 * (1 + penalty)
+
+
+def synthetic_table() -> pd.DataFrame:
+    """Rows as scaling.sweeps.results builds them: per run a mid-schedule eval, a cool-down branch and
+    the end of the schedule, with per-layer probes and a validation loss."""
+    rng, rows = np.random.default_rng(0), []
+    for objective in SPEEDUP:
+        for size, budget in ((s, b) for s in BEST_LOG_FLOPS for b in BUDGETS):
+            depth, run_id = LADDER[size].depth, f"{objective}-{size}-f{budget:.0e}"
+            for point, fraction in (("mid_schedule", 0.25), ("cooldown_branch", 0.3), ("end_of_schedule", 1)):
+                flops = budget * fraction
+                error = true_error(objective, size, flops) * np.exp(rng.normal(0, 0.02))
+                layers = {f"probe_accuracy/layer_{k:02d}": (1 - error) * (1 - 0.1 * abs(k / depth - 0.6))
+                          for k in range(1, depth + 1)}
+                branch = {"cooldown_steps": 5, "step": 25} if point == "cooldown_branch" else {}
+                rows.append({"run_id": run_id, "status": "completed", "objective": objective, "size": size,
+                             "seed": 0, "total_steps": 100, "budget": f"f{budget:.0e}", "kind": "eval",
+                             "point": point, "step": int(100 * fraction), "flops": flops, **branch,
+                             "probe_accuracy": max(layers.values()), **layers, "val_loss": 2 + error})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def synthetic_sweep(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("synthetic")
+    synthetic_table().to_csv(directory / "results.csv", index=False)
+    return directory
+
+
+def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
+    report = analyze([synthetic_sweep], boots=200).read_text()
+    out = synthetic_sweep / "analysis"
+    for name in ("frontiers", "layers", "probe_vs_loss", "isoflop"):
+        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.svg").exists()
+    assert "| clip | E = a C^-b | a = " in report and "| igpt | E = E_inf + a C^-b | E_inf = " in report
+    headline = next(line for line in report.splitlines() if line.startswith("- clip reaches igpt's"))
+    ratio = float(headline.split(" at 1/")[1].split(" ")[0])
+    assert 2.5 < ratio < 6.5, headline  # built with 4
+    assert "extrapolated" in report and "| yes |" in report
+    spent = 2 * 2 * sum(BUDGETS) * (1 + 0.3 * 5 / 30)  # each run: its budget, and a 5-step branch at 25
+    assert f"Training compute spent: {spent:.3g} FLOPs, of which {spent - 4 * sum(BUDGETS):.3g} in " \
+           "cool-down branches" in report
+    optima = report.split("(isoFLOP)")[1]
+    assert "| clip | f1e+15 | " in optima and "| mu |" in optima and "| micro |" in optima
+
+    frontier = pd.read_csv(out / "frontier.csv")
+    assert set(frontier["point"]) <= {"end_of_schedule", "cooldown_branch"}  # mid-schedule never
+
+
+def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep):
+    env = {**os.environ, "SWEEP_DIR": str(synthetic_sweep), "MPLBACKEND": "Agg"}
+    for notebook in sorted((ROOT / "analysis").glob("*.py")):
+        assert notebook.read_text().count("# %%") >= 2, f"{notebook} is not a percent-format notebook"
+        proc = subprocess.run([sys.executable, str(notebook)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
+    assert "clip reaches igpt's probe error" in proc.stdout or "layer_01" in proc.stdout
+
+
+def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):
+    with pytest.raises(ConfigError, match="holds no eval results .* run a sweep into it first"):
+        load_results([tmp_path])
+    table = load_results([synthetic_sweep])
+    with pytest.raises(ConfigError, match="--metric top5_error: not in the results table; choose one of "
+                                          "probe_error, val_loss"):
+        eval_points(table, "top5_error")
+    with pytest.raises(ConfigError, match="--layer layer_07: no such probed layer .* layer_01, layer_02"):
+        eval_points(table, "probe_error", "layer_07")
+    few = synthetic_table().query("budget == 'f1e+15' and point == 'end_of_schedule'")
+    few.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(ConfigError, match="no scaling law could be fit: clip: the power law .* has 2 "
+                                          "parameters but only 1 frontier points"):
+        analyze([tmp_path])
+
+
+def scaling_analyze(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, "-m", "scaling.cli", "analyze", *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_analyze_command_on_a_tiny_real_sweep(tmp_path, data_dir):
+    """One CLIP run with WSD cool-down branches at its first two eval points: three honest points."""
+    fields = {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
+              "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "optim.learning_rate": 3e-3,
+              "optim.schedule": "wsd", "eval.num_points": 3, "eval.first_fraction": 0.25,
+              "eval.probe_train_examples": 128, "eval.probe_test_examples": 64, "eval.zero_shot": False,
+              "eval.val_batches": 1}
+    sweep = Sweep("tiny", grid(["clip"], ["mu"], [Budget.steps(20)], fields=fields))
+    run_sweep(sweep, tmp_path, out=lambda _: None)
+    sweep_dir = tmp_path / "tiny"
+
+    table = load_results([sweep_dir])
+    evals = table[table["kind"] == "eval"]
+    assert list(zip(evals["point"], evals["step"], strict=True)) == [
+        ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10), ("cooldown_branch", 10),
+        ("end_of_schedule", 20)]
+    proc = scaling_analyze(sweep_dir, "--metric", "val_loss", "--boots", "50")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (sweep_dir / "analysis" / "report.md").read_text()
+    assert "| clip | E = a C^-b | a = " in report and "(needs two objectives with fits)" in report
+    assert f"report and figures: {sweep_dir / 'analysis'}" in proc.stdout
+
+    bad = scaling_analyze(sweep_dir, "--metric", "top5_error")
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
+    assert errors[0].startswith("error: --metric top5_error: not in the results table; choose one of ")
+    assert "probe_error" in errors[0] and "val_loss" in errors[0]
+
+
+def test_caption_levels_of_one_objective_are_series_of_their_own():
+    table = synthetic_table().assign(caption_level="descriptive")
+    table.loc[(table["objective"] == "clip") & (table["size"] == "mu"), "caption_level"] = "short"
+    counts = eval_points(table, "probe_error")["objective"].value_counts().to_dict()
+    assert counts == {"igpt": 18, "clip/short": 9, "clip/descriptive": 9}

@@ -1,0 +1,70 @@
+"""Scaling-law fits, frontiers and multipliers on synthetic points drawn from known laws."""
+
+import numpy as np
+import pytest
+
+from scaling.analysis.fits import POWER, SATURATING, fit_law
+from scaling.analysis.multipliers import multiplier
+from scaling.analysis.points import frontier_mask
+from scaling.config import ConfigError
+
+FLOPS = np.geomspace(1e15, 1e18, 12)
+NOISE = 0.03  # log-normal, per point
+
+
+def law_error(truth: dict, flops: np.ndarray) -> np.ndarray:
+    return truth.get("E_inf", 0.0) + truth["a"] * flops ** -truth["b"]
+
+
+@pytest.mark.parametrize("law, truth, trials, widest", [
+    (POWER, {"a": 30.0, "b": 0.12}, 30, 0.3),
+    (SATURATING, {"E_inf": 0.15, "a": 400.0, "b": 0.2}, 12, 1.0),  # 3 parameters from 12 points: wider
+])
+def test_fits_recover_known_laws_within_their_intervals_in_most_trials(law, truth, trials, widest):
+    covered, widths = dict.fromkeys(truth, 0), []
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+        error = law_error(truth, FLOPS) * np.exp(rng.normal(0, NOISE, FLOPS.size))
+        fit = fit_law(law, FLOPS, error, on_frontier=False, boots=200, seed=trial)
+        params = fit.params()
+        for name, (_, low, high) in params.items():
+            covered[name] += low <= truth[name] <= high
+        widths.append((params["b"][2] - params["b"][1]) / truth["b"])
+    assert all(count >= 0.7 * trials for count in covered.values()), covered  # nominal 90%
+    assert np.median(widths) < widest  # and the intervals of b are informative, not just wide
+
+
+def test_the_multiplier_of_a_known_compute_ratio_is_recovered_within_its_interval():
+    ratio, inside = 1 / 4, 0
+    truth = {"a": 30.0, "b": 0.12}
+    for trial in range(10):
+        rng = np.random.default_rng(100 + trial)
+        clip, igpt = (law_error(truth, flops) * np.exp(rng.normal(0, NOISE, FLOPS.size))
+                      for flops in (FLOPS, FLOPS / 4))  # igpt at C does what clip does at C / 4
+        better = fit_law(POWER, FLOPS, clip, label="clip", on_frontier=False, boots=200, seed=trial)
+        reference = fit_law(POWER, FLOPS, igpt, label="igpt", on_frontier=False, boots=200, seed=trial + 1)
+        middle, beyond = multiplier(better, reference, np.array([3e16, 1e19]))
+        inside += middle.low <= ratio <= middle.high
+        assert 0.15 < middle.ratio < 0.4 and not middle.extrapolated and beyond.extrapolated
+    assert inside >= 7
+    assert middle.headline("probe error", 0.9).startswith("clip reaches igpt's probe error at 1/")
+
+
+def test_the_frontier_is_the_lower_envelope_and_fits_use_only_it():
+    flops = np.array([1.0, 2.0, 3.0, 4.0, 5.0]) * 1e15
+    error = np.array([0.5, 0.6, 0.4, 0.45, 0.3])
+    assert frontier_mask(flops, error, np.ones((1, 5)))[0].tolist() == [True, False, True, False, True]
+    dropped_third = np.array([[1, 1, 0, 1, 1]])  # without the 0.4 point, 0.45 joins the envelope
+    assert frontier_mask(flops, error, dropped_third)[0].tolist() == [True, False, False, True, True]
+    tied = frontier_mask(np.array([1.0, 1.0, 2.0]), np.array([0.5, 0.4, 0.3]), np.ones((1, 3)))[0]
+    assert tied.tolist() == [False, True, True]  # at equal compute only the lower error
+    fit = fit_law(POWER, flops, error, boots=20)
+    assert fit.flops.tolist() == [1e15, 3e15, 5e15]
+
+
+def test_too_few_points_for_a_law_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"clip: the saturating law .* has 3 parameters but only 2 frontier "
+                                          r"points at distinct compute; add budgets or runs"):
+        fit_law(SATURATING, [1e15, 1e16, 1e17], [0.5, 0.4, 0.45], label="clip")
+    with pytest.raises(ConfigError, match="positive errors"):
+        fit_law(POWER, [1e15, 1e16], [0.5, 0.0])
