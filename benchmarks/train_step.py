@@ -23,24 +23,9 @@ from scaling import train as trainer
 from scaling.config import load_config_file
 from scaling.objectives import OBJECTIVES
 from scaling.sharding import make_mesh, shard_batch
+from scaling.sweeps.summary import matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """float32 FLOP/s of a jitted n x n matmul, best of a few timings."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            out = matmul(a, b)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * n**3 / best
 
 
 def reference_config(objective: str, dtype: str, batch_size: int):

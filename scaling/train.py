@@ -10,11 +10,18 @@ Every eval record says which kind of compute point it is (``point``): ``end_of_s
 warmup-stable-decay schedule, ``cooldown_branch``: at each earlier eval milestone a short linear cool-down
 forked from the live state (its own data stream, copies of the state) is trained, evaluated and discarded,
 and its record sits at the main run's FLOPs plus the branch's. The learning rate is an argument of the
-compiled step, so the branch runs through the same executable as the main run.
+compiled step, so the branch runs through the same executable as the main run, and a run's step does not
+depend on its length: budget siblings and reruns load one executable from the persistent compilation cache
+(``xla_cache`` beside the data directory).
+
+A run accounts for its wall time: result.json's ``seconds`` splits it into setup (model, data, evaluator),
+compile (initialisation and the first step, which is mostly its compilation), train (the steps, cool-down
+branches included), eval (probes, validation loss, samples) and checkpoint, summed over resumed attempts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -34,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from scaling.config import validate
-from scaling.data.pipeline import make_eval_iterator, make_train_iterator
+from scaling.data.pipeline import make_eval_iterator, make_train_iterator, resolve_data_dir
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator, milestone_steps
 from scaling.objectives import build_objective
@@ -260,6 +267,36 @@ class Checkpoints:
 
 # --- the loop ----------------------------------------------------------------------------------------
 
+ACTIVITIES = ("setup", "compile", "train", "eval", "checkpoint")
+COMPILATION_CACHE = "xla_cache"
+
+
+class Stopwatch:
+    """Seconds spent per activity (a run's: ACTIVITIES, carried over resumed attempts by its checkpoints)."""
+
+    def __init__(self, activities: tuple[str, ...] = ACTIVITIES):
+        self.seconds = dict.fromkeys(activities, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, activity: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[activity] += time.perf_counter() - start
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for activity, value in seconds.items():
+            self.seconds[activity] += value
+
+
+def use_compilation_cache(data_config: ml_collections.ConfigDict) -> None:
+    """Points JAX's persistent compilation cache at ``xla_cache`` beside the data directory, unless the
+    user chose a cache (``JAX_COMPILATION_CACHE_DIR``); steps of equal shape then compile once, ever."""
+    if not jax.config.jax_compilation_cache_dir:
+        cache = resolve_data_dir(data_config).parent / COMPILATION_CACHE
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+
 
 def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
     return {key: float(value) for key, value in jax.device_get(metrics).items()}
@@ -282,74 +319,100 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
     if done is not None:
         return done
 
+    use_compilation_cache(config.data)
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         return _train(config, files, mesh)
 
 
 def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> dict[str, Any]:
-    setup = build_setup(config, mesh)
-    flops_per_step = setup.objective.train_flops_per_example() * config.batch_size
-    # the training and probe data are found (or refused) before anything is compiled
-    data = make_train_iterator(
-        config.data, batch_size=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )
-    evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
-    params, opt_state = init_state(setup, config.seed)
-    checkpoints = Checkpoints(files.checkpoint_dir, config)
-    step, wall_offset = 0, 0.0
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
-        data.set_state(data_state)
-        step, wall_offset = progress["step"], progress["wall_s"]
-    files.truncate_metrics(step)  # records logged after the checkpoint resumed from (or with none)
-    last = files.last_record("train")  # result.json's final_loss also when no step is left to run
+    start = time.perf_counter()
+    clock = Stopwatch()
+    with clock("setup"):
+        setup = build_setup(config, mesh)
+        flops_per_step = setup.objective.train_flops_per_example() * config.batch_size
+        # the training and probe data are found (or refused) before anything is compiled
+        data = make_train_iterator(
+            config.data, batch_size=config.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
+    with clock("compile"):
+        params, opt_state = init_state(setup, config.seed)
+    with clock("setup"):
+        checkpoints = Checkpoints(files.checkpoint_dir, config)
+        step, wall_offset = 0, 0.0
+        latest = checkpoints.latest_step()
+        if latest is not None:
+            params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
+            data.set_state(data_state)
+            step, wall_offset = progress["step"], progress["wall_s"]
+            clock.add(progress.get("seconds", {}))
+        files.truncate_metrics(step)  # records logged after the checkpoint resumed from (or with none)
+        last = files.last_record("train")  # result.json's final_loss also when no step is left to run
 
-    train_step = make_train_step(setup, config.seed)
-    rates = learning_rates(config.optim, config.total_steps)
-    branches = cooldown_branches(config)
+    with clock("setup"):
+        train_step = make_train_step(setup, config.seed)
+        rates = learning_rates(config.optim, config.total_steps)
+        branches = cooldown_branches(config)
     final_rate = config.optim.learning_rate * config.optim.final_lr_fraction
     is_log_step = _log_points(config)
-    start = time.perf_counter()
     wall = lambda: wall_offset + time.perf_counter() - start
     point = lambda steps: {"step": step, "examples": steps * config.batch_size,
                            "flops": steps * flops_per_step, "wall_s": wall()}
     bar = tqdm(total=config.total_steps, initial=step, disable=not is_writer(), unit="step",
                dynamic_ncols=True)
+    first_step = True  # of this attempt: compiles (or loads) the step, so its time counts as compile
     try:
         while step < config.total_steps:
-            batch = shard_batch(next(data), mesh)
-            params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step), rates[step])
+            with clock("compile" if first_step else "train"):
+                batch = shard_batch(next(data), mesh)
+                params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step),
+                                                        rates[step])
+                if first_step:
+                    jax.block_until_ready(params)
+            first_step = False
             step += 1
             bar.update(1)
             checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
             if is_log_step(step) or checkpoint_due:
-                last = _host_metrics(metrics)
+                with clock("train"):  # waits for the steps dispatched so far
+                    last = _host_metrics(metrics)
                 if not math.isfinite(last["loss"]):
                     _record_divergence(files, config, step, flops_per_step, last, wall())
                 files.append_metrics({"kind": "train", **point(step), **last})
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
+            if evaluator.due(step) or step in branches or checkpoint_due:
+                with clock("train"):  # the steps dispatched so far end before anything else starts
+                    jax.block_until_ready(params)
             if evaluator.due(step):
                 kind = END_OF_SCHEDULE if step == config.total_steps else MID_SCHEDULE
-                files.append_metrics({"kind": "eval", "point": kind, **point(step), **evaluator(params)})
+                with clock("eval"):
+                    record = evaluator(params)
+                files.append_metrics({"kind": "eval", "point": kind, **point(step), **record})
             if step in branches:
                 length = branches[step]
-                cooled = cool_down(config, setup, train_step, params, opt_state, step,
-                                   cooldown_rates(rates[step], final_rate, length))
+                with clock("train"):
+                    cooled = cool_down(config, setup, train_step, params, opt_state, step,
+                                       cooldown_rates(rates[step], final_rate, length))
+                    jax.block_until_ready(cooled)
+                with clock("eval"):
+                    record = evaluator(cooled)
                 files.append_metrics({"kind": "eval", "point": COOLDOWN_BRANCH, **point(step + length),
-                                      "cooldown_steps": length, **evaluator(cooled)})
+                                      "cooldown_steps": length, **record})
             if checkpoint_due:
-                progress = {"step": step, "wall_s": wall()}
-                checkpoints.save(step, params, opt_state, data.get_state(), progress)
-        checkpoints.wait()
+                with clock("checkpoint"):
+                    progress = {"step": step, "wall_s": wall(), "seconds": dict(clock.seconds)}
+                    checkpoints.save(step, params, opt_state, data.get_state(), progress)
+        with clock("checkpoint"):
+            checkpoints.wait()
     finally:
         bar.close()
         checkpoints.close()
         data.close()
 
-    _write_samples(config, setup, params, files)
+    with clock("eval"):
+        _write_samples(config, setup, params, files)
     cooldown_flops = flops_per_step * sum(
         record.get("cooldown_steps", 0) for record in files.read_metrics() if record["kind"] == "eval"
     )
@@ -365,6 +428,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         "flops_per_example": flops_per_step / config.batch_size,
         "final_loss": last.get("loss"),
         "wall_s": wall(),
+        "seconds": dict(clock.seconds),
     }
     files.write_result(result)
     return result

@@ -2,7 +2,9 @@
 intervals, per-layer probes, probe accuracy against validation loss, and isoFLOP curves.
 
 Honest points (end of schedule, cool-down branch) are filled markers; mid-schedule points are hollow and
-never feed a frontier or a fit. Fitted laws are solid over the measured compute and dashed beyond it.
+never feed a frontier or a fit. Fitted laws are solid over the measured compute and dashed beyond it. The
+compute figure draws each probe accuracy's bootstrap interval as an error bar and the raw-pixel probe of the
+same examples as a dashed reference line with its interval as a band.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from scaling.analysis.fits import Fit
-from scaling.analysis.points import PROBE
+from scaling.analysis.points import INTERVAL, PIXEL, PROBE
 from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.workdir import HONEST_POINTS
 
@@ -59,13 +61,22 @@ def curve_points(table: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
 
 
 def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
+    """Writes ``draw_compute(table)`` to ``path``."""
+    path = Path(path)
+    draw_compute(table).savefig(path, dpi=120)
+    return path
+
+
+def draw_compute(table: pd.DataFrame) -> Figure:
     """Every run's probe accuracy against compute (a line through its main-run points, marker = size,
-    hollow = mid-schedule); before any eval record, final train losses instead. Writes ``path``."""
+    hollow = mid-schedule, error bars = bootstrap intervals where recorded) over the raw-pixel reference;
+    before any eval record, final train losses instead."""
     points, metric, title = curve_points(table)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     marker, color = _size_markers(points["size"]), _colors(points["objective"])
     honest = points["point"].isin(HONEST_POINTS) if "point" in points else pd.Series(True, points.index)
+    low, high = (f"{metric}{suffix}" for suffix in INTERVAL)
     for objective, group in points.groupby("objective"):
         for run_id, run in group.groupby("run_id"):
             style = dict(marker=marker[run["size"].iloc[0]], color=color[objective])
@@ -74,6 +85,11 @@ def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
                       label=objective if run_id == group["run_id"].iloc[0] else None)
             axes.scatter(run["flops"], run[metric], marker=style["marker"], edgecolors=style["color"],
                          facecolors=np.where(honest[run.index], style["color"], "none"), zorder=3)
+            if low in run and run[low].notna().any():
+                below, above = run[metric] - run[low], run[high] - run[metric]
+                axes.errorbar(run["flops"], run[metric], yerr=[below, above], fmt="none",
+                              ecolor=style["color"], alpha=0.6, capsize=2)
+    _draw_references(axes, points)
     for size, symbol in marker.items():
         axes.plot([], [], marker=symbol, color="grey", linestyle="none", label=f"size {size}")
     if "point" in points and (~honest).any():
@@ -81,14 +97,36 @@ def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
                   label="mid-schedule (not honest)")
     axes.set_xscale("log")
     axes.set_xlabel(COMPUTE_LABEL)
-    axes.set_ylabel(metric.replace("_", " "))
+    axes.set_ylabel(metric.replace("_", " ") + (" (bars: 95% bootstrap intervals)" if low in points else ""))
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     if len(points):
         axes.legend(fontsize="small")
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    return path
+    return figure
+
+
+def reference_levels(points: pd.DataFrame) -> pd.DataFrame:
+    """The distinct raw-pixel references of the points (one per probe data set, label, image size and
+    examples): columns accuracy, low, high, objectives (those probed on it, comma-separated)."""
+    columns = ["accuracy", "low", "high", "objectives"]
+    if PIXEL not in points or points[PIXEL].isna().all():
+        return pd.DataFrame(columns=columns)
+    low, high = (f"{PIXEL}{suffix}" for suffix in INTERVAL)
+    rows = points[points[PIXEL].notna()]
+    return pd.DataFrame([
+        {"accuracy": accuracy, "low": group[low].iloc[0], "high": group[high].iloc[0],
+         "objectives": ", ".join(sorted(set(group["objective"])))}
+        for accuracy, group in rows.groupby(PIXEL)
+    ], columns=columns)
+
+
+def _draw_references(axes, points: pd.DataFrame) -> None:
+    levels = reference_levels(points)
+    for _, level in levels.iterrows():
+        which = "" if len(levels) == 1 else f" ({level['objectives']})"
+        axes.axhline(level["accuracy"], color="black", linestyle="--", linewidth=1,
+                     label=f"raw pixels{which}")
+        axes.axhspan(level["low"], level["high"], color="black", alpha=0.08, linewidth=0)
 
 
 def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, dict[str, Fit]],

@@ -18,6 +18,8 @@ from scaling.sweeps.results import RESULTS_NAME, build_table, read_table, write_
 from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS
 
 PROBE = "probe_accuracy"
+PIXEL = "pixel_probe_accuracy"  # raw-pixel probe of the same examples (scaling.evaluation.pixel_reference)
+INTERVAL = ("_low", "_high")  # suffixes of an accuracy column's 95% bootstrap interval
 POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "point", "step",
                 "flops"]
 

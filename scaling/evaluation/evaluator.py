@@ -3,6 +3,9 @@
 ``Evaluator`` serves the trainer: at training-compute milestones spaced evenly in log-compute (and at the
 end) it returns one flat record for metrics.jsonl. ``probe_record`` turns per-layer features into the
 probe fields of such a record, for the trainer and for ``scaling probe`` on a finished checkpoint alike.
+The best layer's accuracy carries its 95% bootstrap interval over the test examples
+(``probe_accuracy_low``/``_high``), and a trainer's records carry the raw-pixel probe of the same examples
+(``pixel_probe_accuracy``, cached) as the floor learned features must clear.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
+from scaling.evaluation.pixel_reference import pixel_reference, with_interval
 from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
 
@@ -61,7 +65,9 @@ def probe_record(
     (features_train, labels_train), (features_test, labels_test) = train, test
     probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
     best = probes["best_layer"]
-    record: dict[str, Any] = {"probe_accuracy": probes["best_test_accuracy"], "probe_layer": best}
+    record: dict[str, Any] = {
+        **with_interval("probe_accuracy", probes["best_test_accuracy"], len(labels_test)), "probe_layer": best
+    }
     for layer, result in probes["per_layer"].items():
         record[f"probe_accuracy/{layer}"] = result["test_accuracy"]
     per_class = np.bincount(labels_train).min()
@@ -105,6 +111,9 @@ class Evaluator:
         train = self._map(self.features_fn, params, e.train_split, e.probe_train_examples)
         test = self._map(self.features_fn, params, e.test_split, e.probe_test_examples)
         record = probe_record(train, test, seed=self.config.seed)
+        record.update(pixel_reference(self.data, train_split=e.train_split, test_split=e.test_split,
+                                      train_examples=len(train[1]), test_examples=len(test[1]),
+                                      seed=self.config.seed))
         if self.zero_shot_fn is not None:
             predictions, labels = self._map(
                 lambda p, images, rng: {"prediction": self.zero_shot_fn(p, images, rng)},

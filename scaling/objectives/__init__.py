@@ -11,6 +11,8 @@ OBJECTIVES: dict[str, str] = {
     "igpt": "scaling.objectives.igpt:Igpt",
     "diffusion": "scaling.objectives.diffusion:Diffusion",
     "captioning": "scaling.objectives.captioning:Captioning",
+    # the probe label's supervised ceiling (pretraining = False: no study compares it)
+    "supervised": "scaling.objectives.supervised:Supervised",
 }
 
 

@@ -3,7 +3,9 @@
 A rerun skips finished runs (completed, diverged or failed; ``retry_failed`` clears failure records
 first), resumes interrupted runs from their last checkpoint once their lease is stale (train() resumes),
 and leaves runs that another live runner holds alone. Every start and end of an attempt is logged in
-the run's attempts.jsonl. At the end the results table and the compute figure are written.
+the run's attempts.jsonl. The data sets are built before the first run starts. At the end the results
+table, the compute figure and ``summary.json`` (where this invocation's wall time went and the share of the
+machine's float32 peak its training used; see scaling.sweeps.summary) are written.
 
 On a multi-host TPU slice every host runs the same command; process 0 claims runs and broadcasts which
 one to train next, all processes train it together, and only process 0 writes.
@@ -11,6 +13,7 @@ one to train next, all processes train it together, and only process 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
 from scaling.sweeps.spec import Sweep, SweepError, load_sweep
 from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
+from scaling.workdir import read_json
 
 Print = Callable[[str], None]
 FIGURE_NAME = "compute_vs_probe.png"
@@ -143,6 +147,10 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
               lease_timeout_s: float = LEASE_TIMEOUT_S, retry_failed: bool = False,
               multihost: bool = False, out: Print = print, poll_s: float = 0.5) -> dict[str, int]:
     """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state."""
+    from scaling.sweeps.summary import RUNNER_ACTIVITIES
+    from scaling.train import Stopwatch
+
+    start, clock = time.perf_counter(), Stopwatch(RUNNER_ACTIVITIES)
     store = Store(root, sweep.name, lease_timeout_s)
     writer = True
     if multihost:
@@ -152,18 +160,56 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
     if retry_failed and writer:
         for run in sweep.runs:
             store.clear_failure(run.run_id)
+    done_before = {run.run_id for run in sweep.runs if store.state(run.run_id) == COMPLETED}
     if multihost:
         _run_multihost(sweep, store, out)
     else:
+        with clock("data"):
+            build_data(sweep)
         _run_here(sweep, store, executor or InProcess(), out, poll_s)
     counts = progress(sweep, store)
     if writer:
         out(progress_line(sweep, counts))
-        write_outputs(sweep, store, out)
+        with clock("outputs"):
+            write_outputs(sweep, store, out)
         for run in sweep.runs:
             if store.state(run.run_id) == FAILED:
                 out(f"  failed: {run.run_id}: {store.failure_reason(run.run_id)}")
+        trained = [run.run_id for run in sweep.runs
+                   if run.run_id not in done_before and store.state(run.run_id) == COMPLETED]
+        write_account(store, trained, clock.seconds, time.perf_counter() - start, out)
     return counts
+
+
+def build_data(sweep: Sweep) -> None:
+    """Builds (once) every training and probe data set the sweep's runs read. One that cannot be built is
+    left to the runs that read it, which fail with its error and the sweep goes on."""
+    from scaling.data.pipeline import ensure_built
+    from scaling.errors import UserError
+    from scaling.evaluation.evaluator import eval_data_config
+
+    seen = set()
+    for run in sweep.runs:
+        for data in (run.config.data, eval_data_config(run.config)):
+            key = (data.name, data.image_size, data.data_dir)
+            if key not in seen:
+                seen.add(key)
+                with contextlib.suppress(UserError):
+                    ensure_built(data)
+
+
+def write_account(store: Store, trained: list[str], runner_seconds: dict[str, float], wall_s: float,
+                  out: Print) -> None:
+    """summary.json of this invocation (kept as it was when no run trained), and its line."""
+    from scaling.sweeps.summary import matmul_peak, summarize, summary_line, write_summary
+
+    if not trained:
+        out("no run trained in this invocation; summary.json describes the last one that trained")
+        return
+    results = [read_json(store.run_dir(run_id) / "result.json") for run_id in trained]
+    peak = matmul_peak()
+    summary = summarize(results, runner_seconds, wall_s, peak)
+    out(f"{summary_line(summary)}\nsummary: {write_summary(summary, store.sweep_dir)}")
 
 
 def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:

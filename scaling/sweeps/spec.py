@@ -22,7 +22,7 @@ import ml_collections
 
 from scaling import config as run_config
 from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file, validate
-from scaling.objectives import OBJECTIVES, build_objective
+from scaling.objectives import OBJECTIVES, build_objective, get_objective
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
 SWEEPS_DIR = EXPERIMENTS_DIR.parent / "sweeps"
@@ -162,8 +162,10 @@ def experiment_config(objective: str, size: str) -> ml_collections.ConfigDict:
 
 
 def available_objectives() -> list[str]:
-    """Registered objectives that have an experiment config file."""
-    return [name for name in OBJECTIVES if (EXPERIMENTS_DIR / f"{name}.py").is_file()]
+    """Registered pre-training objectives that have an experiment config file (references such as the
+    supervised ceiling, ``pretraining = False``, are left out)."""
+    return [name for name in OBJECTIVES if (EXPERIMENTS_DIR / f"{name}.py").is_file()
+            and getattr(get_objective(name), "pretraining", True)]
 
 
 def grid(objectives: Iterable[str], sizes: Iterable[str], budgets: Iterable[Budget],

@@ -1,0 +1,69 @@
+"""Supervised classification of the probe label: the ceiling a pre-training objective's probe is read
+against, not a pre-training objective of the comparison.
+
+An image tower of the run's size, mean-pooled, and a linear head trained with cross-entropy on
+``data.label``; features are the tower's layers, probed exactly like any objective's. ``pretraining`` is
+False, so sweeps over ``available_objectives()`` never include it; ``benchmarks/probe_ceiling.py`` trains
+it beside the quickstart's runs.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from scaling import flops
+from scaling.data.pipeline import make_builder
+from scaling.models.layers import Dense
+from scaling.models.sizes import get_size
+from scaling.models.transformer import ImageTower, pooled_layer_features
+
+Array = jax.Array
+
+
+class SupervisedModel(nnx.Module):
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, *, rngs: nnx.Rngs):
+        size, dtype = get_size(config.size), jax.numpy.dtype(config.model.dtype)
+        self.image = ImageTower(
+            size, image_size=config.data.image_size, patch=config.model.patch_size,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+        )
+        self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs)
+
+
+class Supervised:
+    name = "supervised"
+    pretraining = False  # a reference, not one of the objectives a study compares
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.num_classes = make_builder(config.data).info.features[config.data.label].num_classes
+
+    @staticmethod
+    def validate(config: ml_collections.ConfigDict) -> None:
+        """Every value it reads is checked by the shared validation."""
+
+    def init(self, rngs: nnx.Rngs) -> SupervisedModel:
+        return SupervisedModel(self.config, self.num_classes, rngs=rngs)
+
+    def loss(self, model: SupervisedModel, batch, rng: Array):
+        del rng
+        out_BLD, _ = model.image(batch["image"])
+        logits_BK = model.head(out_BLD.mean(axis=1)).astype(jax.numpy.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BK, batch["label"]).mean()
+        return loss, {"train_accuracy": (logits_BK.argmax(axis=1) == batch["label"]).mean()}
+
+    def features(self, model: SupervisedModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
+        del rng
+        _, hidden = model.image(images_BHWC)
+        return pooled_layer_features(hidden)
+
+    def train_flops_per_example(self) -> float:
+        c = self.config
+        size = get_size(c.size)
+        patches = (c.data.image_size // c.model.patch_size) ** 2
+        tower = flops.patch_embed_forward(c.data.image_size, c.model.patch_size, size.width)
+        tower += flops.transformer_forward(size, patches)
+        return flops.TRAIN_MULTIPLIER * (tower + flops.dense(1, size.width, self.num_classes))
