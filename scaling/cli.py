@@ -6,6 +6,7 @@ Bad input ends with one ``error:`` line naming the problem and the fix, and a no
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,12 +33,16 @@ flags.DEFINE_string("cluster", None, "sweep: XPK cluster")
 flags.DEFINE_boolean("distributed", False, "sweep: call jax.distributed.initialize() (multi-host slices)")
 flags.DEFINE_float("lease-timeout", 120.0, "sweep: seconds without a heartbeat before a lease is stale")
 flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diverged ones stay done)")
+flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
+flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
 
 USAGE = """usage:
   scaling train --config experiments/<objective>.py:size=mu --workdir DIR [--config.<field>=<value>]
   scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] [--max-test N]
   scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] [--max-parallel N]
-                [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] [--retry-failed]"""
+                [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] [--retry-failed]
+  scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64
+               [--mesh data=..,fsdp=..,tensor=..] [--root DIR]"""
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -85,7 +90,27 @@ def sweep_command(argv: list[str]) -> None:
              status=1)
 
 
-COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command}
+def plan_command(argv: list[str]) -> None:
+    from scaling import plan
+    from scaling.sweeps.spec import load_runs
+
+    if len(argv) != 2 or not FLAGS.topology:
+        fail(f"give one sweep or config file and --topology; {USAGE}")
+    topology = plan.parse_topology(FLAGS.topology)
+    mesh = plan.parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
+    sweep = load_runs(argv[1])
+    directory = Path(FLAGS.root) / sweep.name
+    rows = plan.plan_runs([(run.run_id, run.config) for run in sweep.runs], topology,
+                          directory / "plan-cache", mesh)
+    summary = plan.totals(rows)
+    csv_path, json_path = plan.write_outputs(rows, summary, directory / f"plan-{topology.name}")
+    print(plan.format_table(rows))
+    print(f"{summary['fit']}/{summary['runs']} runs fit {topology.name} ({topology.chips} chips); "
+          f"{summary['chip_hours']:.1f} chip-hours in all; compiled in {summary['compile_s']:.0f} s; "
+          f"wrote {csv_path} and {json_path}")
+
+
+COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command, "plan": plan_command}
 
 
 def run_command(command, argv: list[str]) -> None:

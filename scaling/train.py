@@ -30,7 +30,7 @@ from scaling.data.pipeline import make_eval_iterator, make_train_iterator
 from scaling.evaluation.evaluator import Evaluator
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
-from scaling.sharding import make_mesh, shard_batch, state_shardings
+from scaling.sharding import constrain, make_mesh, shard_batch, state_shardings
 from scaling.workdir import RunFiles, is_writer
 
 Params = dict[str, Any]
@@ -94,8 +94,11 @@ class TrainSetup:
     schedule: optax.Schedule
 
 
-def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
-    objective = build_objective(config)
+def build_setup(
+    config: ml_collections.ConfigDict, mesh: Mesh, objective: Objective | None = None
+) -> TrainSetup:
+    """The run's setup; ``objective`` defaults to the registered one that ``config.objective`` names."""
+    objective = objective or build_objective(config)
     abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
     graphdef, abstract_state = nnx.split(abstract_model)
     param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
@@ -130,15 +133,50 @@ def model_from_params(setup: TrainSetup, params: Params) -> nnx.Module:
     return nnx.merge(setup.graphdef, params)
 
 
-def make_train_step(setup: TrainSetup, seed: int) -> Callable:
-    """The jitted step: (params, opt_state, batch, step) -> (params, opt_state, metrics)."""
+def microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...]; microbatch k holds rows k, k + count, ..., so each device's
+    contiguous shard of the batch splits locally, without moving examples between devices."""
+    return {
+        key: constrain(x.reshape(-1, count, *x.shape[1:]).swapaxes(0, 1),
+                       (None, "batch", *[None] * (x.ndim - 1)))
+        for key, x in batch.items()
+    }
+
+
+def accumulated_value_and_grad(loss_fn: Callable, count: int) -> Callable:
+    """``value_and_grad(loss_fn, has_aux=True)`` over ``count`` equal microbatches, run one after the
+    other: loss, metrics and gradients are their means, so a loss that averages over examples gets
+    the full batch's values while activations are held for one microbatch at a time."""
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if count == 1:
+        return value_and_grad
+
+    def accumulated(params, batch, rng):
+        def body(index, carry):
+            microbatch = jax.tree.map(lambda x: x[index], micro)
+            out = value_and_grad(params, microbatch, jax.random.fold_in(rng, index))
+            return jax.tree.map(lambda total, x: total + x / count, carry, out)
+
+        micro = microbatches(batch, count)
+        first = jax.eval_shape(value_and_grad, params, jax.tree.map(lambda x: x[0], micro), rng)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), first)
+        return jax.lax.fori_loop(0, count, body, zeros)
+
+    return accumulated
+
+
+def make_train_step(setup: TrainSetup, seed: int, grad_accum_steps: int = 1) -> Callable:
+    """The jitted step: (params, opt_state, batch, step) -> (params, opt_state, metrics); gradients
+    accumulate over ``grad_accum_steps`` microbatches of the batch."""
 
     def loss_fn(params, batch, rng):
         return setup.objective.loss(model_from_params(setup, params), batch, rng)
 
+    value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps)
+
     def train_step(params, opt_state, batch, step):
         rng = jax.random.fold_in(jax.random.key(seed), step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        (loss, metrics), grads = value_and_grad(params, batch, rng)
         updates, opt_state = setup.tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {
@@ -270,7 +308,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         step, wall_offset = progress["step"], progress["wall_s"]
         files.truncate_metrics(step)
 
-    train_step = make_train_step(setup, config.seed)
+    train_step = make_train_step(setup, config.seed, config.grad_accum_steps)
     evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
     is_log_step = _log_points(config)
     start = time.perf_counter()

@@ -90,3 +90,17 @@ def test_causal_text_tower_never_looks_ahead():
 def test_unknown_size_names_the_ladder():
     with pytest.raises(ValueError, match="choose one of mu, micro"):
         get_size("huge")
+
+
+def test_remat_policies_leave_loss_and_gradients_unchanged():
+    config = load_experiment("clip")
+    batch = random_batch(config, 8)
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    runs = {}
+    for policy in ("none", "full", "dots"):
+        config.model.remat = policy
+        runs[policy] = run_steps(config, batch, jax.devices()[:1], mesh, 1)
+    flat = lambda tree: np.concatenate([np.ravel(g) for g in jax.tree.leaves(tree)])
+    for policy in ("full", "dots"):
+        assert runs[policy]["first_loss"] == pytest.approx(runs["none"]["first_loss"], rel=1e-6)
+        np.testing.assert_allclose(flat(runs[policy]["grads"]), flat(runs["none"]["grads"]), atol=1e-6)

@@ -30,6 +30,19 @@ def masked_mean(x_BLD: Array, mask_BL: Array | None) -> Array:
     return (x_BLD * weights_BL[..., None]).sum(1) / jnp.maximum(weights_BL.sum(1), 1.0)[:, None]
 
 
+REMAT_POLICIES = {
+    "full": None,  # save only each block's input; recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # save matmul outputs
+}
+
+
+def rematerialized(block_call, policy: str):
+    """``block_call`` under the named remat policy ("none" returns it unchanged)."""
+    if policy == "none":
+        return block_call
+    return nnx.remat(block_call, policy=REMAT_POLICIES[policy])
+
+
 class Transformer(nnx.Module):
     """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output.
 
@@ -45,7 +58,7 @@ class Transformer(nnx.Module):
         rngs: nnx.Rngs,
         cross_attention_width: int = 0,
         condition_width: int = 0,
-        remat: bool = False,
+        remat: str = "none",
     ):
         self.blocks = nnx.List(
             [
@@ -65,9 +78,9 @@ class Transformer(nnx.Module):
         condition_BC: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
+        apply = rematerialized(type(self.blocks[0]).__call__, self.remat)
         hidden = []
         for block in self.blocks:
-            apply = nnx.remat(type(block).__call__) if self.remat else type(block).__call__
             x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
             hidden.append(x_BLD)
         return self.final_norm(x_BLD), hidden
@@ -78,7 +91,7 @@ class ImageTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, image_size: int, patch: int, positions: str, dtype, rngs: nnx.Rngs,
-        remat: bool = False,
+        remat: str = "none",
     ):
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
@@ -97,7 +110,7 @@ class TextTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, vocab: int, max_len: int, positions: str, dtype, rngs: nnx.Rngs,
-        causal: bool = True, cross_attention_width: int = 0, remat: bool = False,
+        causal: bool = True, cross_attention_width: int = 0, remat: str = "none",
     ):
         self.embed = TokenEmbed(vocab, size.width, rngs=rngs)
         self.positions = Positions(max_len, size.width, positions, rngs=rngs)

@@ -104,6 +104,12 @@ class Clip:
             raise ConfigError(f"clip.loss: {c.loss!r} not in {LOSSES}")
         if c.text_size:
             get_size(c.text_size)
+        if config.grad_accum_steps > 1:
+            raise ConfigError(
+                f"grad_accum_steps: {config.grad_accum_steps}, but the contrastive loss compares every "
+                "image with every caption of the batch and microbatches would shrink that set; use 1 "
+                "and fit the step with model.remat or a larger mesh"
+            )
         if config.data.caption_level == "none":
             raise ConfigError(
                 "data.caption_level: CLIP needs captions; use short, medium or descriptive"
