@@ -230,11 +230,12 @@ def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequ
 
 
 def candidate_meshes(chips: int, batch_size: int, width: int) -> list[dict[str, int]]:
-    """FSDP over every chip; data x FSDP with FSDP groups of 8 and 16; pure data parallelism; and, for
-    widths of 1024 and more, tensor parallelism of 4 under FSDP. Only meshes whose batch shards divide
-    the batch."""
+    """FSDP over every chip; data x FSDP with FSDP groups of 8; pure data parallelism; and, for widths
+    of 1024 and more, tensor parallelism of 4 under FSDP. Only meshes whose batch shards divide the
+    batch."""
     meshes = [{"data": 1, "fsdp": chips, "tensor": 1}]
-    meshes += [{"data": chips // f, "fsdp": f, "tensor": 1} for f in (16, 8) if chips > f]
+    if chips > 8:
+        meshes.append({"data": chips // 8, "fsdp": 8, "tensor": 1})
     meshes.append({"data": chips, "fsdp": 1, "tensor": 1})
     if width >= 1024 and chips >= 8:
         meshes.append({"data": 1, "fsdp": chips // 4, "tensor": 4})
