@@ -59,6 +59,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.model.dtype = "float32"
     c.model.patch_size = 4
     c.model.positions = "learned"
+    c.model.scan_layers = False  # one compiled block looped over stacked parameters (deep models)
     c.model.remat = "none"  # backward-pass recompute: none, full (whole blocks), dots (all but matmuls)
 
     c.optim = ml_collections.ConfigDict()

@@ -48,11 +48,13 @@ class ClipModel(nnx.Module):
         self.image = ImageTower(
             image_size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.text = TextTower(
             text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
             max_len=config.data.max_caption_len, positions=config.model.positions, dtype=dtype,
             rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
                                 rngs=rngs, use_bias=False)
