@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +129,8 @@ def topology_devices(topology: Topology) -> list[jax.Device]:
         raise PlanError(f"planning for TPU needs libtpu; install it with {INSTALL_HINT}")
     from jax.experimental import topologies
 
+    # Compiling touches no chip, so planners may run side by side (libtpu otherwise locks the host).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         description = topologies.get_topology_desc(
             platform="tpu", topology_name=topology.topology_name
@@ -243,20 +246,29 @@ def candidate_meshes(chips: int, batch_size: int, width: int) -> list[dict[str, 
     return list(unique.values())
 
 
-def with_mesh(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> ml_collections.ConfigDict:
+def check_mesh(mesh: dict[str, int], topology: Topology) -> None:
+    try:
+        resolve_mesh_shape(mesh, topology.chips)
+    except MeshError as error:
+        raise PlanError(f"--mesh: {error} ({topology.name} has {topology.chips} chips)") from None
+
+
+def with_layout(config: ml_collections.ConfigDict, mesh: dict[str, int], remat: str):
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh)
+    config.model.remat = remat
     return config
+
+
+REMAT_LADDER = ("none", "dots", "full")  # less memory, more recompute, left to right
 
 
 def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
                 mesh: dict[str, int] | None = None) -> dict[str, Any]:
-    """Measures the given mesh, or every candidate and keeps the fastest that fits; says why."""
+    """Measures the given mesh, or every candidate mesh, and keeps the fastest that fits; when none fits
+    at the config's remat policy, tries the next policy of ``REMAT_LADDER``. Says why."""
     if mesh is not None:
-        try:
-            resolve_mesh_shape(mesh, topology.chips)
-        except MeshError as error:
-            raise PlanError(f"--mesh: {error} ({topology.name} has {topology.chips} chips)") from None
+        check_mesh(mesh, topology)
         candidates = [mesh]
     else:
         candidates = candidate_meshes(topology.chips, config.batch_size, get_size(config.size).width)
@@ -266,20 +278,24 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
                 f"chips; use a multiple of {topology.chips} or give --mesh"
             )
     tried = []
-    for candidate in candidates:
-        run_config = with_mesh(config, candidate)
-        validate(run_config, topology.chips)
-        tried.append(measure(run_config, topology, devices))
+    for remat in REMAT_LADDER[REMAT_LADDER.index(config.model.remat):]:
+        for candidate in candidates:
+            layout = with_layout(config, candidate, remat)
+            validate(layout, topology.chips)
+            tried.append({**measure(layout, topology, devices), "remat": remat})
+        if any(row["fits"] for row in tried):
+            break
     fitting = [row for row in tried if row["fits"]]
     best = min(fitting or tried, key=lambda row: row["step_s"] if row["fits"] else row["total_gib"])
-    if mesh is not None:
-        reason = "mesh given"
-    elif fitting:
-        others = ", ".join(f"{r['mesh']} {1e3 * r['step_s']:.0f} ms" for r in fitting if r is not best)
+    label = lambda row: f"{row['mesh']} remat={row['remat']}"
+    if fitting:
+        others = ", ".join(f"{label(r)} {1e3 * r['step_s']:.0f} ms" for r in fitting if r is not best)
         reason = f"fastest of {len(fitting)} that fit" + (f" (others: {others})" if others else "")
     else:
-        others = ", ".join(f"{r['mesh']} {r['total_gib']:.0f} GiB" for r in tried if r is not best)
+        others = ", ".join(f"{label(r)} {r['total_gib']:.0f} GiB" for r in tried if r is not best)
         reason = f"none of {len(tried)} fit; least memory shown" + (f" (others: {others})" if others else "")
+    if len(tried) == 1:
+        reason = "mesh and remat given" if best["fits"] else "does not fit"
     return {**best, "mesh_reason": reason, "compile_s": sum(row["compile_s"] for row in tried)}
 
 
@@ -322,6 +338,8 @@ def plan_runs(runs: Sequence[tuple[str, ml_collections.ConfigDict]], topology: T
               progress: bool = True) -> list[dict[str, Any]]:
     """Plans each (run id, config). Runs that differ only in length share one compile; a run planned
     before for this topology and mesh request is read from ``cache_dir`` instead."""
+    if mesh is not None:
+        check_mesh(mesh, topology)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     devices: list[jax.Device] | None = None
@@ -356,6 +374,7 @@ def totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("run_id", "run", str),
     ("mesh", "mesh", str),
+    ("remat", "remat", str),
     ("total_gib", "GiB/chip", lambda v: f"{v:.1f}"),
     ("fits", "fits", lambda v: "yes" if v else "NO"),
     ("dominant", "largest", lambda v: v.split()[0]),
