@@ -176,7 +176,7 @@ class Attention(nnx.Module):
             logits_BHLM = einsum("blhk,bmhk->bhlm", q_BLHK, k_BMHK, self.dtype)
         if mask_BLM is not None:
             logits_BHLM = jnp.where(mask_BLM[:, None], logits_BHLM, jnp.finfo(jnp.float32).min)
-        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1)
+        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1).astype(self.dtype)
         if flat_matmuls():
             out_BHLK = einsum("bhlm,bhmk->bhlk", probs_BHLM, heads_first(v_BMHK), self.dtype, self.dtype)
             out_BLHK = heads_first(out_BHLK)
