@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg, validate
+from scaling.data.pipeline import caption_length
 from scaling.models.sizes import get_size
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
@@ -157,7 +158,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch the data pipeline yields, as sharded ShapeDtypeStructs."""
-    size, length, batch = config.data.image_size, config.data.max_caption_len, config.batch_size
+    size, length, batch = config.data.image_size, caption_length(config.data), config.batch_size
     shapes = {
         "image": ((batch, size, size, 3), jnp.uint8),
         "label": ((batch,), jnp.int32),
