@@ -9,6 +9,7 @@ absl rejects a flag or the command raises a ``scaling.errors.UserError`` where i
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -40,6 +41,8 @@ flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_erro
                     "or a column such as val_loss)")
 flags.DEFINE_string("layer", "best", "analyze: probed layer of probe_error (best, or a name like layer_02)")
 flags.DEFINE_integer("boots", 400, "analyze: bootstrap refits per law and objective")
+flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
+flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
 
 USAGES = {  # one line each, so that an error message that ends with one stays one line
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
@@ -51,6 +54,8 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
              "[--retry-failed]",
     "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
                "[--boots N]",
+    "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
+            "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
 }
 USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
 
@@ -109,8 +114,29 @@ def analyze_command(argv: list[str]) -> None:
     print(f"{summary(report)}\nreport and figures: {report.parent}")
 
 
+
+def plan_command(argv: list[str]) -> None:
+    from scaling import plan
+    from scaling.sweeps.spec import load_runs
+
+    if len(argv) != 2 or not FLAGS.topology:
+        fail(f"give one sweep or config file and --topology; usage: {USAGES['plan']}")
+    topology = plan.parse_topology(FLAGS.topology)
+    mesh = plan.parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
+    sweep = load_runs(argv[1])
+    directory = Path(FLAGS.root) / sweep.name
+    rows = plan.plan_runs([(run.run_id, run.config) for run in sweep.runs], topology,
+                          directory / "plan-cache", mesh)
+    summary = plan.totals(rows)
+    csv_path, json_path = plan.write_outputs(rows, summary, directory / f"plan-{topology.name}")
+    print(plan.format_table(rows))
+    print(f"{summary['fit']}/{summary['runs']} runs fit {topology.name} ({topology.chips} chips); "
+          f"{summary['chip_hours']:.1f} chip-hours in all; compiled in {summary['compile_s']:.0f} s; "
+          f"wrote {csv_path} and {json_path}")
+
+
 COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command,
-            "analyze": analyze_command}
+            "analyze": analyze_command, "plan": plan_command}
 
 
 def run_command(command, argv: list[str]) -> None:

@@ -21,6 +21,7 @@ import ml_collections
 
 from scaling.data.scenes import CAPTION_LEVELS
 from scaling.errors import ConfigError
+from scaling.models import transformer
 from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 
@@ -28,6 +29,7 @@ DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+REMAT_POLICIES = ("none", *transformer.REMAT_POLICIES)
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -52,6 +54,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.seed = 0
     c.total_steps = 300
     c.batch_size = 64
+    c.grad_accum_steps = 1  # microbatches per step: activations for batch_size / grad_accum_steps
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
     c.log_every = 10
@@ -60,7 +63,8 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.model.dtype = "float32"
     c.model.patch_size = 4
     c.model.positions = "learned"
-    c.model.remat = False
+    c.model.scan_layers = False  # one compiled block looped over stacked parameters (deep models)
+    c.model.remat = "none"  # backward-pass recompute: none, full (whole blocks), dots (all but matmuls)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -261,6 +265,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _require(config[field] > 0, f"{field}: must be positive, got {config[field]}")
     _require(config.model.dtype in DTYPES, f"model.dtype: {config.model.dtype!r} not in {DTYPES}")
     _require(
+        config.model.remat in REMAT_POLICIES,
+        f"model.remat: {config.model.remat!r} not in {REMAT_POLICIES}",
+    )
+    _require(
         config.optim.schedule in SCHEDULES,
         f"optim.schedule: {config.optim.schedule!r} not in {SCHEDULES}",
     )
@@ -301,6 +309,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         config.batch_size % divisor == 0,
         f"batch_size: {config.batch_size} is not divisible by the {batch_shards} batch shards "
         f"(mesh data x fsdp) and {process_count} processes; use a multiple of {divisor}",
+    )
+    accum = config.grad_accum_steps
+    _require(
+        accum > 0 and config.batch_size % (accum * batch_shards) == 0,
+        f"grad_accum_steps: {accum} microbatches of batch_size {config.batch_size} must each split over "
+        f"the {batch_shards} batch shards; use a divisor of {config.batch_size // batch_shards}",
     )
     _require(
         config.eval.batch_size % divisor == 0,

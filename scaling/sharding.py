@@ -98,6 +98,13 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
+def traced_platform() -> str:
+    """The platform the program being traced is for: the current mesh's (a TPU topology when planning
+    from a CPU host), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrains an activation's sharding by logical names; a no-op outside a mesh context."""
     mesh = jax.sharding.get_abstract_mesh()

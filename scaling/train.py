@@ -46,7 +46,7 @@ from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator, milestone_steps
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective
-from scaling.sharding import make_mesh, shard_batch, state_shardings
+from scaling.sharding import constrain, make_mesh, shard_batch, state_shardings
 from scaling.workdir import COOLDOWN_BRANCH, END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, is_writer
 
 Params = dict[str, Any]
@@ -131,8 +131,11 @@ class TrainSetup:
     tx: optax.GradientTransformation
 
 
-def build_setup(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainSetup:
-    objective = build_objective(config)
+def build_setup(
+    config: ml_collections.ConfigDict, mesh: Mesh, objective: Objective | None = None
+) -> TrainSetup:
+    """The run's setup; ``objective`` defaults to the registered one that ``config.objective`` names."""
+    objective = objective or build_objective(config)
     abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
     graphdef, abstract_state = nnx.split(abstract_model)
     param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
@@ -167,8 +170,41 @@ def model_from_params(setup: TrainSetup, params: Params) -> nnx.Module:
     return nnx.merge(setup.graphdef, params)
 
 
-def make_train_step(setup: TrainSetup, seed: int) -> Callable:
-    """The jitted step: (params, opt_state, batch, step, learning_rate) -> (params, opt_state, metrics).
+def microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...]; microbatch k holds rows k, k + count, ..., so each device's
+    contiguous shard of the batch splits locally, without moving examples between devices."""
+    return {
+        key: constrain(x.reshape(-1, count, *x.shape[1:]).swapaxes(0, 1),
+                       (None, "batch", *[None] * (x.ndim - 1)))
+        for key, x in batch.items()
+    }
+
+
+def accumulated_value_and_grad(loss_fn: Callable, count: int) -> Callable:
+    """``value_and_grad(loss_fn, has_aux=True)`` over ``count`` equal microbatches, run one after the
+    other: loss, metrics and gradients are their means, so a loss that averages over examples gets
+    the full batch's values while activations are held for one microbatch at a time."""
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if count == 1:
+        return value_and_grad
+
+    def accumulated(params, batch, rng):
+        def body(index, carry):
+            microbatch = jax.tree.map(lambda x: x[index], micro)
+            out = value_and_grad(params, microbatch, jax.random.fold_in(rng, index))
+            return jax.tree.map(lambda total, x: total + x / count, carry, out)
+
+        micro = microbatches(batch, count)
+        first = jax.eval_shape(value_and_grad, params, jax.tree.map(lambda x: x[0], micro), rng)
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), first)
+        return jax.lax.fori_loop(0, count, body, zeros)
+
+    return accumulated
+
+
+def make_train_step(setup: TrainSetup, seed: int, grad_accum_steps: int = 1) -> Callable:
+    """The jitted step: (params, opt_state, batch, step, learning_rate) -> (params, opt_state, metrics);
+    gradients accumulate over ``grad_accum_steps`` microbatches of the batch.
 
     ``params`` and ``opt_state`` are donated: pass copies to keep the originals.
     """
@@ -176,9 +212,11 @@ def make_train_step(setup: TrainSetup, seed: int) -> Callable:
     def loss_fn(params, batch, rng):
         return setup.objective.loss(model_from_params(setup, params), batch, rng)
 
+    value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps)
+
     def train_step(params, opt_state, batch, step, learning_rate):
         rng = jax.random.fold_in(jax.random.key(seed), step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        (loss, metrics), grads = value_and_grad(params, batch, rng)
         directions, opt_state = setup.tx.update(grads, opt_state, params)
         updates = jax.tree.map(lambda d: -learning_rate * d, directions)
         params = optax.apply_updates(params, updates)
@@ -352,7 +390,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         last = files.last_record("train")  # result.json's final_loss also when no step is left to run
 
     with clock("setup"):
-        train_step = make_train_step(setup, config.seed)
+        train_step = make_train_step(setup, config.seed, config.grad_accum_steps)
         rates = learning_rates(config.optim, config.total_steps)
         branches = cooldown_branches(config)
     final_rate = config.optim.learning_rate * config.optim.final_lr_fraction

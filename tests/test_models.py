@@ -90,3 +90,48 @@ def test_causal_text_tower_never_looks_ahead():
 def test_unknown_size_names_the_ladder():
     with pytest.raises(ValueError, match="choose one of mu, micro"):
         get_size("huge")
+
+
+def test_remat_policies_leave_loss_and_gradients_unchanged():
+    config = load_experiment("clip")
+    batch = random_batch(config, 8)
+    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    runs = {}
+    for policy in ("none", "full", "dots"):
+        config.model.remat = policy
+        runs[policy] = run_steps(config, batch, jax.devices()[:1], mesh, steps=0)
+    flat = lambda tree: np.concatenate([np.ravel(g) for g in jax.tree.leaves(tree)])
+    for policy in ("full", "dots"):
+        assert runs[policy]["first_loss"] == pytest.approx(runs["none"]["first_loss"], rel=1e-6)
+        np.testing.assert_allclose(flat(runs[policy]["grads"]), flat(runs["none"]["grads"]), atol=1e-6)
+
+
+def test_scanned_stack_computes_what_the_unrolled_one_does():
+    size = get_size("mu")
+    unrolled = Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    scanned = Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(1), scan=True)
+    blocks = nnx.to_pure_dict(nnx.state(unrolled.blocks))
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *[blocks[i] for i in range(size.depth)])
+    nnx.update(scanned.blocks, stacked)
+    kernel = scanned.blocks.mlp.up.kernel
+    assert kernel.shape == (size.depth, size.width, size.mlp)
+    assert kernel.get_metadata()["axes"] == ("layers", "embed", "mlp")
+
+    x_BLD = jax.random.normal(jax.random.key(2), (2, 5, size.width))
+    loss = lambda model: jnp.sum(jnp.sin(model(x_BLD)[0]))
+    for reference, candidate in zip(unrolled(x_BLD)[1], scanned(x_BLD)[1], strict=True):
+        np.testing.assert_allclose(candidate, reference, rtol=1e-5, atol=1e-5)
+    assert loss(scanned) == pytest.approx(float(loss(unrolled)), rel=1e-5)
+    grads_unrolled = nnx.to_pure_dict(nnx.grad(loss)(unrolled)["blocks"])
+    grads_scanned = nnx.to_pure_dict(nnx.grad(loss)(scanned)["blocks"])
+    np.testing.assert_allclose(grads_scanned["mlp"]["up"]["kernel"][1],
+                               grads_unrolled[1]["mlp"]["up"]["kernel"], rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_clip_agrees_on_one_and_eight_devices():
+    from helpers import assert_meshes_agree
+
+    config = load_experiment("clip")
+    config.model.scan_layers = True
+    one, _ = assert_meshes_agree(config, random_batch(config, 16), steps=1)
+    assert one["grads"]["image"]["transformer"]["blocks"]["mlp"]["up"]["kernel"].shape[0] == 2  # depth

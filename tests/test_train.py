@@ -6,10 +6,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, random_batch
 
-from scaling.config import ConfigError
+from scaling import train as trainer
+from scaling.config import ConfigError, validate
+from scaling.sharding import make_mesh, shard_batch
 from scaling.train import CheckpointError, DivergedError, cooldown_branches, train
 
 
@@ -195,3 +199,33 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
     assert branched["cooldown_flops"] == pytest.approx(2 * per_step)
     assert branched["total_flops"] == pytest.approx(branched["flops"] + 2 * per_step)
     assert evals[1]["val_loss"] != evals[0]["val_loss"]  # the branch evaluates its own, cooled model
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config):
+    config = tiny_config("igpt", **{"data.image_size": 8, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        setup = trainer.build_setup(config, mesh)
+        params, _ = trainer.init_state(setup, config.seed)
+        batch = shard_batch(random_batch(config, 16), mesh)
+
+        def loss_fn(p, b, rng):
+            return setup.objective.loss(trainer.model_from_params(setup, p), b, rng)
+
+        results = [
+            jax.jit(trainer.accumulated_value_and_grad(loss_fn, count))(params, batch, jax.random.key(0))
+            for count in (1, 4)
+        ]
+    (full_loss, _), full_grads = results[0]
+    (micro_loss, micro_metrics), micro_grads = results[1]
+    assert abs(float(micro_loss) - float(full_loss)) <= 1e-5 * abs(float(full_loss))
+    flat = lambda tree: np.concatenate([np.ravel(g) for g in jax.tree.leaves(tree)])
+    assert np.linalg.norm(flat(micro_grads) - flat(full_grads)) <= 1e-5 * np.linalg.norm(flat(full_grads))
+    assert set(micro_metrics) == set(results[0][0][1])
+
+
+def test_gradient_accumulation_is_refused_where_it_would_change_the_loss(tiny_config):
+    with pytest.raises(ConfigError, match="grad_accum_steps: 2, but the contrastive loss"):
+        validate(tiny_config("clip", grad_accum_steps=2), 8)
+    with pytest.raises(ConfigError, match="grad_accum_steps: 3 microbatches of batch_size 16"):
+        validate(tiny_config("igpt", grad_accum_steps=3), 1)

@@ -2,7 +2,9 @@
 
 Parameters are float32 and carry logical axis names in their ``axes`` metadata (see scaling.sharding).
 Every matmul goes through ``einsum``: with a bfloat16 compute dtype it multiplies bfloat16 operands with
-float32 accumulation in the forward pass and in both backward products.
+float32 accumulation in the forward pass and in both backward products. Inside attention and MLP
+blocks the products are returned in bfloat16 too (activations kept for the backward pass: half the
+bytes); norms, softmax, the residual stream and every head's output stay float32.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scaling.sharding import constrain
+from scaling.sharding import constrain, traced_platform
 
 Array = jax.Array
 
@@ -22,32 +24,34 @@ Array = jax.Array
 # --- mixed-precision einsum ------------------------------------------------------------------------
 
 
-def einsum(spec: str, a: Array, b: Array, dtype) -> Array:
+def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=jnp.float32) -> Array:
     """``jnp.einsum`` whose operands are cast to ``dtype`` and whose products accumulate in float32.
 
-    The result is float32. For a bfloat16 ``dtype`` the backward products also take bfloat16 operands
-    (a plain autodiff of the forward would multiply the float32 cotangent at float32 speed).
+    The result has ``out_dtype`` (float32 when ``dtype`` is). For a bfloat16 ``dtype`` the backward
+    products also take bfloat16 operands and return each operand's gradient in its own dtype.
     """
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float32:
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-    return _low_precision_einsum(spec, dtype, jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
+    return _low_precision_einsum(
+        spec, dtype, jnp.dtype(out_dtype), jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b
+    )
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _low_precision_einsum(spec, dtype, a_dtype, b_dtype, a, b):
-    del a_dtype, b_dtype
-    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _low_precision_einsum(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
+    return _low_precision_einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b)[0]
 
 
-def _low_precision_einsum_fwd(spec, dtype, a_dtype, b_dtype, a, b):
+def _low_precision_einsum_fwd(spec, dtype, out_dtype, a_dtype, b_dtype, a, b):
     del a_dtype, b_dtype
     a_low, b_low = a.astype(dtype), b.astype(dtype)
-    out = jnp.einsum(spec, a_low, b_low, preferred_element_type=jnp.float32)
+    out = jnp.einsum(spec, a_low, b_low, preferred_element_type=jnp.float32).astype(out_dtype)
     return out, (a_low, b_low)
 
 
-def _low_precision_einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
+def _low_precision_einsum_bwd(spec, dtype, out_dtype, a_dtype, b_dtype, residuals, g):
+    del out_dtype
     a_low, b_low = residuals
     inputs, out = spec.replace(" ", "").split("->")
     a_spec, b_spec = inputs.split(",")
@@ -72,11 +76,17 @@ def zeros_param(shape: tuple[int, ...], axes: tuple[str | None, ...]) -> nnx.Par
     return nnx.Param(jnp.zeros(shape, jnp.float32), axes=axes)
 
 
+def flat_matmuls() -> bool:
+    """Whether products must be flattened to plain 2-D and leading-batch matmuls: XLA's CPU runtime has
+    no bfloat16 kernel for several contracting or free dimensions or for batch dimensions elsewhere.
+    On TPU the flattening costs copies and layout changes, so products keep their natural shape."""
+    return traced_platform() == "cpu"
+
+
 class Dense(nnx.Module):
     """``x[..., in] -> x[..., out]`` with a weight of logical axes ``axes`` (in-axes then out-axes).
 
-    The product runs as one [..., prod(in)] x [prod(in), prod(out)] matmul: XLA's CPU runtime has no
-    bfloat16 kernel for several contracting or free dimensions, and the reshapes cost nothing.
+    On CPU the product runs as one [..., prod(in)] x [prod(in), prod(out)] matmul (see flat_matmuls).
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class Dense(nnx.Module):
         rngs: nnx.Rngs,
         use_bias: bool = True,
         zero_init: bool = False,
+        out_dtype=jnp.float32,
     ):
         fan_in = int(np.prod(in_shape))
         init = (
@@ -102,15 +113,19 @@ class Dense(nnx.Module):
             axes=axes,
         )
         self.bias = zeros_param(out_shape, axes[len(in_shape) :]) if use_bias else None
-        self.dtype = dtype
+        self.dtype, self.out_dtype = dtype, out_dtype
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
 
     def __call__(self, x: Array) -> Array:
-        lead = x.shape[: x.ndim - len(self.in_shape)]
-        kernel_IO = self.kernel[...].reshape(int(np.prod(self.in_shape)), int(np.prod(self.out_shape)))
-        y = einsum("...i,io->...o", x.reshape(*lead, -1), kernel_IO, self.dtype)
-        y = y.reshape(*lead, *self.out_shape)
-        return y if self.bias is None else y + self.bias[...]
+        if flat_matmuls():
+            lead = x.shape[: x.ndim - len(self.in_shape)]
+            kernel_IO = self.kernel[...].reshape(int(np.prod(self.in_shape)), int(np.prod(self.out_shape)))
+            y = einsum("...i,io->...o", x.reshape(*lead, -1), kernel_IO, self.dtype, self.out_dtype)
+            y = y.reshape(*lead, *self.out_shape)
+        else:
+            ins, outs = "ijkl"[: len(self.in_shape)], "opqr"[: len(self.out_shape)]
+            y = einsum(f"...{ins},{ins}{outs}->...{outs}", x, self.kernel[...], self.dtype, self.out_dtype)
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -142,32 +157,38 @@ class Attention(nnx.Module):
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         head_dim = width // heads
         kv_width = context_width or width
-        self.query = Dense((width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
-        self.key = Dense((kv_width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
-        self.value = Dense((kv_width,), (heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
-        self.out = Dense((heads, head_dim), (width,), ("heads", "kv", "embed"), dtype=dtype, rngs=rngs)
+        projection = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype)
+        self.query = projection((width,), (heads, head_dim), ("embed", "heads", "kv"))
+        self.key = projection((kv_width,), (heads, head_dim), ("embed", "heads", "kv"))
+        self.value = projection((kv_width,), (heads, head_dim), ("embed", "heads", "kv"))
+        self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"))
         self.dtype = dtype
         self.scale = head_dim**-0.5
 
     def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None):
         source_BMD = x_BLD if context_BMD is None else context_BMD
-        # Heads lead the length axes so both products are plain batched matmuls (XLA's CPU
-        # runtime has no bfloat16 kernel for batch dimensions in other positions).
-        q_BHLK = (self.query(x_BLD) * self.scale).transpose(0, 2, 1, 3)
-        k_BHMK = self.key(source_BMD).transpose(0, 2, 1, 3)
-        v_BHMK = self.value(source_BMD).transpose(0, 2, 1, 3)
-        logits_BHLM = einsum("bhlk,bhmk->bhlm", q_BHLK, k_BHMK, self.dtype)
+        q_BLHK = self.query(x_BLD) * self.scale
+        k_BMHK, v_BMHK = self.key(source_BMD), self.value(source_BMD)
+        if flat_matmuls():  # heads lead the length axes: plain batched matmuls
+            heads_first = lambda x: x.transpose(0, 2, 1, 3)
+            logits_BHLM = einsum("bhlk,bhmk->bhlm", heads_first(q_BLHK), heads_first(k_BMHK), self.dtype)
+        else:
+            logits_BHLM = einsum("blhk,bmhk->bhlm", q_BLHK, k_BMHK, self.dtype)
         if mask_BLM is not None:
             logits_BHLM = jnp.where(mask_BLM[:, None], logits_BHLM, jnp.finfo(jnp.float32).min)
-        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1)
-        out_BHLK = einsum("bhlm,bhmk->bhlk", probs_BHLM, v_BHMK, self.dtype)
-        return self.out(out_BHLK.transpose(0, 2, 1, 3))
+        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1).astype(self.dtype)
+        if flat_matmuls():
+            out_BHLK = einsum("bhlm,bhmk->bhlk", probs_BHLM, heads_first(v_BMHK), self.dtype, self.dtype)
+            out_BLHK = heads_first(out_BHLK)
+        else:
+            out_BLHK = einsum("bhlm,bmhk->blhk", probs_BHLM, v_BMHK, self.dtype, self.dtype)
+        return self.out(out_BLHK)
 
 
 class Mlp(nnx.Module):
     def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs):
-        self.up = Dense((width,), (hidden,), ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.down = Dense((hidden,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.up = Dense((width,), (hidden,), ("embed", "mlp"), dtype=dtype, rngs=rngs, out_dtype=dtype)
+        self.down = Dense((hidden,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs, out_dtype=dtype)
 
     def __call__(self, x_BLD: Array) -> Array:
         return self.down(jax.nn.gelu(self.up(x_BLD)))

@@ -30,11 +30,41 @@ def masked_mean(x_BLD: Array, mask_BL: Array | None) -> Array:
     return (x_BLD * weights_BL[..., None]).sum(1) / jnp.maximum(weights_BL.sum(1), 1.0)[:, None]
 
 
+REMAT_POLICIES = {
+    "full": None,  # save only each block's input; recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # save matmul outputs
+}
+
+
+def rematerialized(block_call, policy: str):
+    """``block_call`` under the named remat policy ("none" returns it unchanged)."""
+    if policy == "none":
+        return block_call
+    return nnx.remat(block_call, policy=REMAT_POLICIES[policy])
+
+
+def stacked_blocks(depth: int, make_block, rngs: nnx.Rngs) -> nnx.Module:
+    """``depth`` blocks as one module whose parameters have a leading ``layers`` axis (for scanning)."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs) -> nnx.Module:
+        return make_block(rngs)
+
+    blocks = make(rngs)
+    for _, variable in nnx.iter_graph(blocks):
+        if isinstance(variable, nnx.Variable):
+            variable.set_metadata(axes=("layers", *variable.get_metadata()["axes"]))
+    return blocks
+
+
 class Transformer(nnx.Module):
     """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output.
 
     With ``condition_width`` > 0 every block is adaLN-Zero conditioned on ``condition_BC`` and the final
-    LayerNorm has no learned scale (the caller modulates it).
+    LayerNorm has no learned scale (the caller modulates it). With ``scan`` the blocks' parameters are
+    stacked along a ``layers`` axis and one block is compiled and looped over (compile time and program
+    size stop growing with depth); the outputs are the same.
     """
 
     def __init__(
@@ -45,17 +75,20 @@ class Transformer(nnx.Module):
         rngs: nnx.Rngs,
         cross_attention_width: int = 0,
         condition_width: int = 0,
-        remat: bool = False,
+        remat: str = "none",
+        scan: bool = False,
     ):
-        self.blocks = nnx.List(
-            [
-                Block(size.width, size.heads, size.mlp, dtype=dtype, rngs=rngs,
-                      cross_attention_width=cross_attention_width, condition_width=condition_width)
-                for _ in range(size.depth)
-            ]
+        make_block = lambda block_rngs: Block(
+            size.width, size.heads, size.mlp, dtype=dtype, rngs=block_rngs,
+            cross_attention_width=cross_attention_width, condition_width=condition_width,
         )
+        if scan:
+            self.blocks = stacked_blocks(size.depth, make_block, rngs)
+        else:
+            self.blocks = nnx.List([make_block(rngs) for _ in range(size.depth)])
         self.final_norm = LayerNorm(size.width, use_scale=not condition_width)
         self.remat = remat
+        self.scan = scan
 
     def __call__(
         self,
@@ -65,11 +98,21 @@ class Transformer(nnx.Module):
         condition_BC: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
-        hidden = []
-        for block in self.blocks:
-            apply = nnx.remat(type(block).__call__) if self.remat else type(block).__call__
-            x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
-            hidden.append(x_BLD)
+        apply = rematerialized(Block.__call__, self.remat)
+        if self.scan:
+
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None), out_axes=(nnx.Carry, 0))
+            def body(x_BLD, block, mask_BLL, context_BMD, condition_BC):
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
+                return x_BLD, x_BLD
+
+            x_BLD, hidden_NBLD = body(x_BLD, self.blocks, mask_BLL, context_BMD, condition_BC)
+            hidden = list(hidden_NBLD)
+        else:
+            hidden = []
+            for block in self.blocks:
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
+                hidden.append(x_BLD)
         return self.final_norm(x_BLD), hidden
 
 
@@ -78,14 +121,14 @@ class ImageTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, image_size: int, patch: int, positions: str, dtype, rngs: nnx.Rngs,
-        remat: bool = False,
+        remat: str = "none", scan: bool = False,
     ):
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
         self.num_patches = (image_size // patch) ** 2
         self.embed = PatchEmbed(patch, 3, size.width, dtype=dtype, rngs=rngs)
         self.positions = Positions(self.num_patches, size.width, positions, rngs=rngs, grid=True)
-        self.transformer = Transformer(size, dtype=dtype, rngs=rngs, remat=remat)
+        self.transformer = Transformer(size, dtype=dtype, rngs=rngs, remat=remat, scan=scan)
 
     def __call__(self, images_BHWC: Array) -> tuple[Array, list[Array]]:
         x_BLD = self.positions(self.embed(normalize_images(images_BHWC)))
@@ -97,12 +140,13 @@ class TextTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, vocab: int, max_len: int, positions: str, dtype, rngs: nnx.Rngs,
-        causal: bool = True, cross_attention_width: int = 0, remat: bool = False,
+        causal: bool = True, cross_attention_width: int = 0, remat: str = "none", scan: bool = False,
     ):
         self.embed = TokenEmbed(vocab, size.width, rngs=rngs)
         self.positions = Positions(max_len, size.width, positions, rngs=rngs)
         self.transformer = Transformer(
-            size, dtype=dtype, rngs=rngs, cross_attention_width=cross_attention_width, remat=remat
+            size, dtype=dtype, rngs=rngs, cross_attention_width=cross_attention_width, remat=remat,
+            scan=scan,
         )
         self.causal = causal
 

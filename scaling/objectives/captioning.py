@@ -56,11 +56,13 @@ class CaptioningModel(nnx.Module):
         self.encoder = ImageTower(
             encoder_size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.decoder = TextTower(
             decoder_size, vocab=vocab + 1, max_len=caption_length(config.data) - 1,
             positions=config.model.positions, dtype=dtype, rngs=rngs,
             cross_attention_width=encoder_size.width, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.head = Dense((decoder_size.width,), (vocab,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
         self.mask_id = vocab

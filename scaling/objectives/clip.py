@@ -55,11 +55,13 @@ class ClipModel(nnx.Module):
         self.image = ImageTower(
             image_size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.text = TextTower(
             text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
             max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
             rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
                                 rngs=rngs, use_bias=False)
@@ -130,6 +132,12 @@ class Clip:
             raise ConfigError(f"clip.loss: {c.loss!r} not in {LOSSES}")
         if c.text_size:
             get_size(c.text_size)
+        if config.grad_accum_steps > 1:
+            raise ConfigError(
+                f"grad_accum_steps: {config.grad_accum_steps}, but the contrastive loss compares every "
+                "image with every caption of the batch and microbatches would shrink that set; use 1 "
+                "and fit the step with model.remat or a larger mesh"
+            )
         if config.data.caption_level == "none":
             raise ConfigError(
                 "data.caption_level: CLIP needs captions; use short, medium or descriptive"

@@ -202,7 +202,7 @@ class DiffusionModel(nnx.Module):
                                    rngs=rngs, grid=True)
         self.timestep = TimestepEmbed(width, dtype=dtype, rngs=rngs)
         self.transformer = Transformer(size, dtype=dtype, rngs=rngs, condition_width=width,
-                                       remat=config.model.remat)
+                                       remat=config.model.remat, scan=config.model.scan_layers)
         self.final_modulation = Dense((width,), (2, width), ("embed", None, "mlp"), dtype=dtype, rngs=rngs,
                                       zero_init=True)
         self.head = Dense((width,), (patch * patch * 3,), ("embed", None), dtype=dtype, rngs=rngs,
@@ -215,7 +215,7 @@ class DiffusionModel(nnx.Module):
             self.text = TextTower(
                 text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
                 max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
-                rngs=rngs, causal=False, remat=config.model.remat,
+                rngs=rngs, causal=False, remat=config.model.remat, scan=config.model.scan_layers,
             )
             self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
             self.null_caption = param(rngs, nnx.initializers.normal(0.02), (width,), ("embed",))

@@ -55,6 +55,7 @@ class IgptModel(nnx.Module):
             size, vocab=palette_size + 1, max_len=config.data.image_size**2 + 1,
             positions=config.model.positions, dtype=jnp.dtype(config.model.dtype), rngs=rngs,
             remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.head = Dense((size.width,), (palette_size,), ("embed", "vocab"),
                           dtype=jnp.dtype(config.model.dtype), rngs=rngs)

@@ -216,10 +216,27 @@ class Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """``get_sweep()`` of a sweep definition file."""
-    module = load_python_file(path, SWEEPS_DIR)
+    return _sweep_of(load_python_file(path, SWEEPS_DIR), path)
+
+
+def _sweep_of(module, path: str | Path) -> Sweep:
     if not callable(getattr(module, "get_sweep", None)):
         raise SweepError(f"{path} defines no get_sweep() -> Sweep")
     sweep = module.get_sweep()
     if not isinstance(sweep, Sweep):
         raise SweepError(f"{path}: get_sweep() returned {type(sweep).__name__}, not a Sweep")
     return sweep
+
+
+def load_runs(path: str) -> Sweep:
+    """A sweep file's sweep, or a config file (``experiments/clip.py[:size=b]``) as a sweep of one run
+    named by its id."""
+    file, _, arg = path.partition(":")
+    module = load_python_file(file, SWEEPS_DIR)
+    if callable(getattr(module, "get_sweep", None)):
+        return _sweep_of(module, file)
+    if not callable(getattr(module, "get_config", None)):
+        raise SweepError(f"{file} defines neither get_sweep() nor get_config()")
+    config = module.get_config(arg or None)
+    run = make_run(config, Budget.steps(config.total_steps))
+    return Sweep(run.run_id, (run,))
