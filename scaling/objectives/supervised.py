@@ -29,6 +29,7 @@ class SupervisedModel(nnx.Module):
         self.image = ImageTower(
             size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
+            scan=config.model.scan_layers,
         )
         self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs)
 
