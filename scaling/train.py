@@ -388,8 +388,6 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
             clock.add(progress.get("seconds", {}))
         files.truncate_metrics(step)  # records logged after the checkpoint resumed from (or with none)
         last = files.last_record("train")  # result.json's final_loss also when no step is left to run
-
-    with clock("setup"):
         train_step = make_train_step(setup, config.seed, config.grad_accum_steps)
         rates = learning_rates(config.optim, config.total_steps)
         branches = cooldown_branches(config)

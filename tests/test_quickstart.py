@@ -43,7 +43,7 @@ def test_summary_accounts_for_the_wall_time(miniature):
         assert sum(result["seconds"].values()) == pytest.approx(result["wall_s"], rel=0.05)
         assert result["seconds"]["train"] > 0 and result["seconds"]["compile"] > 0
     shares = summary["shares"]
-    assert set(shares) == {"setup", "compile", "train", "eval", "checkpoint", "data", "outputs"}
+    assert set(shares) == {"setup", "compile", "train", "eval", "checkpoint", "load", "data", "outputs"}
     assert sum(shares.values()) == pytest.approx(1, abs=0.1)  # what the sweep did is what it measured
     assert summary["flops_over_peak"] == pytest.approx(
         summary["training_flops"] / summary["wall_s"] / summary["peak_flops_per_s"])

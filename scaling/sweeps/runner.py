@@ -20,11 +20,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
 from scaling.sweeps.spec import Sweep, SweepError, load_sweep
 from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
 from scaling.workdir import read_json
+
+if TYPE_CHECKING:
+    from scaling.train import Stopwatch
 
 Print = Callable[[str], None]
 FIGURE_NAME = "compute_vs_probe.png"
@@ -145,12 +149,13 @@ def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
 
 def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, *,
               lease_timeout_s: float = LEASE_TIMEOUT_S, retry_failed: bool = False,
-              multihost: bool = False, out: Print = print, poll_s: float = 0.5) -> dict[str, int]:
-    """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state."""
-    from scaling.sweeps.summary import RUNNER_ACTIVITIES
-    from scaling.train import Stopwatch
+              multihost: bool = False, out: Print = print, poll_s: float = 0.5,
+              account: tuple[float, Stopwatch] | None = None) -> dict[str, int]:
+    """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state.
 
-    start, clock = time.perf_counter(), Stopwatch(RUNNER_ACTIVITIES)
+    ``account`` is (start time, the runner's stopwatch) when the caller's time counts too (``main``
+    times loading the sweep file); by default the account starts here."""
+    start, clock = account or (time.perf_counter(), runner_stopwatch())
     store = Store(root, sweep.name, lease_timeout_s)
     writer = True
     if multihost:
@@ -179,6 +184,13 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
                    if run.run_id not in done_before and store.state(run.run_id) == COMPLETED]
         write_account(store, trained, clock.seconds, time.perf_counter() - start, out)
     return counts
+
+
+def runner_stopwatch() -> Stopwatch:
+    from scaling.sweeps.summary import RUNNER_ACTIVITIES
+    from scaling.train import Stopwatch
+
+    return Stopwatch(RUNNER_ACTIVITIES)
 
 
 def build_data(sweep: Sweep) -> None:
@@ -275,7 +287,9 @@ def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int
     """``scaling sweep``: list, launch on a pod, or run a sweep; returns the final counts if it ran."""
     from scaling.sweeps import pods
 
-    sweep = load_sweep(sweep_path)
+    start, clock = time.perf_counter(), runner_stopwatch()
+    with clock("load"):  # objectives are built here; iGPT's fits its palette, building the data it reads
+        sweep = load_sweep(sweep_path)
     store = Store(options.root, sweep.name, options.lease_timeout_s)
     if options.executor in pods.POD_EXECUTORS:
         commands = pods.commands(options.executor, sweep_path, sweep.name, options)
@@ -296,4 +310,4 @@ def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int
         jax.distributed.initialize()
     return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
                      lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,
-                     multihost=options.distributed, out=out)
+                     multihost=options.distributed, out=out, account=(start, clock))

@@ -1,10 +1,10 @@
 """What a sweep invocation spent its wall time on, and how well its training used the machine.
 
-The runner measures the machine's float32 matmul peak at the start, times its own parts (building data
-sets, drawing outputs), and adds the seconds each run trained in this invocation accounts for in its
-result.json (setup, compile, train, eval, checkpoint). ``summary.json`` in the sweep folder keeps the
-account; ``summary_line`` prints it. ``flops_over_peak`` = training FLOPs / (wall x peak) is the share of
-the machine's capacity that went into training steps.
+The runner times its own parts (loading the sweep file, building data sets, writing the table and
+figure), adds the seconds each run trained in this invocation accounts for in its result.json (setup,
+compile, train, eval, checkpoint) and measures the machine's float32 matmul peak after its runs.
+``summary.json`` in the sweep folder keeps the account; ``summary_line`` prints it. ``flops_over_peak`` =
+training FLOPs / (wall x peak) is the share of the machine's capacity that went into training steps.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from scaling.workdir import write_json_atomic
 SUMMARY_NAME = "summary.json"
 PEAK_SIZE = 2048  # square float32 matmul timed for the peak: large enough to reach it on CPU cores
 PEAK_REPEATS = 5
-RUNNER_ACTIVITIES = ("data", "outputs")
+RUNNER_ACTIVITIES = ("load", "data", "outputs")  # reading the sweep file, building data, results and figure
 
 
 def matmul_peak(size: int = PEAK_SIZE, repeats: int = PEAK_REPEATS) -> float:
