@@ -68,9 +68,10 @@ def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def draw_compute(table: pd.DataFrame) -> Figure:
-    """Every run's probe accuracy against compute (a line through its main-run points, marker = size,
-    hollow = mid-schedule, error bars = bootstrap intervals where recorded) over the raw-pixel reference;
-    before any eval record, final train losses instead."""
+    """Every run's probe accuracy against compute (a line through its main-run points and one through
+    each size's end-of-schedule points, marker = size, hollow = mid-schedule, error bars = bootstrap
+    intervals where recorded) over the raw-pixel reference; before any eval record, final train losses
+    instead."""
     points, metric, title = curve_points(table)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -89,6 +90,10 @@ def draw_compute(table: pd.DataFrame) -> Figure:
                 below, above = run[metric] - run[low], run[high] - run[metric]
                 axes.errorbar(run["flops"], run[metric], yerr=[below, above], fmt="none",
                               ecolor=style["color"], alpha=0.6, capsize=2)
+        ends = group[group["point"] == "end_of_schedule"] if "point" in group else group.iloc[:0]
+        for _, series in ends.groupby("size"):  # each size's budgets: the honest curve of its finals
+            series = series.sort_values("flops")
+            axes.plot(series["flops"], series[metric], color=color[objective], alpha=0.6)
     _draw_references(axes, points)
     for size, symbol in marker.items():
         axes.plot([], [], marker=symbol, color="grey", linestyle="none", label=f"size {size}")
