@@ -6,11 +6,23 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, random_batch
 
 from scaling.config import ConfigError
-from scaling.train import CheckpointError, DivergedError, cooldown_branches, train
+from scaling.sharding import make_mesh, shard_batch
+from scaling.train import (
+    CheckpointError,
+    DivergedError,
+    build_setup,
+    cooldown_branches,
+    init_state,
+    make_train_step,
+    train,
+)
 
 
 def read_metrics(workdir, kind="train"):
@@ -174,3 +186,17 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
     assert branched["cooldown_flops"] == pytest.approx(2 * per_step)
     assert branched["total_flops"] == pytest.approx(branched["flops"] + 2 * per_step)
     assert evals[1]["val_loss"] != evals[0]["val_loss"]  # the branch evaluates its own, cooled model
+
+
+def test_runs_of_any_length_and_schedule_share_one_compiled_step(tiny_config):
+    def program(config):
+        mesh = make_mesh(config.mesh)
+        with jax.set_mesh(mesh):
+            setup = build_setup(config, mesh)
+            params, opt_state = init_state(setup, config.seed)
+            batch = shard_batch(random_batch(config, config.batch_size), mesh)
+            return make_train_step(setup, config.seed).lower(
+                params, opt_state, batch, jnp.int32(0), np.float32(1e-3)).as_text()
+
+    short = program(tiny_config(total_steps=20))
+    assert program(tiny_config(total_steps=500, **{"optim.schedule": "wsd"})) == short
