@@ -66,7 +66,8 @@ def _power_public(theta, log_c_ref):
 
 
 def _saturating_predict(theta, x):
-    return np.logaddexp(theta[..., :1], theta[..., 1:2] - theta[..., 2:3] * x)
+    with np.errstate(invalid="ignore"):  # NaN rows: bootstrap replicates with too few points
+        return np.logaddexp(theta[..., :1], theta[..., 1:2] - theta[..., 2:3] * x)
 
 
 def _saturating_jacobian(theta, x):
@@ -108,8 +109,13 @@ def robust_fit(law: Law, x: Array, y: Array, weights: Array, delta: float = HUBE
     """Huber fits of ``law`` to (x, y) under each row of ``weights`` [B, N]; returns theta [B, P].
 
     Levenberg-Marquardt on the iteratively reweighted least-squares form of the Huber loss, from every
-    start of the law's grid; each row keeps its best start.
+    start of the law's grid; each row keeps its best start. Steps that overflow are rejected.
     """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _levenberg_marquardt(law, x, y, weights, delta)
+
+
+def _levenberg_marquardt(law: Law, x: Array, y: Array, weights: Array, delta: float) -> Array:
     starts = law.starts(x, y)
     theta = np.broadcast_to(starts, (len(weights), *starts.shape)).copy()  # [B, S, P]
     w = weights[:, None, :].astype(float)  # [B, 1, N]
