@@ -62,11 +62,13 @@ def _power_starts(x, y):
 
 
 def _power_public(theta, log_c_ref):
-    return {"a": np.exp(theta[..., 0] + theta[..., 1] * log_c_ref), "b": theta[..., 1]}
+    with np.errstate(over="ignore"):
+        return {"a": np.exp(theta[..., 0] + theta[..., 1] * log_c_ref), "b": theta[..., 1]}
 
 
 def _saturating_predict(theta, x):
-    return np.logaddexp(theta[..., :1], theta[..., 1:2] - theta[..., 2:3] * x)
+    with np.errstate(invalid="ignore"):  # NaN rows: bootstrap replicates with too few points
+        return np.logaddexp(theta[..., :1], theta[..., 1:2] - theta[..., 2:3] * x)
 
 
 def _saturating_jacobian(theta, x):
@@ -88,8 +90,9 @@ def _saturating_starts(x, y):
 
 
 def _saturating_public(theta, log_c_ref):
-    return {"E_inf": np.exp(theta[..., 0]), "a": np.exp(theta[..., 1] + theta[..., 2] * log_c_ref),
-            "b": theta[..., 2]}
+    with np.errstate(over="ignore"):
+        return {"E_inf": np.exp(theta[..., 0]), "a": np.exp(theta[..., 1] + theta[..., 2] * log_c_ref),
+                "b": theta[..., 2]}
 
 
 POWER = Law("power", "E = a C^-b", _power_predict, _power_jacobian, _power_inverse, _power_starts,
@@ -108,8 +111,13 @@ def robust_fit(law: Law, x: Array, y: Array, weights: Array, delta: float = HUBE
     """Huber fits of ``law`` to (x, y) under each row of ``weights`` [B, N]; returns theta [B, P].
 
     Levenberg-Marquardt on the iteratively reweighted least-squares form of the Huber loss, from every
-    start of the law's grid; each row keeps its best start.
+    start of the law's grid; each row keeps its best start. Steps that overflow are rejected.
     """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _levenberg_marquardt(law, x, y, weights, delta)
+
+
+def _levenberg_marquardt(law: Law, x: Array, y: Array, weights: Array, delta: float) -> Array:
     starts = law.starts(x, y)
     theta = np.broadcast_to(starts, (len(weights), *starts.shape)).copy()  # [B, S, P]
     w = weights[:, None, :].astype(float)  # [B, 1, N]
@@ -160,11 +168,7 @@ class Fit:
     level: float = LEVEL
 
     def interval(self, values: Array) -> tuple[float, float]:
-        finite = values[~np.isnan(values)]
-        tail = (1 - self.level) / 2
-        if not len(finite):
-            return float("nan"), float("nan")
-        low, high = np.quantile(finite, [tail, 1 - tail])
+        low, high = percentile_interval(values[~np.isnan(values)], self.level)
         return float(low), float(high)
 
     def params(self) -> dict[str, tuple[float, float, float]]:
@@ -176,21 +180,32 @@ class Fit:
     def predict(self, flops: Array) -> tuple[Array, Array, Array]:
         """(estimate, low, high) error at each compute in ``flops``."""
         x = np.log(np.asarray(flops, float)) - self.log_c_ref
-        estimate = np.exp(self.law.predict(self.theta, x))
-        replicates = np.exp(self.law.predict(self.boots, x))  # [B, M]
-        tail = (1 - self.level) / 2
-        valid = replicates[~np.isnan(replicates).any(axis=1)]
-        low, high = np.quantile(valid, [tail, 1 - tail], axis=0) if len(valid) else (estimate * np.nan,) * 2
+        with np.errstate(over="ignore"):
+            estimate = np.exp(self.law.predict(self.theta, x))
+            replicates = np.exp(self.law.predict(self.boots, x))  # [B, M]
+        low, high = percentile_interval(replicates[~np.isnan(replicates).any(axis=1)], self.level)
         return estimate, low, high
 
     def compute_for(self, error: Array, theta: Array | None = None) -> Array:
         """Compute (FLOPs) at which the law (or replicates ``theta``) reaches ``error``; inf: never."""
         theta = self.theta if theta is None else theta
-        return np.exp(self.law.inverse(theta, np.log(error)) + self.log_c_ref)
+        with np.errstate(over="ignore"):
+            return np.exp(self.law.inverse(theta, np.log(error)) + self.log_c_ref)
 
     @property
     def usable_boots(self) -> int:
         return int((~np.isnan(self.boots).any(axis=1)).sum())
+
+
+def percentile_interval(replicates: Array, level: float) -> tuple[Array, Array]:
+    """Central ``level`` interval over the first axis, taken without interpolation so that replicates at
+    infinity (a law that never reaches an error, an overflowing parameter) give infinity, not NaN."""
+    if not len(replicates):
+        nan = np.full(replicates.shape[1:], np.nan)
+        return nan, nan
+    tail = (1 - level) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail], axis=0, method="inverted_cdf")
+    return low, high
 
 
 def fit_law(law: Law, flops: Array, error: Array, *, label: str = "points", seeds: Array | None = None,

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from scaling.analysis.fits import Fit
+from scaling.analysis.fits import Fit, percentile_interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,7 @@ def multiplier(fit_a: Fit, fit_b: Fit, flops: np.ndarray) -> list[Multiplier]:
     pairs = min(len(fit_a.boots), len(fit_b.boots))
     target_boots = np.exp(fit_b.law.predict(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
     needed_boots = fit_a.compute_for(target_boots, fit_a.boots[:pairs, None, :]) / flops
-    needed_boots = needed_boots[~np.isnan(needed_boots).any(axis=1)]
-    tail = (1 - fit_a.level) / 2
-    low, high = (np.quantile(needed_boots, [tail, 1 - tail], axis=0) if len(needed_boots)
-                 else (np.full(len(flops), np.nan),) * 2)
+    low, high = percentile_interval(needed_boots[~np.isnan(needed_boots).any(axis=1)], fit_a.level)
     a_range, b_range = (fit_a.flops.min(), fit_a.flops.max()), (fit_b.flops.min(), fit_b.flops.max())
     rows = []
     for c, n, lo, hi in zip(flops, needed, low, high, strict=True):

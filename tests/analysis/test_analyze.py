@@ -75,13 +75,15 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
 
 def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep):
     env = {**os.environ, "SWEEP_DIR": str(synthetic_sweep), "MPLBACKEND": "Agg"}
-    for notebook in sorted((ROOT / "analysis").glob("*.py")):
+    prints = {"layers.py": "layer_01", "scaling_laws.py": "clip reaches igpt's probe error at 1/"}
+    assert sorted(p.name for p in (ROOT / "analysis").glob("*.py")) == sorted(prints)
+    for name, expected in prints.items():
+        notebook = ROOT / "analysis" / name
         assert notebook.read_text().count("# %%") >= 2, f"{notebook} is not a percent-format notebook"
         proc = subprocess.run([sys.executable, str(notebook)], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
-    assert "clip reaches igpt's probe error" in proc.stdout or "layer_01" in proc.stdout
+        assert expected in proc.stdout and f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
 
 
 def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):
