@@ -50,10 +50,10 @@ def _fraction(ratio: float) -> str:
 def multiplier(fit_a: Fit, fit_b: Fit, flops: np.ndarray) -> list[Multiplier]:
     """A's multiplier over B at each compute in ``flops``, with intervals from paired replicates."""
     flops = np.asarray(flops, float)
-    target = np.exp(fit_b.law.predict(fit_b.theta, np.log(flops) - fit_b.log_c_ref))
+    target = np.exp(fit_b.law.log_error(fit_b.theta, np.log(flops) - fit_b.log_c_ref))
     needed = fit_a.compute_for(target)
     pairs = min(len(fit_a.boots), len(fit_b.boots))
-    target_boots = np.exp(fit_b.law.predict(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
+    target_boots = np.exp(fit_b.law.log_error(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
     needed_boots = fit_a.compute_for(target_boots, fit_a.boots[:pairs, None, :]) / flops
     low, high = percentile_interval(needed_boots[~np.isnan(needed_boots).any(axis=1)], fit_a.level)
     a_range, b_range = (fit_a.flops.min(), fit_a.flops.max()), (fit_b.flops.min(), fit_b.flops.max())
