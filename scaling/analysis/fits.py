@@ -84,7 +84,7 @@ def _saturating_inverse(theta, log_error):
 def _saturating_starts(x, y):
     lowest = y.min()
     return np.array([[lowest + np.log(q), np.log(np.exp(y.mean()) * (1 - q) + 1e-12), b]
-                     for q in (0.1, 0.5, 0.9) for b in (0.1, 0.3, 1.0)])
+                     for q in (0.2, 0.8) for b in (0.15, 0.6)])
 
 
 def _saturating_public(theta, log_c_ref):
