@@ -29,6 +29,7 @@ GRADIENT_TOLERANCE = 1e-4  # on the summed Huber loss: parameters then sit withi
 ROWS = 256  # bootstrap rows solved per call: one compiled shape serves every call of a law
 BOOTS = 400
 LEVEL = 0.9
+FLAT_EXPONENT = 0.01  # b below this: 1000x the compute lowers the error by under 7%, a flat frontier
 
 Array = np.ndarray
 
@@ -200,6 +201,19 @@ class Fit:
         theta = self.theta if theta is None else theta
         with np.errstate(over="ignore"):
             return np.exp(self.law.inverse(theta, np.log(error)) + self.log_c_ref)
+
+    def weakness(self) -> str:
+        """Why this fit's intervals run open ("" when nothing stands out): too few frontier points for the
+        law, or an exponent b whose interval comes near 0 (a flat frontier: its inverse runs off to inf)."""
+        reasons = []
+        if len(np.unique(self.flops)) <= self.law.num_params + 1:
+            reasons.append(f"only {len(np.unique(self.flops))} frontier points for a "
+                           f"{self.law.num_params}-parameter law")
+        _, b_low, b_high = self.params()["b"]
+        if not b_low >= FLAT_EXPONENT:
+            reasons.append(f"b's interval [{b_low:.2g}, {b_high:.2g}] reaches below {FLAT_EXPONENT:g} "
+                           "(a flat frontier)")
+        return " and ".join(reasons)
 
     @property
     def usable_boots(self) -> int:
