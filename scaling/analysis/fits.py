@@ -128,7 +128,8 @@ def _lbfgs(law: Law, theta_P: jax.Array, x_N: jax.Array, y_N: jax.Array, w_N: ja
 @functools.partial(jax.jit, static_argnames=("law", "delta"))
 def _best_fits(law: Law, starts_SP: jax.Array, x_N: jax.Array, y_N: jax.Array, weights_BN: jax.Array,
                delta: float) -> jax.Array:
-    """Fits from every start under every row of weights; each row keeps its lowest-loss start: [B, P]."""
+    """Fits from every start under every row of weights; each row keeps its lowest-loss start: [B, P].
+    In float32, JAX's default: centred log space keeps every quantity of order 1."""
     over_starts = jax.vmap(_lbfgs, in_axes=(None, 0, None, None, None, None))
     over_rows = jax.vmap(over_starts, in_axes=(None, None, None, None, 0, None))
     theta_BSP, loss_BS = over_rows(law, starts_SP, x_N, y_N, weights_BN, delta)
@@ -149,9 +150,9 @@ def robust_fit(law: Law, x: Array, y: Array, weights: Array, delta: float = HUBE
     weights_BN = np.pad(weights, ((0, 0), (0, pad_points)))
     weights_BN = np.concatenate([weights_BN, np.repeat(weights_BN[:1], -rows % ROWS, axis=0)])
     starts_SP = law.starts(x, y)
-    theta_BP = [_best_fits(law, starts_SP, x_N, y_N, chunk, delta) for chunk in np.split(
+    chunks = [_best_fits(law, starts_SP, x_N, y_N, chunk_BN, delta) for chunk_BN in np.split(
         weights_BN, len(weights_BN) // ROWS)]
-    return np.concatenate([np.asarray(theta, float) for theta in theta_BP])[:rows]
+    return np.concatenate([np.asarray(theta_BP, float) for theta_BP in chunks])[:rows]
 
 
 def bootstrap_weights(num_points: int, seeds: Array | None, boots: int, rng: np.random.Generator) -> Array:
