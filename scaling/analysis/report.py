@@ -94,11 +94,11 @@ def headlines(rows: list[Multiplier], metric: str, level: float) -> list[str]:
 def why_open(rows: list[Multiplier], fits: dict[str, dict[str, Fit]]) -> list[str]:
     """One line saying why the headline intervals with open ends are open, naming each weak fit."""
     open_pairs = [m for m in rows if m.law == "power" and m.measured_reference and any(m.open_ends)]
-    labels = sorted({label for m in open_pairs for label in (m.better, m.reference)})
-    reasons = [f"{label}: {fits[label]['power'].weakness()}" for label in labels
-               if fits[label]["power"].weakness()]
     if not open_pairs:
         return []
+    labels = sorted({label for m in open_pairs for label in (m.better, m.reference)})
+    weak = {label: fits[label]["power"].weakness() for label in labels}
+    reasons = [f"{label}: {why}" for label, why in weak.items() if why]
     because = "; ".join(reasons) or "the bootstrap refits disagree by more than 1000x"
     return [f"why some intervals are open: {because}; more budgets (or seeds) would close them"]
 
