@@ -79,21 +79,25 @@ def _multipliers_table(rows: list[Multiplier]) -> list[str]:
     return lines
 
 
+def _headline_rows(rows: list[Multiplier]) -> list[Multiplier]:
+    """Per pair under the power law, the multiplier at the largest measured compute of B."""
+    chosen: dict[tuple[str, str], Multiplier] = {}
+    for m in rows:
+        key = (m.better, m.reference)
+        if m.law == "power" and m.measured_reference and (key not in chosen or m.flops > chosen[key].flops):
+            chosen[key] = m
+    return list(chosen.values())
+
+
 def headlines(rows: list[Multiplier], metric: str, level: float) -> list[str]:
     """One line per pair under the power law: the multiplier at the largest measured compute of B (the line
     says when reaching B's error takes A beyond its own measured compute)."""
-    measured = [m for m in rows if m.law == "power" and m.measured_reference]
-    chosen = {}
-    for m in measured:
-        key = (m.better, m.reference)
-        if key not in chosen or m.flops > chosen[key].flops:
-            chosen[key] = m
-    return [m.headline(metric.replace("_", " "), level) for m in chosen.values()]
+    return [m.headline(metric.replace("_", " "), level) for m in _headline_rows(rows)]
 
 
 def why_open(rows: list[Multiplier], fits: dict[str, dict[str, Fit]]) -> list[str]:
-    """One line saying why the headline intervals with open ends are open, naming each weak fit."""
-    open_pairs = [m for m in rows if m.law == "power" and m.measured_reference and any(m.open_ends)]
+    """One line saying why headline intervals with open ends are open, naming each weak fit."""
+    open_pairs = [m for m in _headline_rows(rows) if any(m.open_ends)]
     if not open_pairs:
         return []
     labels = sorted({label for m in open_pairs for label in (m.better, m.reference)})
