@@ -39,7 +39,7 @@ def test_eight_devices_match_one_device_and_really_shard():
     kernel = eight["params"]["image"]["transformer"]["blocks"][0]["mlp"]["up"]["kernel"]
     assert kernel.sharding.spec == jax.P("fsdp", "tensor")
     assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1] // 2)
-    adam_state = eight["opt_state"][1][0]
+    adam_state = eight["opt_state"][1]  # (clip, adam, weight decay); the step applies the rate
     moment = adam_state.mu["image"]["transformer"]["blocks"][0]["mlp"]["up"]["kernel"]
     assert moment.sharding.spec == jax.P("fsdp", "tensor")
     total = sum(x.size for x in jax.tree.leaves(eight["params"]))

@@ -7,6 +7,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ROOT, random_batch
@@ -229,3 +230,17 @@ def test_gradient_accumulation_is_refused_where_it_would_change_the_loss(tiny_co
         validate(tiny_config("clip", grad_accum_steps=2), 8)
     with pytest.raises(ConfigError, match="grad_accum_steps: 3 microbatches of batch_size 16"):
         validate(tiny_config("igpt", grad_accum_steps=3), 1)
+
+
+def test_runs_of_any_length_and_schedule_share_one_compiled_step(tiny_config):
+    def program(config):
+        mesh = make_mesh(config.mesh)
+        with jax.set_mesh(mesh):
+            setup = trainer.build_setup(config, mesh)
+            params, opt_state = trainer.init_state(setup, config.seed)
+            batch = shard_batch(random_batch(config, config.batch_size), mesh)
+            return trainer.make_train_step(setup, config.seed).lower(
+                params, opt_state, batch, jnp.int32(0), np.float32(1e-3)).as_text()
+
+    short = program(tiny_config(total_steps=20))
+    assert program(tiny_config(total_steps=500, **{"optim.schedule": "wsd"})) == short

@@ -161,6 +161,8 @@ def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str
     axes.plot([], [], "--", color="grey", label=f"extrapolation (to {EXTRAPOLATE:g}x measured)")
     axes.set_xscale("log")
     axes.set_yscale("log")
+    measured = points["error"][points["error"] > 0]  # bands open beyond these run off the chart
+    axes.set_ylim(measured.min() / 2, measured.max() * 2)
     axes.set_xlabel(COMPUTE_LABEL)
     axes.set_ylabel(_metric_label(metric))
     level = next((fit.level for laws in fits.values() for fit in laws.values()), 0.9)

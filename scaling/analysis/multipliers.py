@@ -3,7 +3,8 @@
 The multiplier of A over B at compute C is C_A / C, where C_A is the compute at which A's law reaches the
 error B's law gives at C: below 1, A gets there with less compute. Its interval pairs the bootstrap
 replicates of the two fits; a value is an extrapolation when C lies outside B's measured compute or C_A
-outside A's.
+outside A's. Interval ends beyond 1000x either way (replicates whose exponent is near 0 never reach the
+error, or reach it absurdly early) read as open ends, not as numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from scaling.analysis.fits import Fit
+from scaling.analysis.fits import Fit, percentile_interval
+
+OPEN = 1e3  # a multiplier beyond 1/OPEN or OPEN x is not determined by the points, only bounded by them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,38 +30,53 @@ class Multiplier:
     extrapolated: bool  # C outside B's measured compute, or C_A outside A's
     measured_reference: bool  # C inside B's measured compute
 
+    @property
+    def open_ends(self) -> tuple[bool, bool]:
+        """Whether the interval's low and high ends lie beyond 1/OPEN and OPEN x (or are missing)."""
+        return not self.low >= 1 / OPEN, not self.high <= OPEN
+
+    def span(self, level: float) -> str:
+        """"90% CI [1/5, 1.2x]"; an end beyond 1/OPEN or OPEN x reads "<1/1000" or ">1000x", an interval
+        beyond them on both sides (or without usable refits) "not determined by these points"."""
+        ci = f"{100 * level:.0f}% CI"
+        if all(self.open_ends):
+            return f"{ci} not determined by these points"
+        if self.high < 1 / OPEN:
+            return f"{ci} entirely below 1/{OPEN:g}"
+        if self.low > OPEN:
+            return f"{ci} entirely above {OPEN:g}x"
+        return f"{ci} [{ratio_text(self.low)}, {ratio_text(self.high)}]"
+
     def headline(self, metric: str, level: float) -> str:
-        span = f"{100 * level:.0f}% CI [{_fraction(self.low)}, {_fraction(self.high)}]"
         note = "; extrapolated" if self.extrapolated else ""
         where = f"at C = {self.flops:.2g} FLOPs ({self.law} law{note})"
         if self.ratio <= 1:
-            return f"{self.better} reaches {self.reference}'s {metric} at {_fraction(self.ratio)} of its " \
-                   f"compute, {span}, {where}"
-        return f"{self.better} needs {self.ratio:.3g}x {self.reference}'s compute to reach its {metric}, " \
-               f"{100 * level:.0f}% CI [{self.low:.3g}x, {self.high:.3g}x], {where}"
+            return f"{self.better} reaches {self.reference}'s {metric} at {ratio_text(self.ratio)} of its " \
+                   f"compute, {self.span(level)}, {where}"
+        return f"{self.better} needs {ratio_text(self.ratio)} {self.reference}'s compute to reach its " \
+               f"{metric}, {self.span(level)}, {where}"
 
 
-def _fraction(ratio: float) -> str:
-    """0.25 -> "1/4", 3 -> "3x", 0 -> "0", inf -> "never"."""
-    if not np.isfinite(ratio):
-        return "never"
-    if ratio >= 1:
-        return f"{ratio:.3g}x"
-    return "0" if ratio <= 0 else f"1/{1 / ratio:.3g}"
+def ratio_text(ratio: float) -> str:
+    """0.25 -> "1/4", 3 -> "3x"; beyond 1/OPEN or OPEN x -> "<1/1000" or ">1000x"; NaN -> "?"."""
+    if np.isnan(ratio):
+        return "?"
+    if ratio > OPEN:
+        return f">{OPEN:g}x"
+    if ratio < 1 / OPEN:
+        return f"<1/{OPEN:g}"
+    return f"{ratio:.3g}x" if ratio >= 1 else f"1/{1 / ratio:.3g}"
 
 
 def multiplier(fit_a: Fit, fit_b: Fit, flops: np.ndarray) -> list[Multiplier]:
     """A's multiplier over B at each compute in ``flops``, with intervals from paired replicates."""
     flops = np.asarray(flops, float)
-    target = np.exp(fit_b.law.predict(fit_b.theta, np.log(flops) - fit_b.log_c_ref))
+    target = np.exp(fit_b.law.log_error(fit_b.theta, np.log(flops) - fit_b.log_c_ref))
     needed = fit_a.compute_for(target)
     pairs = min(len(fit_a.boots), len(fit_b.boots))
-    target_boots = np.exp(fit_b.law.predict(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
+    target_boots = np.exp(fit_b.law.log_error(fit_b.boots[:pairs], np.log(flops) - fit_b.log_c_ref))  # [B, M]
     needed_boots = fit_a.compute_for(target_boots, fit_a.boots[:pairs, None, :]) / flops
-    needed_boots = needed_boots[~np.isnan(needed_boots).any(axis=1)]
-    tail = (1 - fit_a.level) / 2
-    low, high = (np.quantile(needed_boots, [tail, 1 - tail], axis=0) if len(needed_boots)
-                 else (np.full(len(flops), np.nan),) * 2)
+    low, high = percentile_interval(needed_boots[~np.isnan(needed_boots).any(axis=1)], fit_a.level)
     a_range, b_range = (fit_a.flops.min(), fit_a.flops.max()), (fit_b.flops.min(), fit_b.flops.max())
     rows = []
     for c, n, lo, hi in zip(flops, needed, low, high, strict=True):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from scaling.analysis import figures
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
-from scaling.analysis.multipliers import Multiplier, multiplier, multiplier_grid, oriented
+from scaling.analysis.multipliers import OPEN, Multiplier, multiplier, multiplier_grid, oriented, ratio_text
 from scaling.analysis.points import eval_points, frontier, load_results, spent_compute
 from scaling.config import ConfigError
 
@@ -46,8 +46,15 @@ def compare(fits: dict[str, dict[str, Fit]]) -> list[Multiplier]:
     return rows
 
 
-def _interval(estimate: float, low: float, high: float) -> str:
-    return f"{estimate:.3g} [{low:.3g}, {high:.3g}]"
+def _interval(name: str, estimate: float, low: float, high: float) -> str:
+    """A parameter's "estimate [low, high]". The exponent b reads as it is; for a scale (a, E_inf) an end
+    beyond OPEN x the estimate either way reads as open ("<3.2e-05", ">3.2e+03"): the points hardly bound it.
+    """
+    if name == "b" or not estimate > 0:
+        return f"{estimate:.3g} [{low:.3g}, {high:.3g}]"
+    low_text = f"{low:.3g}" if low >= estimate / OPEN else f"<{estimate / OPEN:.2g}"
+    high_text = f"{high:.3g}" if high <= estimate * OPEN else f">{estimate * OPEN:.2g}"
+    return f"{estimate:.3g} [{low_text}, {high_text}]"
 
 
 def _fits_table(fits: dict[str, dict[str, Fit]], skipped: dict[str, dict[str, str]]) -> list[str]:
@@ -55,7 +62,7 @@ def _fits_table(fits: dict[str, dict[str, Fit]], skipped: dict[str, dict[str, st
              "| usable refits |", "| --- | --- | --- | --- | --- | --- |"]
     for objective in sorted(set(fits) | set(skipped)):
         for fit in fits.get(objective, {}).values():
-            params = ", ".join(f"{key} = {_interval(*value)}" for key, value in fit.params().items())
+            params = ", ".join(f"{key} = {_interval(key, *value)}" for key, value in fit.params().items())
             lines.append(f"| {objective} | {fit.law.formula} | {params} | {len(fit.flops)} | "
                          f"{fit.flops.min():.3g} to {fit.flops.max():.3g} FLOPs | {fit.usable_boots} |")
         for name, why in skipped.get(objective, {}).items():
@@ -66,21 +73,38 @@ def _fits_table(fits: dict[str, dict[str, Fit]], skipped: dict[str, dict[str, st
 def _multipliers_table(rows: list[Multiplier]) -> list[str]:
     lines = ["| more efficient (A) | reference (B) | law | at C (FLOPs) | C_A / C [interval] "
              "| extrapolated |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {m.better} | {m.reference} | {m.law} | {m.flops:.3g} | "
-              f"{_interval(m.ratio, m.low, m.high)} | {'yes' if m.extrapolated else 'no'} |" for m in rows]
+    lines += [f"| {m.better} | {m.reference} | {m.law} | {m.flops:.3g} | {ratio_text(m.ratio)} "
+              f"[{ratio_text(m.low)}, {ratio_text(m.high)}] | {'yes' if m.extrapolated else 'no'} |"
+              for m in rows]
     return lines
+
+
+def _headline_rows(rows: list[Multiplier]) -> list[Multiplier]:
+    """Per pair under the power law, the multiplier at the largest measured compute of B."""
+    chosen: dict[tuple[str, str], Multiplier] = {}
+    for m in rows:
+        key = (m.better, m.reference)
+        if m.law == "power" and m.measured_reference and (key not in chosen or m.flops > chosen[key].flops):
+            chosen[key] = m
+    return list(chosen.values())
 
 
 def headlines(rows: list[Multiplier], metric: str, level: float) -> list[str]:
     """One line per pair under the power law: the multiplier at the largest measured compute of B (the line
     says when reaching B's error takes A beyond its own measured compute)."""
-    measured = [m for m in rows if m.law == "power" and m.measured_reference]
-    chosen = {}
-    for m in measured:
-        key = (m.better, m.reference)
-        if key not in chosen or m.flops > chosen[key].flops:
-            chosen[key] = m
-    return [m.headline(metric.replace("_", " "), level) for m in chosen.values()]
+    return [m.headline(metric.replace("_", " "), level) for m in _headline_rows(rows)]
+
+
+def why_open(rows: list[Multiplier], fits: dict[str, dict[str, Fit]]) -> list[str]:
+    """One line saying why headline intervals with open ends are open, naming each weak fit."""
+    open_pairs = [m for m in _headline_rows(rows) if any(m.open_ends)]
+    if not open_pairs:
+        return []
+    labels = sorted({label for m in open_pairs for label in (m.better, m.reference)})
+    weak = {label: fits[label]["power"].weakness() for label in labels}
+    reasons = [f"{label}: {why}" for label, why in weak.items() if why]
+    because = "; ".join(reasons) or "the bootstrap refits disagree by more than 1000x"
+    return [f"why some intervals are open: {because}; more budgets (or seeds) would close them"]
 
 
 def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer: str = "best",
@@ -126,7 +150,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "",
         "## Headlines",
         "",
-        *([f"- {line}" for line in headlines(rows, metric, level)] or
+        *([f"- {line}" for line in headlines(rows, metric, level) + why_open(rows, fits)] or
           ["- no pair of objectives with a power law each"]),
         "",
         "## Fitted laws (C in training FLOPs)",

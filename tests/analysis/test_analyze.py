@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from scaling.analysis.points import eval_points, load_results
-from scaling.analysis.report import analyze
+from scaling.analysis.report import analyze, summary
 from scaling.config import ConfigError
 from scaling.models.sizes import LADDER
 from scaling.sweeps.runner import run_sweep
@@ -73,15 +73,32 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
     assert set(frontier["point"]) <= {"end_of_schedule", "cooldown_branch"}  # mid-schedule never
 
 
+def test_flat_noisy_frontiers_give_open_intervals_and_say_why(tmp_path):
+    """Probes near chance at every budget: two frontier points per objective, exponents near 0."""
+    table = synthetic_table().query("size == 'mu'")
+    accuracy = 0.1 + np.random.default_rng(1).normal(0, 0.02, len(table))
+    table = table.assign(**{c: accuracy for c in table if c.startswith("probe_accuracy")})
+    table.to_csv(tmp_path / "results.csv", index=False)
+    lines = summary(analyze([tmp_path], boots=100)).splitlines()
+    assert lines[0].startswith("- clip reaches igpt's probe error at <1/1000 of its compute, 90% CI entirely "
+                               "below 1/1000, at C = "), lines
+    assert lines[1].startswith("- why some intervals are open: clip: only 2 frontier points for a "
+                               "2-parameter law and b's interval"), lines
+    assert "(a flat frontier)" in lines[1] and lines[1].endswith("more budgets (or seeds) would close them")
+    assert "e-" not in lines[0]  # no bound like 7e-81x
+
+
 def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep):
     env = {**os.environ, "SWEEP_DIR": str(synthetic_sweep), "MPLBACKEND": "Agg"}
-    for notebook in sorted((ROOT / "analysis").glob("*.py")):
+    prints = {"layers.py": "layer_01", "scaling_laws.py": "clip reaches igpt's probe error at 1/"}
+    assert sorted(p.name for p in (ROOT / "analysis").glob("*.py")) == sorted(prints)
+    for name, expected in prints.items():
+        notebook = ROOT / "analysis" / name
         assert notebook.read_text().count("# %%") >= 2, f"{notebook} is not a percent-format notebook"
         proc = subprocess.run([sys.executable, str(notebook)], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
-    assert "clip reaches igpt's probe error" in proc.stdout or "layer_01" in proc.stdout
+        assert expected in proc.stdout and f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
 
 
 def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):

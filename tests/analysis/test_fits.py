@@ -1,10 +1,12 @@
 """Scaling-law fits, frontiers and multipliers on synthetic points drawn from known laws."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from scaling.analysis.fits import POWER, SATURATING, fit_law
-from scaling.analysis.multipliers import multiplier
+from scaling.analysis.multipliers import Multiplier, multiplier
 from scaling.analysis.points import frontier_mask
 from scaling.config import ConfigError
 
@@ -68,3 +70,18 @@ def test_too_few_points_for_a_law_is_a_clear_error():
         fit_law(SATURATING, [1e15, 1e16, 1e17], [0.5, 0.4, 0.45], label="clip")
     with pytest.raises(ConfigError, match="positive errors"):
         fit_law(POWER, [1e15, 1e16], [0.5, 0.0])
+
+
+def test_interval_ends_beyond_a_thousandfold_read_as_open():
+    quickstart = Multiplier("clip", "diffusion", "power", 1e15, 1.13, 7.08e-81, 1.36, False, True)
+    assert quickstart.headline("probe error", 0.9) == (
+        "clip needs 1.13x diffusion's compute to reach its probe error, 90% CI [<1/1000, 1.36x], "
+        "at C = 1e+15 FLOPs (power law)")
+    never = dataclasses.replace(quickstart, ratio=0.5, low=0.4, high=np.inf)
+    assert "at 1/2 of its compute, 90% CI [1/2.5, >1000x]" in never.headline("probe error", 0.9)
+    both = dataclasses.replace(quickstart, high=2e5)
+    assert "90% CI not determined by these points" in both.headline("probe error", 0.9)
+    no_refits = dataclasses.replace(quickstart, low=np.nan, high=np.nan)
+    assert "90% CI not determined by these points" in no_refits.headline("probe error", 0.9)
+    below = dataclasses.replace(quickstart, ratio=1e-6, low=1e-9, high=1e-5)
+    assert "at <1/1000 of its compute, 90% CI entirely below 1/1000" in below.headline("probe error", 0.9)
