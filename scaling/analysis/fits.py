@@ -211,7 +211,7 @@ class Fit:
             reasons.append(f"only {len(np.unique(self.flops))} frontier points for a "
                            f"{self.law.num_params}-parameter law")
         _, b_low, b_high = self.params()["b"]
-        if not b_low >= FLAT_EXPONENT:
+        if np.isfinite(b_low) and not b_low >= FLAT_EXPONENT:
             reasons.append(f"b's interval [{b_low:.2g}, {b_high:.2g}] reaches below {FLAT_EXPONENT:g} "
                            "(a flat frontier)")
         return " and ".join(reasons)
@@ -263,4 +263,6 @@ def fit_law(law: Law, flops: Array, error: Array, *, label: str = "points", seed
     replicates = np.array(replicates)
     distinct = np.array([len(np.unique(flops[row > 0])) for row in weights])
     replicates[distinct < needed] = np.nan
+    if len(np.unique(flops[chosen])) == needed:  # an exact fit: every replicate repeats it, so the
+        replicates[:] = np.nan  # bootstrap cannot tell its uncertainty; its intervals stay open
     return Fit(law, label, theta, replicates, log_c_ref, flops[chosen], error[chosen], level)

@@ -72,6 +72,16 @@ def test_too_few_points_for_a_law_is_a_clear_error():
         fit_law(POWER, [1e15, 1e16], [0.5, 0.0])
 
 
+def test_a_law_fit_exactly_through_as_many_points_as_parameters_claims_no_interval():
+    """Every bootstrap replicate of an exact fit repeats it, so its spread says nothing about uncertainty."""
+    clip = fit_law(POWER, [2e12, 6e12], [0.76, 0.74], label="clip", boots=50)
+    igpt = fit_law(POWER, [2e12, 6e12], [0.87, 0.86], label="igpt", boots=50)
+    assert clip.usable_boots == 0 and np.isnan(clip.params()["b"][1:]).all()
+    assert clip.weakness() == "only 2 frontier points for a 2-parameter law"
+    (row,) = multiplier(clip, igpt, np.array([6e12]))
+    assert row.span(0.9) == "90% CI not determined by these points"
+
+
 def test_interval_ends_beyond_a_thousandfold_read_as_open():
     quickstart = Multiplier("clip", "diffusion", "power", 1e15, 1.13, 7.08e-81, 1.36, False, True)
     assert quickstart.headline("probe error", 0.9) == (
