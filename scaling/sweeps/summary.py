@@ -53,7 +53,7 @@ def summarize(results: Iterable[dict[str, Any]], runner_seconds: dict[str, float
         for activity, value in result.get("seconds", {}).items():
             seconds[activity] += value
     seconds.update(runner_seconds)
-    flops = sum(result.get("total_flops", result["flops"]) for result in results)
+    flops = sum(result.get("total_flops", result.get("flops", 0.0)) for result in results)  # a crash has none
     shares = {activity: value / wall_s for activity, value in seconds.items()}
     return {
         "runs_trained": len(results),
