@@ -95,6 +95,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.cooldown_fraction = 0.2  # wsd only: cool-down branch at each earlier point, x its step; 0 = none
     c.eval.dataset = ""  # "" -> the training data set
     c.eval.label = ""  # "" -> data.label
+    c.eval.extra_labels = ()  # more labels probed on the same features, e.g. ("count", "color")
     c.eval.train_split = "train"
     c.eval.test_split = "test"
     c.eval.val_split = "validation"  # validation loss on the training data; "" to skip

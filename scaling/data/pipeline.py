@@ -158,14 +158,29 @@ def _caption_key(data_config, builder) -> str | None:
     return key if key in builder.info.features else None
 
 
-def check_label(data_config, builder) -> None:
-    """ConfigError unless the data set has the feature ``data_config.label`` names."""
-    if data_config.label not in builder.info.features:
+def check_label(data_config, builder, label: str | None = None) -> None:
+    """ConfigError unless the data set has the feature ``label`` (default ``data_config.label``)."""
+    label = label or data_config.label
+    if label not in builder.info.features:
         available = ", ".join(sorted(builder.info.features))
         raise ConfigError(
-            f"label {data_config.label!r} is not a feature of data set {data_config.name!r}, which has "
-            f"{available}; set eval.label (probes) or data.label (training data) to one of them"
+            f"label {label!r} is not a feature of data set {data_config.name!r}, which has "
+            f"{available}; set eval.label or eval.extra_labels (probes) or data.label (training data) to "
+            "one of them"
         )
+
+
+def split_labels(data_config, split: str, keys, max_examples: int | None = None) -> dict[str, np.ndarray]:
+    """{key: int32 [N]} of the first ``max_examples`` of ``split`` (all if None), in the order one
+    ``make_eval_iterator`` pass over a single process yields them; ConfigError for a key the data set
+    lacks."""
+    builder = ensure_built(data_config)
+    for key in keys:
+        check_label(data_config, builder, key)
+    source = builder.as_data_source(split=split)
+    count = len(source) if max_examples is None else min(max_examples, len(source))
+    records = [source[index] for index in range(count)]
+    return {key: np.asarray([record[key] for record in records], np.int32) for key in keys}
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

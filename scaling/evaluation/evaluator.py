@@ -5,7 +5,9 @@ end) it returns one flat record for metrics.jsonl. ``probe_record`` turns per-la
 probe fields of such a record, for the trainer and for ``scaling probe`` on a finished checkpoint alike.
 The best layer's accuracy carries its 95% bootstrap interval over the test examples
 (``probe_accuracy_low``/``_high``), and a trainer's records carry the raw-pixel probe of the same examples
-(``pixel_probe_accuracy``, cached) as the floor learned features must clear.
+(``pixel_probe_accuracy``, cached) as the floor learned features must clear. Each of
+``eval.extra_labels`` is probed on the same features into fields prefixed with its name
+(``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator
+from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator, split_labels
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
@@ -81,6 +83,35 @@ def probe_record(
     return record
 
 
+def extra_label_record(
+    data_config,
+    train_features: dict[str, np.ndarray],
+    test_features: dict[str, np.ndarray],
+    labels: tuple[str, ...],
+    *,
+    train_split: str,
+    test_split: str,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """For each label: its linear probe on the given features and its raw-pixel floor, fields prefixed
+    ``{label}_``. The features are the first examples of each split, in order."""
+    counts = {split: len(next(iter(features.values())))
+              for split, features in ((train_split, train_features), (test_split, test_features))}
+    train_labels = split_labels(data_config, train_split, labels, counts[train_split])
+    test_labels = split_labels(data_config, test_split, labels, counts[test_split])
+    record: dict[str, Any] = {}
+    for label in labels:
+        fields = probe_record((train_features, train_labels[label]), (test_features, test_labels[label]),
+                              shots=(), seed=seed)
+        labelled = data_config.copy_and_resolve_references()
+        labelled.label = label
+        fields.update(pixel_reference(labelled, train_split=train_split, test_split=test_split,
+                                      train_examples=counts[train_split], test_examples=counts[test_split],
+                                      seed=seed))
+        record.update({f"{label}_{name}": value for name, value in fields.items()})
+    return record
+
+
 class Evaluator:
     """Runs the evaluation of a live model inside training."""
 
@@ -92,6 +123,9 @@ class Evaluator:
         self.features_fn = make_features_fn(objective, model_from_params)
         # the probe data set and label are checked before training; none is read for a run without evals
         names = class_names(self.data) if self.steps else ()
+        self.extra_labels = tuple(config.eval.extra_labels)
+        if self.steps and self.extra_labels:
+            split_labels(self.data, config.eval.test_split, self.extra_labels, max_examples=1)
         wanted = names and config.eval.zero_shot and supports_zero_shot(objective)
         self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if wanted else None
         self.loss_fn = jax.jit(
@@ -114,6 +148,10 @@ class Evaluator:
         record.update(pixel_reference(self.data, train_split=e.train_split, test_split=e.test_split,
                                       train_examples=len(train[1]), test_examples=len(test[1]),
                                       seed=self.config.seed))
+        if self.extra_labels:
+            record.update(extra_label_record(self.data, train[0], test[0], self.extra_labels,
+                                             train_split=e.train_split, test_split=e.test_split,
+                                             seed=self.config.seed))
         if self.zero_shot_fn is not None:
             predictions, labels = self._map(
                 lambda p, images, rng: {"prediction": self.zero_shot_fn(p, images, rng)},

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from scaling.config import ConfigError
-from scaling.evaluation.evaluator import class_names, eval_data_config, probe_record
+from scaling.evaluation.evaluator import class_names, eval_data_config, extra_label_record, probe_record
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import make_mesh
@@ -76,6 +76,11 @@ def probe_checkpoint(
 
         train, test = over(config.eval.train_split, max_train), over(config.eval.test_split, max_test)
         record = probe_record(train, test, seed=config.seed)
+        extra_labels = tuple(config.eval.get("extra_labels", ()))
+        if extra_labels:
+            record.update(extra_label_record(data, train[0], test[0], extra_labels,
+                                             train_split=config.eval.train_split,
+                                             test_split=config.eval.test_split, seed=config.seed))
         if names and supports_zero_shot(setup.objective):
             predict = make_zero_shot_fn(setup.objective, to_model, names)
             predictions, labels = over(
