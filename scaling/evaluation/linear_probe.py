@@ -192,18 +192,32 @@ def _standardise(x_ND: jax.Array, mean_D: jax.Array, scale_D: jax.Array) -> jax.
     return (x_ND - mean_D) / scale_D
 
 
-def _feature_covariance(z_ND: jax.Array, weights_N: jax.Array) -> jax.Array:
-    """Weighted ``Z^T Z / N`` estimated on at most ``_PRECONDITIONER_ROWS`` evenly strided rows."""
+def _feature_eigenbasis(z_ND: jax.Array, weights_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(eigenvalues [R], orthonormal eigenvectors [D, R]) of the weighted feature covariance
+    ``Z^T W Z / sum(W)``, estimated on at most ``_PRECONDITIONER_ROWS`` evenly strided rows S.
+
+    With fewer rows than features (S < D) the covariance has rank at most S, and its eigenvectors
+    come from the S x S Gram matrix (R = S) instead of a D x D eigendecomposition; directions it
+    cannot resolve get eigenvalue 0 and a zero column, which the solver treats like the rest of the
+    null space."""
     stride = max(1, -(-z_ND.shape[0] // _PRECONDITIONER_ROWS))
     sample_SD, weights_S = z_ND[::stride], weights_N[::stride]
-    return (sample_SD * weights_S[:, None]).T @ sample_SD / jnp.maximum(jnp.sum(weights_S), 1.0)
+    t_SD = sample_SD * jnp.sqrt(weights_S / jnp.maximum(jnp.sum(weights_S), 1.0))[:, None]
+    if t_SD.shape[0] >= t_SD.shape[1]:
+        eigvals_D, basis_DD = jnp.linalg.eigh(t_SD.T @ t_SD)
+        return jnp.maximum(eigvals_D, 0.0), basis_DD
+    eigvals_S, u_SS = jnp.linalg.eigh(t_SD @ t_SD.T)
+    resolved_S = eigvals_S > 1e-6 * jnp.max(eigvals_S)
+    inverse_root_S = jnp.where(resolved_S, jax.lax.rsqrt(jnp.where(resolved_S, eigvals_S, 1.0)), 0.0)
+    basis_DS = (t_SD.T @ u_SS) * inverse_root_S
+    return jnp.where(resolved_S, eigvals_S, 0.0), basis_DS
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _prepare(x_ND: jax.Array, labels_N: jax.Array, weights_N: jax.Array, num_classes: int) -> _FitData:
     mean_D, scale_D = _standardisation(x_ND, weights_N)
     z_ND = _standardise(x_ND, mean_D, scale_D)
-    eigvals_D, basis_DD = jnp.linalg.eigh(_feature_covariance(z_ND, weights_N))
+    eigvals_R, basis_DR = _feature_eigenbasis(z_ND, weights_N)
     return _FitData(
         features=z_ND,
         features_transposed=z_ND.T,
@@ -211,8 +225,8 @@ def _prepare(x_ND: jax.Array, labels_N: jax.Array, weights_N: jax.Array, num_cla
         weights=weights_N,
         mean=mean_D,
         scale=scale_D,
-        eigvals=jnp.maximum(eigvals_D, 0.0),
-        basis=basis_DD,
+        eigvals=eigvals_R,
+        basis=basis_DR,
     )
 
 
@@ -255,11 +269,19 @@ def _mean_cross_entropy(logits_NK: jax.Array, targets_NK: jax.Array, weights_N: 
     return weights_N @ cross_entropy_N / jnp.sum(weights_N)
 
 
-def _preconditioner(eigvals_D: jax.Array, l2_strength: jax.Array, num_classes: int):
+def _preconditioner(eigvals_R: jax.Array, l2_strength: jax.Array, num_classes: int):
+    """Scales along the covariance eigenvectors (``d_R``), across their orthogonal complement
+    (``d_null``, eigenvalue 0) and of the bias: the inverse square root of each direction's curvature."""
     curvature = 1.0 / num_classes
-    d_D = jax.lax.rsqrt(curvature * eigvals_D + l2_strength)
+    d_R = jax.lax.rsqrt(curvature * eigvals_R + l2_strength)
+    d_null = jax.lax.rsqrt(l2_strength)
     d_bias = jnp.asarray(1.0 / math.sqrt(curvature), jnp.float32)
-    return d_D, d_bias
+    return d_R, d_null, d_bias
+
+
+def _scale_along(basis_DR: jax.Array, d_R: jax.Array, d_null: jax.Array, x_DK: jax.Array) -> jax.Array:
+    """``P @ x`` for the symmetric ``P = d_null I + basis diag(d_R - d_null) basis^T``."""
+    return d_null * x_DK + basis_DR @ ((d_R - d_null)[:, None] * (basis_DR.T @ x_DK))
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "precondition"))
@@ -273,18 +295,20 @@ def _solve(
     max_iter: int,
     precondition: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """L-BFGS on ``w = P u``: in ``u`` the penalised cross-entropy's curvature is close to uniform."""
     num_classes = data.targets.shape[1]
     l2_strength = 1.0 / (C * jnp.sum(data.weights))
     if precondition:
-        d_D, d_bias = _preconditioner(data.eigvals, l2_strength, num_classes)
-        basis_DD = data.basis
+        d_R, d_null, d_bias = _preconditioner(data.eigvals, l2_strength, num_classes)
     else:
-        d_D, d_bias = jnp.ones_like(data.eigvals), jnp.asarray(1.0, jnp.float32)
-        basis_DD = jnp.eye(data.basis.shape[0], dtype=jnp.float32)
+        d_R, d_null, d_bias = (jnp.ones_like(data.eigvals), jnp.asarray(1.0, jnp.float32),
+                               jnp.asarray(1.0, jnp.float32))
+    scale = functools.partial(_scale_along, data.basis, d_R, d_null)
+    unscale = functools.partial(_scale_along, data.basis, 1.0 / d_R, 1.0 / d_null)
 
     def to_weights(params):
         u_DK, c_K = params
-        return basis_DD @ (d_D[:, None] * u_DK), d_bias * c_K
+        return scale(u_DK), d_bias * c_K
 
     def objective(params):
         w_DK, b_K = to_weights(params)
@@ -294,8 +318,7 @@ def _solve(
 
     def grad_max_abs(grad):
         g_u_DK, g_c_K = grad
-        g_w_DK = basis_DD @ (g_u_DK / d_D[:, None])
-        return jnp.maximum(jnp.max(jnp.abs(g_w_DK)), jnp.max(jnp.abs(g_c_K / d_bias)))
+        return jnp.maximum(jnp.max(jnp.abs(unscale(g_u_DK))), jnp.max(jnp.abs(g_c_K / d_bias)))
 
     solver = optax.lbfgs(
         memory_size=_LBFGS_MEMORY,
@@ -305,7 +328,7 @@ def _solve(
     )
     value_and_grad = optax.value_and_grad_from_state(objective)
 
-    params0 = ((basis_DD.T @ w0_DK) / d_D[:, None], b0_K / d_bias)
+    params0 = (unscale(w0_DK), b0_K / d_bias)
     value0, grad0 = jax.value_and_grad(objective)(params0)
     state0 = optax.tree.set(solver.init(params0), value=value0, grad=grad0)
 
