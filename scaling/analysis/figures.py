@@ -50,29 +50,37 @@ def _metric_label(metric: str) -> str:
     return f"{words} (1 - accuracy)" if metric.endswith("_error") else words
 
 
-def curve_points(table: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
-    """(points to draw, metric column, title) of the compute figure."""
-    if PROBE in table and table[PROBE].notna().any():
-        evals = table[(table["kind"] == "eval") & table[PROBE].notna()]
-        return evals, PROBE, "Linear-probe accuracy vs training compute"
+def curve_points(table: pd.DataFrame, probe: str = PROBE) -> tuple[pd.DataFrame, str, str]:
+    """(points to draw, metric column, title) of the compute figure of the ``probe`` accuracy column
+    (``probe_accuracy``, or ``<label>_probe_accuracy`` for a label of ``eval.extra_labels``)."""
+    if probe in table and table[probe].notna().any():
+        evals = table[(table["kind"] == "eval") & table[probe].notna()]
+        label = probe.removesuffix(PROBE).rstrip("_")
+        return evals, probe, f"Linear-probe accuracy{f' ({label})' if label else ''} vs training compute"
     train = table[table["kind"] == "train"]
     final = train.loc[train.groupby("run_id")["step"].idxmax()]
     return final, "loss", "Final train loss vs training compute (no eval records yet)"
 
 
-def compute_figure(table: pd.DataFrame, path: str | Path) -> Path:
-    """Writes ``draw_compute(table)`` to ``path``."""
+def compute_figure(table: pd.DataFrame, path: str | Path, probe: str = PROBE) -> Path:
+    """Writes ``draw_compute(table, probe)`` to ``path``."""
     path = Path(path)
-    draw_compute(table).savefig(path, dpi=120)
+    draw_compute(table, probe).savefig(path, dpi=120)
     return path
 
 
-def draw_compute(table: pd.DataFrame) -> Figure:
+def pixel_column(probe: str) -> str:
+    """The raw-pixel reference column of a probe accuracy column: ``count_probe_accuracy`` ->
+    ``count_pixel_probe_accuracy``."""
+    return probe.removesuffix(PROBE) + PIXEL
+
+
+def draw_compute(table: pd.DataFrame, probe: str = PROBE) -> Figure:
     """Every run's probe accuracy against compute (a line through its main-run points and one through
     each size's end-of-schedule points, marker = size, hollow = mid-schedule, error bars = bootstrap
     intervals where recorded) over the raw-pixel reference; before any eval record, final train losses
     instead."""
-    points, metric, title = curve_points(table)
+    points, metric, title = curve_points(table, probe)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     marker, color = _size_markers(points["size"]), _colors(points["objective"])
@@ -94,7 +102,7 @@ def draw_compute(table: pd.DataFrame) -> Figure:
         for _, series in ends.groupby("size"):  # each size's budgets: the honest curve of its finals
             series = series.sort_values("flops")
             axes.plot(series["flops"], series[metric], color=color[objective], alpha=0.6)
-    _draw_references(axes, points)
+    _draw_references(axes, points, pixel_column(probe))
     for size, symbol in marker.items():
         axes.plot([], [], marker=symbol, color="grey", linestyle="none", label=f"size {size}")
     if "point" in points and (~honest).any():
@@ -110,23 +118,24 @@ def draw_compute(table: pd.DataFrame) -> Figure:
     return figure
 
 
-def reference_levels(points: pd.DataFrame) -> pd.DataFrame:
-    """The distinct raw-pixel references of the points (one per probe data set, label, image size and
-    examples): columns accuracy, low, high, objectives (those probed on it, comma-separated)."""
+def reference_levels(points: pd.DataFrame, pixel: str = PIXEL) -> pd.DataFrame:
+    """The distinct raw-pixel references in column ``pixel`` of the points (one per probe data set,
+    label, image size and examples): columns accuracy, low, high, objectives (those probed on it,
+    comma-separated)."""
     columns = ["accuracy", "low", "high", "objectives"]
-    if PIXEL not in points or points[PIXEL].isna().all():
+    if pixel not in points or points[pixel].isna().all():
         return pd.DataFrame(columns=columns)
-    low, high = (f"{PIXEL}{suffix}" for suffix in INTERVAL)
-    rows = points[points[PIXEL].notna()]
+    low, high = (f"{pixel}{suffix}" for suffix in INTERVAL)
+    rows = points[points[pixel].notna()]
     return pd.DataFrame([
         {"accuracy": accuracy, "low": group[low].iloc[0], "high": group[high].iloc[0],
          "objectives": ", ".join(sorted(set(group["objective"])))}
-        for accuracy, group in rows.groupby(PIXEL)
+        for accuracy, group in rows.groupby(pixel)
     ], columns=columns)
 
 
-def _draw_references(axes, points: pd.DataFrame) -> None:
-    levels = reference_levels(points)
+def _draw_references(axes, points: pd.DataFrame, pixel: str) -> None:
+    levels = reference_levels(points, pixel)
     for _, level in levels.iterrows():
         which = "" if len(levels) == 1 else f" ({level['objectives']})"
         axes.axhline(level["accuracy"], color="black", linestyle="--", linewidth=1,

@@ -11,7 +11,7 @@ import pandas as pd
 from scaling.analysis import figures
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
 from scaling.analysis.multipliers import OPEN, Multiplier, multiplier, multiplier_grid, oriented, ratio_text
-from scaling.analysis.points import eval_points, frontier, load_results, spent_compute
+from scaling.analysis.points import PROBE, eval_points, frontier, load_results, metric_column, spent_compute
 from scaling.config import ConfigError
 
 OUTPUT_DIR = "analysis"
@@ -128,7 +128,10 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
 
     out = Path(sweep_dirs[0]) / OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    source, _ = metric_column(table, metric, layer)
+    compute = [figures.compute_figure(table, out / "compute.png", source)] if source.endswith(PROBE) else []
     drawn = [
+        *compute,
         *figures.frontier_figure(points, edge, fits, metric, out / "frontiers"),
         *figures.layers_figure(table, out / "layers"),
         *figures.loss_figure(table, out / "probe_vs_loss"),

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
+from scaling.analysis.figures import draw_compute
 from scaling.analysis.points import eval_points, load_results
 from scaling.analysis.report import analyze, summary
 from scaling.config import ConfigError
@@ -157,3 +158,17 @@ def test_caption_levels_of_one_objective_are_series_of_their_own():
     table.loc[(table["objective"] == "clip") & (table["size"] == "mu"), "caption_level"] = "short"
     counts = eval_points(table, "probe_error")["objective"].value_counts().to_dict()
     assert counts == {"igpt": 18, "clip/short": 9, "clip/descriptive": 9}
+
+
+def test_an_extra_label_is_analysed_over_its_own_pixel_floor(tmp_path):
+    floors = {"pixel_probe_accuracy": 0.1, "count_pixel_probe_accuracy": 0.3}
+    table = synthetic_table().assign(**{f"{column}{suffix}": value + shift for column, value in floors.items()
+                                        for suffix, shift in (("", 0), ("_low", -0.02), ("_high", 0.02))})
+    table["count_probe_accuracy"] = 0.5 * table["probe_accuracy"]
+    table.to_csv(tmp_path / "results.csv", index=False)
+    report = analyze([tmp_path], metric="count_probe_error", boots=20).read_text()
+    assert "Metric: **count_probe_error**" in report and (tmp_path / "analysis" / "compute.png").exists()
+    axes = draw_compute(table, "count_probe_accuracy").axes[0]
+    references = {line.get_ydata()[0] for line in axes.get_lines() if line.get_linestyle() == "--"}
+    assert references == {0.3}
+    assert "(count)" in axes.get_title()
