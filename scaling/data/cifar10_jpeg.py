@@ -5,12 +5,17 @@ which stores each member's JPEG bytes as they are (no decode or re-encode). The 
 `cifar10-jpeg-train.tar.gz` and `cifar10-jpeg-test.tar.gz` with members
 `<split>/<class>/<NNNN>.jpg`, are read from the TFDS manual directory. Results on this copy are
 "CIFAR-10 (JPEG copy)": JPEG re-encoding moves accuracies slightly away from published numbers.
+
+CIFAR-10 has no captions. For the language objectives each image carries ``caption_short``, its class name
+in one of ``CAPTION_TEMPLATES`` ("a blurry photo of a cat."), the template fixed per image: training on
+them is language as supervision by the class label, and results must say so.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
+import zlib
 from pathlib import Path
 
 import tensorflow_datasets as tfds
@@ -23,6 +28,11 @@ CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 SPLITS = ("train", "test")
+CAPTION_TEMPLATES = (
+    "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.",
+    "a low resolution photo of a {}.",
+)
+CAPTION_TOKENS = 2 + max(len(t.format(name)) for t in CAPTION_TEMPLATES for name in CLASS_NAMES)  # bytes
 IMAGE_SHAPE = (32, 32, 3)
 
 
@@ -79,12 +89,17 @@ def iter_jpegs(tarball: str | os.PathLike):
                         f"{ENV_VAR} to a folder with intact tarballs") from None
 
 
+def class_caption(member_name: str, class_name: str) -> str:
+    """The templated caption of one image; the template is fixed by the member name."""
+    return CAPTION_TEMPLATES[zlib.crc32(member_name.encode()) % len(CAPTION_TEMPLATES)].format(class_name)
+
+
 class Cifar10Jpeg(LocalBuilder):
     """CIFAR-10 (JPEG copy) from local tarballs given as the TFDS manual directory."""
 
     name = "cifar10_jpeg"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "caption_short: class names in templates."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f"Place {tarball_name('train')} and {tarball_name('test')} in the manual directory "
         f"(in this workplace: ../shared/data/cifar10-jpeg, or set {ENV_VAR})."
@@ -96,6 +111,7 @@ class Cifar10Jpeg(LocalBuilder):
                 "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="jpeg"),
                 "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
                 "id": tfds.features.Text(),
+                "caption_short": tfds.features.Text(),
             }),
             supervised_keys=("image", "label"),
             homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
@@ -107,4 +123,5 @@ class Cifar10Jpeg(LocalBuilder):
 
     def _generate_examples(self, tarball: Path):
         for name, label, jpeg in iter_jpegs(tarball):
-            yield name, {"image": jpeg, "label": label, "id": name}
+            caption = class_caption(name, label)
+            yield name, {"image": jpeg, "label": label, "id": name, "caption_short": caption}

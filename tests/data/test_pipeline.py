@@ -282,9 +282,17 @@ def test_cifar_builder_keeps_jpeg_bytes_and_class_order(monkeypatch, tmp_path, f
         value = record["label"] * 20 + int(number[:4])
         expected = np.asarray(Image.open(io.BytesIO(_jpeg(value))).convert("RGB"))
         np.testing.assert_array_equal(record["image"], expected)
+        caption = record["caption_short"].decode()
+        assert caption in {t.format(name) for t in cifar10_jpeg.CAPTION_TEMPLATES}
+        assert caption == cifar10_jpeg.class_caption(record["id"].decode(), name)
+    config.max_caption_len = cifar10_jpeg.CAPTION_TOKENS
     batches = list(pipeline.make_eval_iterator(config, "test", batch_size=8))
     assert sorted(np.concatenate([b["label"] for b in batches])) == sorted(list(range(10)) * 2)
-    np.testing.assert_array_equal(batches[0]["caption_mask"].sum(axis=1), 2)
+    first = batches[0]
+    for tokens, mask, label in zip(first["caption_tokens"], first["caption_mask"], first["label"],
+                                   strict=True):
+        text = ByteTokenizer().decode(tokens)
+        assert cifar10_jpeg.CLASS_NAMES[label] in text and mask.sum() == len(text) + 2
 
 
 def test_shared_cifar_copy(tmp_path):
