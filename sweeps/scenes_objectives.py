@@ -1,7 +1,7 @@
 """Scenes study: the four objectives at three sizes, 1.5 decades of training FLOPs, on 2 CPU cores.
 
     scaling sweep sweeps/scenes_objectives.py   # runs/scenes_objectives/
-    scaling analyze runs/scenes_objectives      # fits, multipliers, figures
+    scaling analyze runs/scenes_objectives [--metric count_probe_error]
 
 The CPU-sized study behind the README's headline: iGPT (pixels only), CLIP, captioning and
 caption-conditioned diffusion on the embedded scenes with descriptive captions (250 byte tokens: the
@@ -10,7 +10,7 @@ text towers' compute is counted like the image towers'), at sizes mu, micro and 
 FLOPs) whose earlier eval points at 1/32 and 1/5.7 of that compute fork a cool-down branch, so every size
 has three honest points spanning 1.5 decades, and the sizes together 2.5 (9.4e10 to 3e13), for about
 1.08x the cost of the longest runs. A second seed of every (objective, size) runs on its own to that
-size's smallest budget, for the seed-to-seed spread.
+size's smallest budget, for the seed-to-seed spread (``scaling.sweeps.spec.wsd_ladder``).
 
 Each eval probes the shape of the main object (``label``, 8 classes), the object count (4) and the
 main object's colour (8) on the same features, 4,000 training and 4,000 test scenes, all layers, each
@@ -24,16 +24,14 @@ each size trains for hundreds of steps or more: nano CLIP sees ~16,000 examples 
 each, most of it in the text tower), mu CLIP ~30,000 at 3e12.
 """
 
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, warmup_fraction
+from scaling.sweeps.spec import Sweep, available_objectives, warmup_fraction, wsd_ladder
 
 TOP_BUDGETS = {"mu": 3e12, "micro": 1e13, "nano": 3e13}
-POINTS, FIRST_FRACTION = 3, 1 / 32
 FIELDS = {
     "batch_size": 64,
     "checkpoint_every": 200,
     "log_every": 20,
     "optim.learning_rate": 1e-3,
-    "optim.schedule": "wsd",
     "data.name": "scenes/32",
     "data.caption_level": "descriptive",
     "eval.extra_labels": ("count", "color"),
@@ -43,17 +41,7 @@ FIELDS = {
 ZERO_SHOT = ("clip", "captioning")
 
 
-def fields(objective: str, points: int) -> dict:
-    return {**FIELDS, "eval.num_points": points, "eval.first_fraction": FIRST_FRACTION,
-            "eval.zero_shot": objective in ZERO_SHOT}
-
-
 def get_sweep() -> Sweep:
-    runs = []
-    for objective in available_objectives():
-        for size, top in TOP_BUDGETS.items():
-            runs += grid([objective], [size], [Budget.flops(top)], fields=fields(objective, POINTS),
-                         adjust=warmup_fraction(0.02))
-            runs += grid([objective], [size], [Budget.flops(top * FIRST_FRACTION)], seeds=(1,),
-                         fields=fields(objective, 1), adjust=warmup_fraction(0.02))
-    return Sweep("scenes_objectives", runs)
+    fields = lambda objective: {**FIELDS, "eval.zero_shot": objective in ZERO_SHOT}
+    return Sweep("scenes_objectives", wsd_ladder(available_objectives(), TOP_BUDGETS, fields,
+                                                 adjust=warmup_fraction(0.02)))

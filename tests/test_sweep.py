@@ -18,8 +18,9 @@ from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
 from scaling.sweeps.results import build_table, read_table
 from scaling.sweeps.runner import Options, describe, run_sweep
-from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run
+from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
+from scaling.train import cooldown_branches
 from scaling.workdir import RunFiles
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
@@ -354,3 +355,18 @@ def test_launch_runs_the_commands_and_waits_for_the_slice(tmp_path, monkeypatch)
     calls = [line.split() for line in log.read_text().splitlines()]
     assert [c[4] if c[0] == "gcloud" else c[0] for c in calls] == [
         "create", "describe", "describe", "tar", "scp", "ssh"]
+
+
+def test_a_wsd_ladder_gives_each_size_honest_points_and_a_second_seed_at_its_smallest_budget():
+    runs = wsd_ladder(["clip"], {"mu": 1.6e12, "micro": 6.4e12}, lambda objective: {"batch_size": 16},
+                      points=3, first_fraction=1 / 16)
+    by_id = {(run.config.size, run.config.seed): run for run in runs}
+    assert sorted(by_id) == [("micro", 0), ("micro", 1), ("mu", 0), ("mu", 1)]
+    for size, top in (("mu", 1.6e12), ("micro", 6.4e12)):
+        main, extra = by_id[(size, 0)], by_id[(size, 1)]
+        assert main.budget == Budget.flops(top) and extra.budget == Budget.flops(top / 16)
+        assert main.config.optim.schedule == extra.config.optim.schedule == "wsd"
+        assert (main.config.eval.num_points, extra.config.eval.num_points) == (3, 1)
+        assert main.config.batch_size == 16
+        first_branch = min(cooldown_branches(main.config))
+        assert first_branch == pytest.approx(extra.config.total_steps, rel=0.1)
