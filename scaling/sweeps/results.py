@@ -1,7 +1,7 @@
 """The results table of a sweep, derived from its run directories alone (so it can always be rebuilt).
 
 One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
-caption level, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
+caption level and mix, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
 examples, flops, wall_s, and whatever metrics it holds). Eval rows say which compute point they are
 (``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before the field existed get it
 from their step). Cached as ``<sweep dir>/results.csv``.
@@ -27,6 +27,7 @@ CONFIG_COLUMNS = {  # column -> dotted config field
     "batch_size": "batch_size",
     "total_steps": "total_steps",
     "caption_level": "data.caption_level",
+    "caption_mix": "data.caption_mix",
 }
 RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "budget", "budget_unit", "budget_amount")
 POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")

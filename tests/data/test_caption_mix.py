@@ -91,4 +91,5 @@ def test_unknown_eval_level_is_a_config_error():
     config.eval.caption_levels = ("short", "verbose")
     with pytest.raises(ConfigError, match="eval.caption_levels: 'verbose' is not a caption level"):
         validate(config, num_devices=1)
-    assert parse_caption_mix(" descriptive : 0.95 , short : 0.05 ") == (("descriptive", 0.95), ("short", 0.05))
+    spaced = parse_caption_mix(" descriptive : 0.95 , short : 0.05 ")
+    assert spaced == (("descriptive", 0.95), ("short", 0.05))
