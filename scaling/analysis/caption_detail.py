@@ -24,7 +24,8 @@ from scaling.analysis.points import INTERVAL, PROBE, training_captions
 from scaling.workdir import HONEST_POINTS
 
 CAPTION_METRIC = re.compile(
-    r"^(caption_gain(_t\d+)?|caption_loss_t\d+|caption_log_likelihood|retrieval_(i2t|t2i)_r\d+)/[a-z]+$")
+    r"^(caption_(match_)?gain(_t\d+)?|caption_loss_t\d+|caption_log_likelihood|retrieval_(i2t|t2i)_r\d+)"
+    r"/[a-z]+$")
 WHOLE_METRICS = (PROBE, "zero_shot_accuracy")  # recorded once per eval, at no caption level
 KEYS = ["objective", "size", "budget", "captions", "point", "step"]
 # 97.5% quantiles of Student's t with 1..10 degrees of freedom; beyond, the normal's
@@ -88,9 +89,10 @@ def caption_points(table: pd.DataFrame) -> pd.DataFrame:
     return over_seeds(long_points(table))
 
 
-def _bucket(metric: str) -> int | None:
-    found = re.fullmatch(r"caption_gain_t(\d+)", metric)
-    return int(found.group(1)) if found else None
+def bucket_rows(points: pd.DataFrame, prefix: str = "caption_gain") -> pd.DataFrame:
+    """The rows of ``<prefix>_t<k>`` metrics, with their noise bucket k as ``bucket``."""
+    bucket = points["metric"].str.extract(rf"^{prefix}_t(\d+)$")[0]
+    return points[bucket.notna()].assign(bucket=bucket[bucket.notna()].astype(int))
 
 
 def _errorbar(axes, x, rows: pd.DataFrame, **style) -> None:
@@ -100,31 +102,35 @@ def _errorbar(axes, x, rows: pd.DataFrame, **style) -> None:
 
 def gain_by_noise_figure(points: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Loss reduction a caption gives per noise bucket: a panel per training mix, a colour per eval caption
-    level; solid at the largest honest compute, faint dashed at the smallest."""
-    gains = points[points["metric"].map(_bucket).notna()].assign(bucket=lambda f: f["metric"].map(_bucket))
+    level; over no caption at the largest honest compute (solid) and the smallest (faint, dashed), and
+    over another example's caption at the largest (dotted)."""
+    gains, matched = bucket_rows(points), bucket_rows(points, "caption_match_gain")
     mixes = sorted(set(gains["captions"])) or ["(no caption_gain records)"]
-    levels = sorted(set(gains["level"]))
-    figure = Figure(figsize=(3.4 * len(mixes), 3.6), layout="constrained")
+    figure = Figure(figsize=(3.6 * len(mixes), 3.8), layout="constrained")
     panels = figure.subplots(1, len(mixes), squeeze=False, sharey=True)[0]
     for axes, mix in zip(panels, mixes, strict=True):
         mine = gains[gains["captions"] == mix]
         computes = sorted(set(mine["flops"]))
-        for i, level in enumerate(levels):
-            for flops, style in ((computes[-1], {"linestyle": "-", "alpha": 1.0}),
-                                 (computes[0], {"linestyle": "--", "alpha": 0.4})) if computes else ():
-                rows = mine[(mine["level"] == level) & (mine["flops"] == flops)].sort_values("bucket")
-                label = f"eval {level}, {flops:.2g} FLOPs" if len(rows) else None
-                _errorbar(axes, rows["bucket"], rows, color=f"C{i}", marker="o", label=label, **style)
-                if len(computes) == 1:
-                    break
-        axes.set_xticks(sorted(set(gains["bucket"].astype(int))))
+        curves = []  # (rows, compute, line style, alpha, what the caption is compared with)
+        if computes:
+            curves += [(mine, computes[-1], "-", 1.0, "vs none"),
+                       (matched[matched["captions"] == mix], computes[-1], ":", 1.0, "vs other caption")]
+        if len(computes) > 1:
+            curves.append((mine, computes[0], "--", 0.4, "vs none"))
+        for i, level in enumerate(sorted(set(gains["level"]))):
+            for rows, flops, linestyle, alpha, versus in curves:
+                rows = rows[(rows["level"] == level) & (rows["flops"] == flops)].sort_values("bucket")
+                if len(rows):
+                    _errorbar(axes, rows["bucket"], rows, color=f"C{i}", marker="o", linestyle=linestyle,
+                              alpha=alpha, label=f"eval {level} {versus}, {flops:.2g} FLOPs")
+        axes.set_xticks(sorted(set(gains["bucket"])))
         axes.axhline(0, color="black", linewidth=0.8)
         axes.set_title(f"trained on {mix}", fontsize="small")
         axes.set_xlabel("noise bucket (0: least noise)")
         axes.grid(True, alpha=0.3)
         if len(mine):
-            axes.legend(fontsize="x-small")
-    panels[0].set_ylabel("loss without caption - with caption")
+            axes.legend(fontsize="xx-small")
+    panels[0].set_ylabel("loss reduction by the caption")
     figure.suptitle("Where captions help a diffusion model (bars: 95% intervals)", fontsize="medium")
     return save(figure, stem)
 
@@ -194,7 +200,7 @@ def report_lines(points: pd.DataFrame) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r.objective} | {r.metric} | {r.level or '-'} | {r.captions} | {r.size} | {r.flops:.3g} | "
               f"{_value(r._asdict())} |" for r in ends.itertuples()]
-    gains = points[points["metric"].map(_bucket).notna()].assign(bucket=lambda f: f["metric"].map(_bucket))
+    gains = bucket_rows(points)
     top = largest_compute(gains.assign(metric="caption_gain_t"))
     if len(top):
         lines += ["", "Where a caption helps the diffusion model most (largest loss reduction by noise "

@@ -11,11 +11,14 @@ by name:
   retrieval among the held-out pairs, ``retrieval_i2t_r1/<level>``, ``retrieval_t2i_r5/<level>``, ...
 - ``log_likelihood/<level>`` [B] and ``predicted_tokens/<level>`` [B] (captioner): log-likelihood per token
   of the reference captions, ``caption_log_likelihood/<level>``.
-- ``denoising_error/none`` and ``denoising_error/<level>`` [B, K] (text-conditional diffusion): epsilon
-  error at one timestep drawn in each of the K loss buckets, the same (timestep, noise) draws with no
-  caption and under every level, so differences are paired: ``caption_loss_t<k>/<level>`` (level
-  ``none`` too) and the loss reduction a caption gives, ``caption_gain_t<k>/<level>`` = loss with no
-  caption - loss with the caption, and over all buckets ``caption_gain/<level>``.
+- ``denoising_error/none``, ``denoising_error/<level>`` and ``mismatched_error/<level>`` [B, K]
+  (text-conditional diffusion): epsilon error at one timestep drawn in each of the K loss buckets, the same
+  (timestep, noise) draws with no caption, under every level and under another example's caption, so
+  differences are paired: ``caption_loss_t<k>/<level>`` (level ``none`` too); the loss reduction a
+  caption gives, ``caption_gain_t<k>/<level>`` = loss with no caption - loss with the caption, over all
+  buckets ``caption_gain/<level>``; and the part of it that is about this image,
+  ``caption_match_gain_t<k>/<level>`` = loss with another example's caption - loss with its own (a
+  model that only learned "some caption is present" gains without matching).
 
 Every metric carries a 95% interval over the held-out examples (``<field>_low``/``_high``): percentile
 bootstrap of the (paired) mean, binomial bootstrap for recalls. Intervals over seeds are the analysis's.
@@ -85,17 +88,22 @@ def retrieval_metrics(image_NE: np.ndarray, text_NE: np.ndarray, level: str) -> 
     return record
 
 
-def diffusion_level_metrics(null_NK: np.ndarray, captioned: dict[str, np.ndarray], seed: int = 0
-                            ) -> dict[str, float]:
-    """Loss per bucket with no caption and under each level, and each level's paired loss reduction."""
+def diffusion_level_metrics(null_NK: np.ndarray, captioned: dict[str, np.ndarray],
+                            mismatched: dict[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+    """Loss per bucket with no caption and under each level, and each level's paired loss reductions over
+    no caption and over another example's caption."""
     record: dict[str, float] = {}
     for k in range(null_NK.shape[1]):
         record.update(with_mean_interval(f"caption_loss_t{k}/{NO_CAPTION}", null_NK[:, k], seed=seed))
     for level, error_NK in captioned.items():
         gain_NK = null_NK - error_NK
+        match_gain_NK = mismatched[level] - error_NK if level in mismatched else None
         for k in range(null_NK.shape[1]):
             record.update(with_mean_interval(f"caption_loss_t{k}/{level}", error_NK[:, k], seed=seed))
             record.update(with_mean_interval(f"caption_gain_t{k}/{level}", gain_NK[:, k], seed=seed))
+            if match_gain_NK is not None:
+                record.update(with_mean_interval(f"caption_match_gain_t{k}/{level}", match_gain_NK[:, k],
+                                                 seed=seed))
         record.update(with_mean_interval(f"caption_gain/{level}", gain_NK.mean(axis=1), seed=seed))
     return record
 
@@ -116,7 +124,7 @@ def caption_level_metrics(outputs: dict[str, np.ndarray], seed: int = 0) -> dict
     errors = dict(by_level.get("denoising_error", {}))
     if errors:
         null_NK = errors.pop(NO_CAPTION)
-        record.update(diffusion_level_metrics(null_NK, errors, seed))
+        record.update(diffusion_level_metrics(null_NK, errors, by_level.get("mismatched_error", {}), seed))
     return record
 
 

@@ -381,9 +381,10 @@ class Diffusion:
         return self.config.diffusion.condition == "caption"
 
     def caption_outputs(self, model: DiffusionModel, images_BHWC: Array, captions, rng: Array) -> dict:
-        """``denoising_error/none`` and ``denoising_error/<level>`` [B, K]: epsilon error at one timestep
-        drawn in each of the K loss buckets, the same (timestep, noise) draws with the null condition and
-        under each level's captions ({level: (tokens [B, T], mask [B, T])})."""
+        """``denoising_error/none``, ``denoising_error/<level>`` and ``mismatched_error/<level>`` [B, K]:
+        epsilon error at one timestep drawn in each of the K loss buckets, the same (timestep, noise) draws
+        with the null condition, under each level's captions ({level: (tokens [B, T], mask [B, T])}) and
+        under the next example's caption (what any caption does, without this image's content)."""
         c = self.config.diffusion
         B, K = images_BHWC.shape[0], c.loss_buckets
         t_rng, noise_rng = jax.random.split(rng)
@@ -394,9 +395,10 @@ class Diffusion:
                                                         ).reshape(B, K)
         outputs = {"denoising_error/none": errors(None)}
         for level, (tokens_BT, mask_BT) in captions.items():
-            condition = {"caption_tokens": jnp.repeat(tokens_BT, K, axis=0),
-                         "caption_mask": jnp.repeat(mask_BT, K, axis=0)}
-            outputs[f"denoising_error/{level}"] = errors(condition)
+            for name, shift in (("denoising_error", 0), ("mismatched_error", 1)):
+                condition = {"caption_tokens": jnp.repeat(jnp.roll(tokens_BT, shift, axis=0), K, axis=0),
+                             "caption_mask": jnp.repeat(jnp.roll(mask_BT, shift, axis=0), K, axis=0)}
+                outputs[f"{name}/{level}"] = errors(condition)
         return outputs
 
     @property

@@ -34,6 +34,7 @@ def test_reductions_pair_levels_and_weight_tokens():
     rng = np.random.default_rng(0)
     null_NK = 1 + rng.random((300, 4))
     outputs = {"denoising_error/none": null_NK, "denoising_error/short": null_NK - [0.0, 0.1, 0.2, 0.3],
+               "mismatched_error/short": null_NK - 0.05,
                "log_likelihood/short": np.array([-10.0, -30.0]), "predicted_tokens/short": np.array([10, 10])}
     record = caption_level_metrics(outputs)
     for k, gain in enumerate([0.0, 0.1, 0.2, 0.3]):
@@ -41,6 +42,7 @@ def test_reductions_pair_levels_and_weight_tokens():
         low, high = record[f"caption_gain_t{k}/short_low"], record[f"caption_gain_t{k}/short_high"]
         assert low <= gain + 1e-9 and gain - 1e-9 <= high
         assert record[f"caption_loss_t{k}/none"] == pytest.approx(null_NK[:, k].mean())
+        assert record[f"caption_match_gain_t{k}/short"] == pytest.approx(gain - 0.05)
     assert record["caption_gain/short"] == pytest.approx(0.15)
     assert record["caption_log_likelihood/short"] == pytest.approx(-2.0)  # 40 nats over 20 tokens
     mean, low, high = mean_interval(rng.normal(0, 1, 400))
@@ -80,6 +82,7 @@ def test_diffusion_records_paired_loss_reduction_per_bucket_and_level(tiny_confi
         for k in range(4):
             loss, null = record[f"caption_loss_t{k}/{level}"], record[f"caption_loss_t{k}/none"]
             assert record[f"caption_gain_t{k}/{level}"] == pytest.approx(null - loss, abs=1e-9)
+            assert f"caption_match_gain_t{k}/{level}_low" in record
             gain_low, gain_high = (record[f"caption_gain_t{k}/{level}{end}"] for end in ("_low", "_high"))
             assert gain_low <= null - loss <= gain_high
             assert loss < 1.0  # below the untrained model's (zero output: the noise's variance, 1)
