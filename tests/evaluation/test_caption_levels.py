@@ -89,7 +89,7 @@ def test_diffusion_records_paired_loss_reduction_per_bucket_and_level(tiny_confi
 
 
 def test_clip_and_captioner_record_retrieval_and_likelihood_per_level(tiny_config):
-    clip = caption_record(tiny_config, "clip")
+    clip = caption_record(tiny_config, "clip", steps=5)  # recall bounds hold at any training
     captioner = caption_record(tiny_config, "captioning", **{"optim.learning_rate": 3e-3})
     for level in LEVELS:
         for direction in ("i2t", "t2i"):
