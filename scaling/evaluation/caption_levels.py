@@ -18,7 +18,8 @@ by name:
   caption gives, ``caption_gain_t<k>/<level>`` = loss with no caption - loss with the caption, over all
   buckets ``caption_gain/<level>``; and the part of it that is about this image,
   ``caption_match_gain_t<k>/<level>`` = loss with another example's caption - loss with its own (a
-  model that only learned "some caption is present" gains without matching).
+  model that only learned "some caption is present" gains without matching). Errors are in epsilon, the
+  training loss: in clean-image terms a gain at timestep t weighs (1 - alpha_bar_t) / alpha_bar_t more.
 
 Every metric carries a 95% interval over the held-out examples (``<field>_low``/``_high``): percentile
 bootstrap of the (paired) mean, binomial bootstrap for recalls. Intervals over seeds are the analysis's.
