@@ -20,7 +20,7 @@ from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS
 PROBE = "probe_accuracy"
 PIXEL = "pixel_probe_accuracy"  # raw-pixel probe of the same examples (scaling.evaluation.pixel_reference)
 INTERVAL = ("_low", "_high")  # suffixes of an accuracy column's 95% bootstrap interval
-POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "caption_mix",
+POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "captions",
                 "point", "step", "flops"]
 
 
@@ -89,9 +89,10 @@ def eval_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.Dat
 
 
 def training_captions(rows: pd.DataFrame) -> pd.Series:
-    """What each row's model was trained on: its caption mix (``data.caption_mix``), else its level."""
-    mix = rows["caption_mix"] if "caption_mix" in rows else pd.Series(np.nan, index=rows.index)
-    return mix.where(mix.notna() & (mix != ""), rows["caption_level"]).astype(str)
+    """What each row's model was trained on: ``captions`` (its caption mix, else its level), or its caption
+    level in tables written before that column."""
+    captions = rows["captions"] if "captions" in rows else pd.Series(np.nan, index=rows.index)
+    return captions.where(captions.notna(), rows["caption_level"]).astype(str)
 
 
 def series(points: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,7 @@ import pytest
 from scaling.analysis.caption_detail import T_975, caption_detail, caption_points
 from scaling.analysis.points import eval_points
 
-MIXES = {"short": ("short", ""), "descriptive": ("descriptive", ""),
-         "descriptive:0.95,short:0.05": ("descriptive", "descriptive:0.95,short:0.05")}
+MIXES = {"short": "short", "descriptive": "descriptive", "descriptive:0.95,short:0.05": "descriptive"}
 GAIN = np.array([0.01, 0.03, 0.06, 0.10])  # grows with noise
 
 
@@ -17,11 +16,11 @@ def synthetic_table() -> pd.DataFrame:
     """Eval rows as scaling.sweeps.results builds them for diffusion and CLIP on three training mixes,
     two budgets and two seeds."""
     rows = []
-    for (name, (level, mix)), objective, budget, seed in pd.MultiIndex.from_product(
+    for (name, level), objective, budget, seed in pd.MultiIndex.from_product(
             [list(MIXES.items()), ["diffusion", "clip"], [1e11, 1e12], [0, 1]]):
         scale = 2.0 if name == "descriptive" else 1.0
         record = {"run_id": f"{objective}-{name}-{budget:g}-{seed}", "objective": objective, "size": "mu",
-                  "seed": seed, "budget": f"f{budget:g}", "caption_level": level, "caption_mix": mix,
+                  "seed": seed, "budget": f"f{budget:g}", "caption_level": level, "captions": name,
                   "kind": "eval", "point": "end_of_schedule", "step": 100, "flops": budget,
                   "probe_accuracy": 0.5 + 0.1 * np.log10(budget / 1e11) + 0.01 * seed}
         for eval_level in ("short", "descriptive"):
