@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_collections
 
+from scaling.data.caption_mix import parse_caption_mix
 from scaling.data.scenes import CAPTION_LEVELS
 from scaling.errors import ConfigError
 from scaling.models import transformer
@@ -84,8 +85,9 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.data.data_dir = ""
     c.data.image_size = 32
     c.data.caption_level = "descriptive"
+    c.data.caption_mix = ""  # e.g. "descriptive:0.95,short:0.05", a level drawn per example; "" -> none
     c.data.label = "label"
-    c.data.max_caption_len = 0  # tokens; 0 -> the longest caption of caption_level (2, 20, 80, 250)
+    c.data.max_caption_len = 0  # tokens; 0 -> the longest caption of caption_level or of the mix's levels
     c.data.tokenizer = "byte"
     c.data.worker_count = 0
     c.data.train_split = "train"
@@ -104,6 +106,9 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.probe_test_examples = 1000
     c.eval.batch_size = 256
     c.eval.zero_shot = True
+    c.eval.caption_level = ""  # captions of validation batches; "" -> data.caption_level
+    c.eval.caption_levels = ()  # held-out caption metrics per level, e.g. ("short", "descriptive")
+    c.eval.caption_examples = 256  # held-out test examples of those metrics
     if options:
         raise ConfigError(
             f"unknown config argument(s) {sorted(options)} for {objective}; "
@@ -288,6 +293,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         config.data.caption_level in CAPTION_LEVELS,
         f"data.caption_level: {config.data.caption_level!r} not in {CAPTION_LEVELS}",
     )
+    parse_caption_mix(config.data.caption_mix)
+    _require(
+        config.eval.caption_level in ("", *CAPTION_LEVELS),
+        f"eval.caption_level: {config.eval.caption_level!r} not in {CAPTION_LEVELS} (or \"\" for "
+        "data.caption_level)",
+    )
+    for level in config.eval.caption_levels:
+        _require(level in CAPTION_LEVELS[1:],
+                 f"eval.caption_levels: {level!r} is not a caption level; choose among "
+                 f"{', '.join(CAPTION_LEVELS[1:])} (the diffusion loss without a caption is always recorded)")
+    _require(config.eval.caption_examples > 0, "eval.caption_examples: must be positive")
     _require(
         config.data.max_caption_len == 0 or config.data.max_caption_len >= 2,
         f"data.max_caption_len: {config.data.max_caption_len} leaves no room for BOS and EOS; use 0 "

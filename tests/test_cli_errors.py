@@ -141,6 +141,8 @@ CASES = [
      2, ["model.patch_size: 5 does not divide data.image_size 32"]),
     ("missing captions", None, [*NEW_RUN, "--config.data.caption_level=none"],
      2, ["data.caption_level: CLIP needs captions"]),
+    ("caption mix", None, [*NEW_RUN, "--config.data.caption_mix=descriptive:0.9,short:0.05"],
+     2, ["data.caption_mix: proportions of 'descriptive:0.9,short:0.05' sum to 0.95, not 1"]),
     ("mesh", None, [*NEW_RUN, "--config.mesh.data=3"], 2, ["multiply to 3 but there are 8 devices"]),
     ("batch", None, [*NEW_RUN, "--config.batch_size=12"],
      2, ["batch_size: 12 is not divisible by the 8 batch shards", "multiple of 8"]),

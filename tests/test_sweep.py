@@ -120,13 +120,15 @@ def test_study_sweeps_have_unique_ids_and_list_in_a_dry_run(monkeypatch, tmp_pat
     assert len(compute.runs) >= 12
     assert [r.run_id for r in compute.runs] == [
         r.run_id for r in load_sweep(ROOT / "sweeps" / "objectives_vs_compute.py").runs]
-    captions = load_sweep(ROOT / "sweeps" / "caption_detail.py")
-    levels = {(r.config.objective, r.config.data.caption_level) for r in captions.runs}
-    assert levels == {(o, level) for o in ("clip", "captioning")
-                      for level in ("short", "medium", "descriptive")}
-    listing = describe(captions, Store(tmp_path, captions.name))
-    assert all(f"{r.run_id} " in listing for r in captions.runs)
-    assert listing.count(" left") == len(captions.runs)
+    for name in ("caption_detail.py", "caption_detail_cpu.py"):
+        captions = load_sweep(ROOT / "sweeps" / name)
+        mixes = {(r.config.objective, r.config.data.caption_mix, r.config.seed) for r in captions.runs}
+        assert mixes == {(o, mix, seed) for o in ("clip", "captioning", "diffusion") for seed in (0, 1)
+                         for mix in ("short:1", "descriptive:1", "descriptive:0.95,short:0.05")}
+        assert {tuple(r.config.eval.caption_levels) for r in captions.runs} == {("short", "descriptive")}
+        listing = describe(captions, Store(tmp_path, captions.name))
+        assert all(f"{r.run_id} " in listing for r in captions.runs)
+        assert listing.count(" left") == len(captions.runs)
 
 
 # --- leases ------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS
 PROBE = "probe_accuracy"
 PIXEL = "pixel_probe_accuracy"  # raw-pixel probe of the same examples (scaling.evaluation.pixel_reference)
 INTERVAL = ("_low", "_high")  # suffixes of an accuracy column's 95% bootstrap interval
-POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "point", "step",
-                "flops"]
+POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "captions",
+                "point", "step", "flops"]
 
 
 def load_results(sweep_dirs: list[str | Path]) -> pd.DataFrame:
@@ -88,11 +88,19 @@ def eval_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.Dat
     return series(points).reset_index(drop=True)
 
 
+def training_captions(rows: pd.DataFrame) -> pd.Series:
+    """What each row's model was trained on: ``captions`` (its caption mix, else its level), or its caption
+    level in tables written before that column."""
+    captions = rows["captions"] if "captions" in rows else pd.Series(np.nan, index=rows.index)
+    return captions.where(captions.notna(), rows["caption_level"]).astype(str)
+
+
 def series(points: pd.DataFrame) -> pd.DataFrame:
-    """Points whose objective ran at several caption levels, relabelled ``objective/level``: each level is
-    a series of its own (its frontier, its fits)."""
-    levels = points.groupby("objective")["caption_level"].transform("nunique")
-    relabelled = points["objective"] + "/" + points["caption_level"].astype(str)
+    """Points whose objective ran on several training captions (levels or mixes), relabelled
+    ``objective/captions``: each is a series of its own (its frontier, its fits)."""
+    captions = training_captions(points)
+    levels = captions.groupby(points["objective"]).transform("nunique")
+    relabelled = points["objective"] + "/" + captions
     return points.assign(objective=points["objective"].where(levels <= 1, relabelled))
 
 

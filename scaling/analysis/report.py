@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from scaling.analysis import figures
+from scaling.analysis.caption_detail import caption_detail
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
 from scaling.analysis.multipliers import OPEN, Multiplier, multiplier, multiplier_grid, oriented, ratio_text
 from scaling.analysis.points import PROBE, eval_points, frontier, load_results, metric_column, spent_compute
@@ -138,6 +139,8 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         *figures.isoflop_figure(points, metric, out / "isoflop"),
     ]
     edge.to_csv(out / "frontier.csv", index=False)
+    caption_files, caption_lines = caption_detail(table, out)
+    drawn += caption_files
     counts = points.groupby("point").size().to_dict()
     spent, branches = spent_compute(table)
     lines = [
@@ -175,6 +178,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
            f"{r.error:.3g} |" for r in optima.itertuples()]
           if len(optima) else ["(no budget with two or more sizes at the end of their schedules)"]),
         "",
+        *caption_lines,
         "## Figures",
         "",
         *[f"- [{path.name}]({path.name})" for path in drawn],

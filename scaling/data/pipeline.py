@@ -4,8 +4,9 @@ Owns finding and building data sets (`ensure_built`), the per-example transform 
 layout, and the train and eval iterators. Every batch is a dict of numpy arrays with exactly these
 keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_tokens` int32 [b, T] and
 `caption_mask` int32 [b, T], with b = batch_size // process_count and T = `caption_length(data)`:
-`data.max_caption_len` when set, else the longest caption of `data.caption_level` (so no caption is cut
-and a short caption is not padded to a descriptive one's length).
+`data.max_caption_len` when set, else the longest caption of `data.caption_level` or of the levels of
+`data.caption_mix` (so no caption is cut and a short caption is not padded to a descriptive one's length).
+Training captions follow `data.caption_mix` (scaling.data.caption_mix), evaluation reads one level.
 
 Each process reads a disjoint strided shard of the split (examples process_index, process_index +
 process_count, ...), so shard sizes differ by at most one example between processes.
@@ -29,6 +30,7 @@ from absl import flags
 from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
+from scaling.data.caption_mix import MixedCaptions, at_level, longest_caption_tokens, training_mix
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 from scaling.errors import ConfigError, DataError
 
@@ -145,9 +147,9 @@ def num_examples(data_config, split: str) -> int:
 
 def caption_length(data_config) -> int:
     """Tokens per caption sequence (BOS and EOS included): `data.max_caption_len` if positive, else the
-    byte-token length of the longest scenes caption at `data.caption_level` (a subword tokenizer needs
-    fewer tokens, so it fits too)."""
-    return data_config.max_caption_len or scenes.CAPTION_TOKENS[data_config.caption_level]
+    byte-token length of the longest scenes caption at `data.caption_level`, or at any level of
+    `data.caption_mix` (a subword tokenizer needs fewer tokens, so it fits too)."""
+    return data_config.max_caption_len or longest_caption_tokens(data_config)
 
 
 def _caption_key(data_config, builder) -> str | None:
@@ -245,6 +247,14 @@ def make_transform(data_config, builder) -> ToExample:
 # ----------------------------------------------------------------------------- iterators
 
 
+def make_train_transform(data_config, builder, stream: tuple[int, ...]) -> MixedCaptions:
+    """(stream position, record) -> example, the caption at the level `data.caption_mix` draws for that
+    position of `stream` (seed, process index); `data.caption_level` for every example without a mix."""
+    mix = training_mix(data_config)
+    return MixedCaptions(tuple(make_transform(at_level(data_config, level), builder) for level, _ in mix),
+                         tuple(proportion for _, proportion in mix), stream)
+
+
 def per_process_batch_size(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
@@ -294,7 +304,7 @@ def make_train_iterator(data_config, *, batch_size: int, seed: int, process_inde
     dataset = (
         dataset.shuffle(seed=seed)
         .repeat()
-        .map(make_transform(data_config, builder))
+        .map_with_index(make_train_transform(data_config, builder, (seed, process_index)))
         .batch(local_batch, drop_remainder=True)
     )
     return _to_iterator(dataset, data_config.worker_count)

@@ -7,7 +7,8 @@ The best layer's accuracy carries its 95% bootstrap interval over the test examp
 (``probe_accuracy_low``/``_high``), and a trainer's records carry the raw-pixel probe of the same examples
 (``pixel_probe_accuracy``, cached) as the floor learned features must clear. Each of
 ``eval.extra_labels`` is probed on the same features into fields prefixed with its name
-(``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...).
+(``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...). With ``eval.caption_levels``, the
+held-out caption metrics of ``scaling.evaluation.caption_levels`` join the record.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from scaling.data.caption_mix import eval_captions
 from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator, split_labels
+from scaling.evaluation.caption_levels import CaptionLevelEval
 from scaling.evaluation.features import make_features_fn, map_split
 from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
@@ -128,6 +131,8 @@ class Evaluator:
             split_labels(self.data, config.eval.test_split, self.extra_labels, max_examples=1)
         wanted = names and config.eval.zero_shot and supports_zero_shot(objective)
         self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if wanted else None
+        wanted = self.steps and config.eval.caption_levels
+        self.caption_levels = CaptionLevelEval(config, objective, model_from_params, mesh) if wanted else None
         self.loss_fn = jax.jit(
             lambda params, batch, rng: objective.loss(model_from_params(params), batch, rng)[0]
         )
@@ -159,17 +164,20 @@ class Evaluator:
             )
             field = class_score_field(self.objective)
             record[field] = float(np.mean(predictions["prediction"] == labels))
+        if self.caption_levels is not None:
+            record.update(self.caption_levels(params))
         if e.val_split:
             record["val_loss"] = self.validation_loss(params)
         record["eval_s"] = time.perf_counter() - start
         return record
 
     def validation_loss(self, params) -> float:
-        """Mean training loss over the first val_batches full batches of the validation split."""
+        """Mean training loss over the first val_batches full batches of the validation split, captions at
+        eval.caption_level."""
         batch_size = self.config.batch_size
         local_size = batch_size // jax.process_count()
         batches = make_eval_iterator(
-            self.config.data, self.config.eval.val_split, batch_size=batch_size,
+            eval_captions(self.config), self.config.eval.val_split, batch_size=batch_size,
             process_index=jax.process_index(), process_count=jax.process_count(),
             max_examples=batch_size * self.config.eval.val_batches,
         )

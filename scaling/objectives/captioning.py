@@ -161,6 +161,17 @@ class Captioning:
         context_BMD, _ = model.encode(images_BHWC)
         return _log_likelihood(model, context_BMD, tokens_BT, mask_BT)
 
+    def caption_outputs(self, model: CaptioningModel, images_BHWC: Array, captions, rng: Array) -> dict:
+        """``log_likelihood/<level>`` [B] of each level's reference captions ({level: (tokens [B, T],
+        mask [B, T])}) given the image, and ``predicted_tokens/<level>`` [B], the tokens it sums over."""
+        del rng
+        context_BMD, _ = model.encode(images_BHWC)
+        outputs = {}
+        for level, (tokens_BT, mask_BT) in captions.items():
+            outputs[f"log_likelihood/{level}"] = _log_likelihood(model, context_BMD, tokens_BT, mask_BT)
+            outputs[f"predicted_tokens/{level}"] = mask_BT[:, 1:].sum(axis=1)
+        return outputs
+
     def zero_shot_scores(self, model: CaptioningModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """[B, C]: each class's prompt log-likelihood given the image, averaged over templates."""
         del rng

@@ -175,6 +175,15 @@ class Clip:
         _, hidden = model.image(images_BHWC)
         return pooled_layer_features(hidden)
 
+    def caption_outputs(self, model: ClipModel, images_BHWC: Array, captions, rng: Array) -> dict:
+        """``image_embedding`` [B, E] and ``text_embedding/<level>`` [B, E] for each level's captions
+        ({level: (tokens [B, T], mask [B, T])}): the embeddings retrieval ranks."""
+        del rng
+        image_BE, _ = model.embed_images(images_BHWC)
+        texts = {f"text_embedding/{level}": model.embed_texts(tokens_BT, mask_BT)
+                 for level, (tokens_BT, mask_BT) in captions.items()}
+        return {"image_embedding": image_BE, **texts}
+
     def zero_shot_scores(self, model: ClipModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """Cosine similarity of each image to each class's template-averaged text embedding."""
         del rng

@@ -158,6 +158,15 @@ def bucket_losses(error_B: Array, t_B: Array, num_timesteps: int, buckets: int) 
     return losses
 
 
+def bucket_timesteps(rng: Array, batch: int, buckets: int, num_timesteps: int) -> Array:
+    """[batch, buckets] int32: per example one timestep drawn uniformly within each bucket of
+    ``bucket_losses`` (t with t * buckets // num_timesteps == k)."""
+    lower_K = -(-np.arange(buckets + 1) * num_timesteps // buckets)  # ceil(k T / K)
+    width_K = jnp.asarray(lower_K[1:] - lower_K[:-1])
+    offset_BK = (jax.random.uniform(rng, (batch, buckets)) * width_K).astype(jnp.int32)
+    return jnp.asarray(lower_K[:-1], jnp.int32) + jnp.minimum(offset_BK, width_K - 1)
+
+
 # --- model -------------------------------------------------------------------------------------------
 
 
@@ -366,6 +375,31 @@ class Diffusion:
         output_BHWC, _ = model(x_t_BHWC, timesteps_B, condition_BW)
         _, eps_BHWC = denoised(x_t_BHWC, output_BHWC, alpha_bar_B, self.config.diffusion.prediction)
         return jnp.square(eps_BHWC - noise_BHWC).mean(axis=(1, 2, 3))
+
+    @property
+    def caption_outputs_available(self) -> bool:
+        return self.config.diffusion.condition == "caption"
+
+    def caption_outputs(self, model: DiffusionModel, images_BHWC: Array, captions, rng: Array) -> dict:
+        """``denoising_error/none``, ``denoising_error/<level>`` and ``mismatched_error/<level>`` [B, K]:
+        epsilon error at one timestep drawn in each of the K loss buckets, the same (timestep, noise) draws
+        with the null condition, under each level's captions ({level: (tokens [B, T], mask [B, T])}) and
+        under the next example's caption (what any caption does, without this image's content)."""
+        c = self.config.diffusion
+        B, K = images_BHWC.shape[0], c.loss_buckets
+        t_rng, noise_rng = jax.random.split(rng)
+        t_N = bucket_timesteps(t_rng, B, K, c.num_timesteps).reshape(-1)
+        noise_NHWC = jax.random.normal(noise_rng, (B * K, *images_BHWC.shape[1:]))
+        images_NHWC = jnp.repeat(images_BHWC, K, axis=0)
+        errors = lambda condition: self.denoising_error(model, images_NHWC, condition, t_N, noise_NHWC
+                                                        ).reshape(B, K)
+        outputs = {"denoising_error/none": errors(None)}
+        for level, (tokens_BT, mask_BT) in captions.items():
+            for name, shift in (("denoising_error", 0), ("mismatched_error", 1)):
+                condition = {"caption_tokens": jnp.repeat(jnp.roll(tokens_BT, shift, axis=0), K, axis=0),
+                             "caption_mask": jnp.repeat(jnp.roll(mask_BT, shift, axis=0), K, axis=0)}
+                outputs[f"{name}/{level}"] = errors(condition)
+        return outputs
 
     @property
     def zero_shot_available(self) -> bool:

@@ -1,8 +1,9 @@
 """The results table of a sweep, derived from its run directories alone (so it can always be rebuilt).
 
 One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
-caption level, grid values) followed by the metrics.jsonl record (``kind`` "train" or "eval", step,
-examples, flops, wall_s, and whatever metrics it holds). Eval rows say which compute point they are
+caption level, ``captions`` trained on: the caption mix or else the level, grid values) followed by the
+metrics.jsonl record (``kind`` "train" or "eval", step, examples, flops, wall_s, and whatever metrics it
+holds). Eval rows say which compute point they are
 (``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before the field existed get it
 from their step). Cached as ``<sweep dir>/results.csv``.
 """
@@ -28,7 +29,7 @@ CONFIG_COLUMNS = {  # column -> dotted config field
     "total_steps": "total_steps",
     "caption_level": "data.caption_level",
 }
-RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "budget", "budget_unit", "budget_amount")
+RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "captions", "budget", "budget_unit", "budget_amount")
 POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
 
 
@@ -50,6 +51,7 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
         "run_id": spec["run_id"],
         "status": run_status(run_dir),
         **{column: flat.get(field) for column, field in CONFIG_COLUMNS.items()},
+        "captions": flat.get("data.caption_mix") or flat.get("data.caption_level"),  # trained on
         "budget": Budget(**budget).label,
         "budget_unit": budget["unit"],
         "budget_amount": float(budget["amount"]),

@@ -1,0 +1,227 @@
+"""The caption-detail view of sweeps whose runs carry caption-level metrics (``eval.caption_levels``).
+
+Two questions, each a figure: where on the noise axis does a caption help a text-conditional diffusion
+model, and how much, by caption detail and by training mix (``caption_gain_by_noise``); and how the
+training captions (a level or a mix such as 95% descriptive / 5% short) move representation quality,
+zero-shot accuracy, retrieval, captioner likelihood and caption gain against training compute
+(``caption_mix_vs_compute``). Both read honest eval points only (end of schedule, cool-down branch),
+averaged over seeds: the interval of a point with several seeds is the 95% Student-t interval of the mean
+over seeds, of a single seed the recorded interval over held-out examples. ``caption_detail.csv`` holds
+every aggregated point; the report's section reads the largest-compute point of each training mix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from scaling.analysis.figures import COMPUTE_LABEL, save
+from scaling.analysis.points import INTERVAL, PROBE, training_captions
+from scaling.workdir import HONEST_POINTS
+
+CAPTION_METRIC = re.compile(
+    r"^(caption_(match_)?gain(_t\d+)?|caption_loss_t\d+|caption_log_likelihood|retrieval_(i2t|t2i)_r\d+)"
+    r"/[a-z]+$")
+WHOLE_METRICS = (PROBE, "zero_shot_accuracy")  # recorded once per eval, at no caption level
+KEYS = ["objective", "size", "budget", "captions", "point", "step"]
+# 97.5% quantiles of Student's t with 1..10 degrees of freedom; beyond, the normal's
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+NORMAL_975 = 1.960
+COMPUTE_METRICS = ("probe_accuracy", "zero_shot_accuracy", "retrieval_i2t_r1", "retrieval_t2i_r1",
+                   "caption_log_likelihood", "caption_gain")
+LABELS = {
+    "probe_accuracy": "linear-probe accuracy",
+    "zero_shot_accuracy": "zero-shot accuracy",
+    "retrieval_i2t_r1": "image-to-text recall@1",
+    "retrieval_t2i_r1": "text-to-image recall@1",
+    "caption_log_likelihood": "log-likelihood per token",
+    "caption_gain": "loss reduction by the caption",
+}
+CSV_NAME = "caption_detail.csv"
+
+
+def has_caption_metrics(table: pd.DataFrame) -> bool:
+    return any(CAPTION_METRIC.match(str(column)) for column in table)
+
+
+def long_points(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per honest eval record and metric: KEYS, seed, flops, metric, level ("" for metrics of no
+    caption level), value, low, high (the record's interval over held-out examples, where it has one)."""
+    evals = table[(table["kind"] == "eval") & table["point"].isin(HONEST_POINTS)]
+    evals = evals.assign(captions=training_captions(evals))
+    parts = []
+    for column in evals.columns:
+        if not (CAPTION_METRIC.match(str(column)) or column in WHOLE_METRICS) or evals[column].isna().all():
+            continue
+        low, high = (f"{column}{suffix}" for suffix in INTERVAL)
+        part = evals[evals[column].notna()]
+        metric, _, level = column.partition("/")
+        parts.append(pd.DataFrame({
+            **{key: part[key] for key in [*KEYS, "seed", "flops"]}, "metric": metric, "level": level,
+            "value": part[column], "low": part.get(low, np.nan), "high": part.get(high, np.nan)}))
+    columns = [*KEYS, "seed", "flops", "metric", "level", "value", "low", "high"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def over_seeds(points: pd.DataFrame) -> pd.DataFrame:
+    """Points averaged over seeds: KEYS, metric, level, flops, value, low, high, seeds."""
+    rows = []
+    for key, group in points.groupby([*KEYS, "metric", "level"], dropna=False):
+        values, n = group["value"].to_numpy(float), len(group)
+        mean = float(values.mean())
+        if n > 1:
+            half = (T_975[n - 2] if n - 1 <= len(T_975) else NORMAL_975) * values.std(ddof=1) / np.sqrt(n)
+            low, high = mean - half, mean + half
+        else:
+            low, high = float(group["low"].iloc[0]), float(group["high"].iloc[0])
+        rows.append({**dict(zip([*KEYS, "metric", "level"], key, strict=True)),
+                     "flops": float(group["flops"].mean()), "value": mean, "low": low, "high": high,
+                     "seeds": n})
+    columns = [*KEYS, "metric", "level", "flops", "value", "low", "high", "seeds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def caption_points(table: pd.DataFrame) -> pd.DataFrame:
+    return over_seeds(long_points(table))
+
+
+def bucket_rows(points: pd.DataFrame, prefix: str = "caption_gain") -> pd.DataFrame:
+    """The rows of ``<prefix>_t<k>`` metrics, with their noise bucket k as ``bucket``."""
+    bucket = points["metric"].str.extract(rf"^{prefix}_t(\d+)$")[0]
+    return points[bucket.notna()].assign(bucket=bucket[bucket.notna()].astype(int))
+
+
+def _errorbar(axes, x, rows: pd.DataFrame, **style) -> None:
+    below, above = rows["value"] - rows["low"], rows["high"] - rows["value"]
+    axes.errorbar(x, rows["value"], yerr=[below.fillna(0), above.fillna(0)], capsize=2, **style)
+
+
+def gain_by_noise_figure(points: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Loss reduction a caption gives per noise bucket: a panel per training mix, a colour per eval caption
+    level; over no caption at the largest honest compute (solid) and the smallest (faint, dashed), and
+    over another example's caption at the largest (dotted)."""
+    gains, matched = bucket_rows(points), bucket_rows(points, "caption_match_gain")
+    mixes = sorted(set(gains["captions"])) or ["(no caption_gain records)"]
+    figure = Figure(figsize=(3.6 * len(mixes), 3.8), layout="constrained")
+    panels = figure.subplots(1, len(mixes), squeeze=False, sharey=True)[0]
+    for axes, mix in zip(panels, mixes, strict=True):
+        mine = gains[gains["captions"] == mix]
+        computes = sorted(set(mine["flops"]))
+        curves = []  # (rows, compute, line style, alpha, what the caption is compared with)
+        if computes:
+            curves += [(mine, computes[-1], "-", 1.0, "vs none"),
+                       (matched[matched["captions"] == mix], computes[-1], ":", 1.0, "vs other caption")]
+        if len(computes) > 1:
+            curves.append((mine, computes[0], "--", 0.4, "vs none"))
+        for i, level in enumerate(sorted(set(gains["level"]))):
+            for rows, flops, linestyle, alpha, versus in curves:
+                rows = rows[(rows["level"] == level) & (rows["flops"] == flops)].sort_values("bucket")
+                if len(rows):
+                    _errorbar(axes, rows["bucket"], rows, color=f"C{i}", marker="o", linestyle=linestyle,
+                              alpha=alpha, label=f"eval {level} {versus}, {flops:.2g} FLOPs")
+        axes.set_xticks(sorted(set(gains["bucket"])))
+        axes.axhline(0, color="black", linewidth=0.8)
+        axes.set_title(f"trained on {mix}", fontsize="small")
+        axes.set_xlabel("noise bucket (0: least noise)")
+        axes.grid(True, alpha=0.3)
+        if len(mine):
+            axes.legend(fontsize="xx-small")
+    panels[0].set_ylabel("loss reduction by the caption")
+    figure.suptitle("Where captions help a diffusion model (bars: 95% intervals)", fontsize="medium")
+    return save(figure, stem)
+
+
+def _compute_panels(points: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(objective, metric, level) of every panel of the compute figure, in COMPUTE_METRICS order."""
+    present = points[points["metric"].isin(COMPUTE_METRICS)][["objective", "metric", "level"]]
+    order = {metric: i for i, metric in enumerate(COMPUTE_METRICS)}
+    unique = present.drop_duplicates().assign(rank=lambda f: f["metric"].map(order))
+    return list(unique.sort_values(["objective", "rank", "level"])[["objective", "metric", "level"]]
+                .itertuples(index=False, name=None))
+
+
+def mix_vs_compute_figure(points: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Each objective's metrics against compute, a line per training mix (per size), bars: 95% intervals."""
+    panels = _compute_panels(points) or [("(no caption metrics)", "", "")]
+    objectives = list(dict.fromkeys(objective for objective, _, _ in panels))
+    columns = max(sum(o == objective for o, _, _ in panels) for objective in objectives)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * len(objectives)), layout="constrained")
+    grid = figure.subplots(len(objectives), columns, squeeze=False)
+    colors = {mix: f"C{i}" for i, mix in enumerate(sorted(set(points["captions"])))}
+    markers = {size: "osD^v"[i % 5] for i, size in enumerate(sorted(set(points["size"])))}
+    filled = dict.fromkeys(objectives, 0)  # panels drawn so far in each objective's row
+    for objective, metric, level in panels:
+        axes = grid[objectives.index(objective)][filled[objective]]
+        filled[objective] += 1
+        rows = points[(points["objective"] == objective) & (points["metric"] == metric) &
+                      (points["level"] == level)]
+        for (mix, size), curve in rows.groupby(["captions", "size"]):
+            curve = curve.sort_values("flops")
+            _errorbar(axes, curve["flops"], curve, color=colors[mix], marker=markers[size], alpha=0.8,
+                      label=f"{mix} ({size})")
+        axes.set_xscale("log")
+        axes.set_title(f"{objective}: {LABELS.get(metric, metric)}" + (f" ({level})" if level else ""),
+                       fontsize="small")
+        axes.set_xlabel(COMPUTE_LABEL, fontsize="small")
+        axes.grid(True, which="both", alpha=0.3)
+        if len(rows):
+            axes.legend(fontsize="xx-small", title="trained on (size)", title_fontsize="xx-small")
+    for row in grid:
+        for axes in row:
+            if not axes.has_data():
+                axes.set_axis_off()
+    return save(figure, stem)
+
+
+def _value(row) -> str:
+    interval = "" if pd.isna(row["low"]) else f" [{row['low']:.3g}, {row['high']:.3g}]"
+    seeds = int(row["seeds"])
+    return f"{row['value']:.3g}{interval} ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def largest_compute(points: pd.DataFrame) -> pd.DataFrame:
+    """Per objective, metric, level and training mix, the end-of-schedule point of largest compute."""
+    ends = points[points["point"] == "end_of_schedule"]
+    index = ends.groupby(["objective", "metric", "level", "captions"])["flops"].idxmax()
+    return ends.loc[index]
+
+
+def report_lines(points: pd.DataFrame) -> list[str]:
+    """The report's caption-detail section: each training mix at its largest compute, and where on the
+    noise axis captions help most."""
+    ends = largest_compute(points[points["metric"].isin(COMPUTE_METRICS)])
+    lines = ["## Caption detail", "",
+             "Each training mix at its largest end-of-schedule compute; value [95% interval] (seeds).", "",
+             "| objective | metric | eval captions | trained on | size | FLOPs | value |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.objective} | {r.metric} | {r.level or '-'} | {r.captions} | {r.size} | {r.flops:.3g} | "
+              f"{_value(r._asdict())} |" for r in ends.itertuples()]
+    gains = bucket_rows(points)
+    top = largest_compute(gains.assign(metric="caption_gain_t"))
+    if len(top):
+        lines += ["", "Where a caption helps the diffusion model most (largest loss reduction by noise "
+                  "bucket, 0 = least noise):", ""]
+        for r in top.itertuples():
+            same = gains[(gains["captions"] == r.captions) & (gains["level"] == r.level) &
+                         (gains["flops"] == r.flops) & (gains["size"] == r.size)].sort_values("bucket")
+            best = same.loc[same["value"].idxmax()]
+            per_bucket = ", ".join(f"t{b}: {v:.3g}" for b, v in zip(same["bucket"], same["value"],
+                                                                      strict=True))
+            lines.append(f"- trained on {r.captions}, eval {r.level} ({r.size}, {r.flops:.3g} FLOPs): most "
+                         f"at bucket {best['bucket']} ({_value(best)}); {per_bucket}")
+    return [*lines, ""]
+
+
+def caption_detail(table: pd.DataFrame, out: Path) -> tuple[list[Path], list[str]]:
+    """(figures and CSV written into ``out``, report lines); nothing for a table without caption metrics."""
+    if not has_caption_metrics(table):
+        return [], []
+    points = caption_points(table)
+    points.to_csv(out / CSV_NAME, index=False)
+    drawn = [*gain_by_noise_figure(points, out / "caption_gain_by_noise"),
+             *mix_vs_compute_figure(points, out / "caption_mix_vs_compute"), out / CSV_NAME]
+    return drawn, report_lines(points)

@@ -1,0 +1,109 @@
+"""Caption mixes: training captions whose detail level is drawn per example from configured proportions.
+
+``data.caption_mix`` is a string such as ``"descriptive:0.95,short:0.05"`` (DALL-E 3's recipe): each
+training example's caption comes from the level drawn for it, with the given probabilities. Empty means
+every caption is at ``data.caption_level``. The draw is a pure function of (seed, process index, position
+in the training stream), so the stream is the same on every rerun and a resumed iterator (grain state)
+continues it exactly. Text sequences are as long as the longest level in the mix (no caption is cut).
+
+Evaluation reads captions at one fixed level, ``eval.caption_level`` (default ``data.caption_level``),
+whatever the training mix; the caption-level evaluation (``eval.caption_levels``) reads several.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from scaling.data.scenes import CAPTION_LEVELS, CAPTION_TOKENS
+from scaling.errors import ConfigError
+
+SUM_TOLERANCE = 1e-6
+MIX_EXAMPLE = "descriptive:0.95,short:0.05"
+
+
+def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``"descriptive:0.95,short:0.05"`` -> ``(("descriptive", 0.95), ("short", 0.05))``; ConfigError for
+    an unknown or repeated level, a proportion that is not a positive number, or proportions that do not
+    sum to 1. ``""`` -> ``()``."""
+    if not text.strip():
+        return ()
+    pairs = []
+    for item in text.split(","):
+        level, sep, proportion = (part.strip() for part in item.partition(":"))
+        if not sep:
+            raise ConfigError(f"data.caption_mix: {item.strip()!r} is not level:proportion; write e.g. "
+                              f"{MIX_EXAMPLE!r}")
+        if level not in CAPTION_LEVELS:
+            raise ConfigError(f"data.caption_mix: unknown caption level {level!r}; choose among "
+                              f"{', '.join(CAPTION_LEVELS)}")
+        try:
+            value = float(proportion)
+        except ValueError:
+            value = math.nan
+        if not value > 0:
+            raise ConfigError(f"data.caption_mix: proportion {proportion!r} of {level} must be a positive "
+                              "number; leave a level out to give it none")
+        pairs.append((level, value))
+    levels = [level for level, _ in pairs]
+    if len(set(levels)) < len(levels):
+        raise ConfigError(f"data.caption_mix: {text!r} names a level twice; give each level once")
+    total = sum(value for _, value in pairs)
+    if abs(total - 1) > SUM_TOLERANCE:
+        raise ConfigError(f"data.caption_mix: proportions of {text!r} sum to {total:g}, not 1; e.g. "
+                          f"{MIX_EXAMPLE!r}")
+    return tuple(pairs)
+
+
+def training_mix(data_config) -> tuple[tuple[str, float], ...]:
+    """The (level, proportion) pairs the training captions come from: the mix, else caption_level alone
+    (also for the config of a run recorded before mixes existed)."""
+    return parse_caption_mix(data_config.get("caption_mix", "")) or ((data_config.caption_level, 1.0),)
+
+
+def longest_caption_tokens(data_config) -> int:
+    """Byte tokens of the longest caption of any level the model trains on."""
+    return max(CAPTION_TOKENS[level] for level, _ in training_mix(data_config))
+
+
+def at_level(data_config, level: str):
+    """A copy of the data section that reads every caption at ``level``, in sequences as long as the
+    training ones (``max_caption_len`` pinned), so a model reads them as it was trained to."""
+    data = data_config.copy_and_resolve_references()
+    data.max_caption_len = data_config.max_caption_len or longest_caption_tokens(data_config)
+    data.caption_level, data.caption_mix = level, ""
+    return data
+
+
+def eval_captions(config):
+    """The data section of held-out batches: every caption at eval.caption_level (default
+    data.caption_level), as long as the training ones."""
+    return at_level(config.data, config.eval.caption_level or config.data.caption_level)
+
+
+def draw_levels(stream: tuple[int, ...], indices: np.ndarray, proportions: tuple[float, ...]) -> np.ndarray:
+    """[N] index into ``proportions`` for each position in ``indices`` of the training stream named by
+    ``stream`` (seed, process index): one uniform draw per (stream, position) through the inverse of the
+    cumulative proportions."""
+    uniforms = np.array([np.random.default_rng([*stream, int(index)]).random() for index in indices])
+    bounds = np.cumsum(proportions)
+    return np.minimum(np.searchsorted(bounds, uniforms, side="right"), len(proportions) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedCaptions:
+    """(stream position, record) -> example, with the caption at the level drawn for that position;
+    ``transforms`` turn a record into an example at each level, in the order of ``proportions``."""
+
+    transforms: tuple[Callable[[dict], dict], ...]
+    proportions: tuple[float, ...]
+    stream: tuple[int, ...]
+
+    def __call__(self, index: int, record: dict) -> dict:
+        if len(self.transforms) == 1:
+            return self.transforms[0](record)
+        chosen = draw_levels(self.stream, np.asarray([index]), self.proportions)[0]
+        return self.transforms[chosen](record)
