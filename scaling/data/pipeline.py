@@ -29,6 +29,7 @@ from absl import flags
 from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
+from scaling.data.captions import CAPTION_LEVELS, CAPTION_TOKENS
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 from scaling.errors import ConfigError, DataError
 
@@ -84,6 +85,11 @@ def make_builder(data_config):
                         f"{_how_to_prepare(data_dir)}") from None
 
 
+def label_classes(data_config) -> int:
+    """Classes of the feature ``data.label``, from the data set's metadata (no example is read)."""
+    return make_builder(data_config).info.features[data_config.label].num_classes
+
+
 def _what_exists(data_dir: Path) -> str:
     folders = sorted(data_dir.iterdir()) if data_dir.is_dir() else []
     prepared = [folder.name for folder in folders if folder.is_dir() and folder.name != "downloads"]
@@ -135,10 +141,6 @@ def ensure_built(data_config):
     return builder
 
 
-def num_examples(data_config, split: str) -> int:
-    """Examples in `split` (TFDS split syntax such as "train[:1000]" works)."""
-    return ensure_built(data_config).info.splits[split].num_examples
-
 
 # ----------------------------------------------------------------------------- examples
 
@@ -147,13 +149,13 @@ def caption_length(data_config) -> int:
     """Tokens per caption sequence (BOS and EOS included): `data.max_caption_len` if positive, else the
     byte-token length of the longest scenes caption at `data.caption_level` (a subword tokenizer needs
     fewer tokens, so it fits too)."""
-    return data_config.max_caption_len or scenes.CAPTION_TOKENS[data_config.caption_level]
+    return data_config.max_caption_len or CAPTION_TOKENS[data_config.caption_level]
 
 
 def _caption_key(data_config, builder) -> str | None:
     level = data_config.caption_level
-    if level not in scenes.CAPTION_LEVELS:
-        raise ValueError(f"caption_level {level!r} not in {scenes.CAPTION_LEVELS}")
+    if level not in CAPTION_LEVELS:
+        raise ValueError(f"caption_level {level!r} not in {CAPTION_LEVELS}")
     key = f"caption_{level}"
     return key if key in builder.info.features else None
 

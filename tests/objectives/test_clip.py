@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_experiment, random_batch
 from flax import nnx
+from helpers import load_experiment, random_batch
 
 from scaling.objectives import build_objective
 
