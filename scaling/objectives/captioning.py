@@ -9,8 +9,9 @@ input is the [MASK] token (one extra embedding id, ``vocab_size``), so the decod
 caption from the image alone. As in the paper, those rows attend without the causal mask (every position
 sees every other position's state); autoregressive rows stay causal.
 
-Besides the protocol it offers greedy decoding, per-caption log-likelihoods (for zero-shot
-classification) and ``write_samples`` (an image grid with reference and generated captions).
+Besides the protocol its public API offers ``greedy_captions``, ``caption_log_likelihood`` (the
+log-likelihood of any captions given their images: scoring or ranking captions; zero-shot classification
+scores prompts the same way) and ``write_samples`` (an image grid with reference and generated captions).
 """
 
 from __future__ import annotations

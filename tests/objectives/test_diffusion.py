@@ -54,8 +54,8 @@ def test_model_at_init_predicts_zeros(condition):
     model = objective.init(nnx.Rngs(0))
     batch = {key: jnp.asarray(value) for key, value in random_batch(config, 4).items()}
     x_t_BHWC = jax.random.normal(jax.random.key(0), batch["image"].shape)
-    condition_BW = objective.training_condition(model, batch, jax.random.key(1))
-    output_BHWC, hidden = model(x_t_BHWC, jnp.array([0, 10, 500, 999]), condition_BW)
+    condition_BE = objective.training_condition(model, batch, jax.random.key(1))
+    output_BHWC, hidden = model(x_t_BHWC, jnp.array([0, 10, 500, 999]), condition_BE)
     assert output_BHWC.shape == x_t_BHWC.shape
     np.testing.assert_array_equal(output_BHWC, 0.0)
     assert len(hidden) == 2 and not np.allclose(hidden[-1], 0.0)
@@ -63,21 +63,21 @@ def test_model_at_init_predicts_zeros(condition):
 
 @pytest.mark.parametrize("kind", ["cosine", "linear"])
 def test_alpha_bar_falls_from_one_to_zero(kind):
-    alpha_bar_T = noise_schedule(kind, 1000)
-    assert alpha_bar_T.shape == (1000,) and alpha_bar_T.dtype == np.float32
-    assert np.all(np.diff(alpha_bar_T) < 0)
-    assert alpha_bar_T[0] > 0.999 and alpha_bar_T[-1] < 1e-4
+    alpha_bar_Z = noise_schedule(kind, 1000)
+    assert alpha_bar_Z.shape == (1000,) and alpha_bar_Z.dtype == np.float32
+    assert np.all(np.diff(alpha_bar_Z) < 0)
+    assert alpha_bar_Z[0] > 0.999 and alpha_bar_Z[-1] < 1e-4
     # Mid-schedule is neither clean nor pure noise (about 0.49 cosine, 0.08 linear).
-    assert 0.02 < alpha_bar_T[500] < 0.6
+    assert 0.02 < alpha_bar_Z[500] < 0.6
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_ddim_with_an_oracle_denoiser_returns_the_one_image_it_knows(prediction):
-    alpha_bar_T = jnp.asarray(noise_schedule("cosine", 1000))
+    alpha_bar_Z = jnp.asarray(noise_schedule("cosine", 1000))
     image_BHWC = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
 
     def oracle(x_t_BHWC, t_B):  # the exact prediction when the data is this one image
-        alpha_bar_B = alpha_bar_T[t_B]
+        alpha_bar_B = alpha_bar_Z[t_B]
         sigma = jnp.sqrt(1 - alpha_bar_B)[:, None, None, None]
         noise_BHWC = (x_t_BHWC - jnp.sqrt(alpha_bar_B)[:, None, None, None] * image_BHWC) / sigma
         return prediction_target(image_BHWC, noise_BHWC, alpha_bar_B, prediction)
@@ -85,7 +85,7 @@ def test_ddim_with_an_oracle_denoiser_returns_the_one_image_it_knows(prediction)
     timesteps_S = jnp.asarray(ddim_timesteps(1000, 7))
     assert timesteps_S[0] == 999 and timesteps_S[-1] == 0 and np.all(np.diff(timesteps_S) < 0)
     noise_BHWC = jax.random.normal(jax.random.key(1), image_BHWC.shape)
-    sample_BHWC = ddim_sample(oracle, noise_BHWC, alpha_bar_T, timesteps_S, prediction)
+    sample_BHWC = ddim_sample(oracle, noise_BHWC, alpha_bar_Z, timesteps_S, prediction)
     np.testing.assert_allclose(sample_BHWC, image_BHWC, atol=1e-4)
 
 
@@ -119,13 +119,13 @@ def test_classifier_free_dropout_replaces_the_set_fraction_with_the_null_conditi
     objective = Diffusion(config)
     model = objective.init(nnx.Rngs(0))
     batch = {key: jnp.asarray(value) for key, value in random_batch(config, examples).items()}
-    condition_BW = objective.training_condition(model, batch, jax.random.key(3))
-    null_BW = model.null_condition(examples)
-    dropped_B = np.all(np.asarray(condition_BW == null_BW), axis=1)
+    condition_BE = objective.training_condition(model, batch, jax.random.key(3))
+    null_BE = model.null_condition(examples)
+    dropped_B = np.all(np.asarray(condition_BE == null_BE), axis=1)
     assert dropped_B.mean() == pytest.approx(0.25, abs=3 * np.sqrt(0.25 * 0.75 / examples))
     config.diffusion.condition_dropout = 0.0
-    kept_BW = Diffusion(config).training_condition(model, batch, jax.random.key(3))
-    assert not np.any(np.all(np.asarray(kept_BW == null_BW), axis=1))
+    kept_BE = Diffusion(config).training_condition(model, batch, jax.random.key(3))
+    assert not np.any(np.all(np.asarray(kept_BE == null_BE), axis=1))
 
 
 def test_training_run_lowers_the_loss_and_reports_every_noise_bucket(tiny_config, tmp_path):
