@@ -73,9 +73,6 @@ def to_uint8(images_BHWC: Array) -> np.ndarray:
     return np.asarray(jnp.round((jnp.clip(images_BHWC, -1, 1) + 1) * 127.5)).astype(np.uint8)
 
 
-# --- objective ---------------------------------------------------------------------------------------
-
-
 class Diffusion:
     name = "diffusion"
 
