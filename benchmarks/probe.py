@@ -14,6 +14,7 @@ as the warm time. Run ``python benchmarks/probe.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 
@@ -24,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from scaling.evaluation import linear_probe as lp
+from scaling.evaluation.logistic import SolverOptions
 
 
 def make_features(
@@ -164,7 +166,8 @@ def main() -> None:
         f"features: train {x_train.shape}, test {x_test.shape}, {args.num_classes} classes, "
         f"float32; C grid {[format(C, 'g') for C in c_grid]}; {jax.devices()[0].platform} backend"
     )
-    protocol = {"c_grid": c_grid, "seed": args.seed, "tol": args.tol, "max_iter": args.max_iter}
+    solver = SolverOptions(tol=args.tol, max_iter=args.max_iter)
+    protocol = {"c_grid": c_grid, "seed": args.seed, "solver": solver}
 
     ours, ours_cold = timed(lp.select_and_evaluate, x_train, y_train, x_test, y_test, **protocol)
     ours_again, ours_warm = timed(lp.select_and_evaluate, x_train, y_train, x_test, y_test, **protocol)
@@ -176,7 +179,8 @@ def main() -> None:
     )
     if not args.skip_plain:
         plain, plain_seconds = timed(
-            lp.select_and_evaluate, x_train, y_train, x_test, y_test, precondition=False, **protocol
+            lp.select_and_evaluate, x_train, y_train, x_test, y_test,
+            **{**protocol, "solver": dataclasses.replace(solver, precondition=False)},
         )
         print(
             f"ours without the preconditioner (plain optax L-BFGS): {plain_seconds:.2f} s including "

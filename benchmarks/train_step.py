@@ -64,7 +64,7 @@ def step_seconds(config, steps: int) -> tuple[float, float]:
             params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(step), rate)
         jax.block_until_ready(metrics)
         seconds = (time.perf_counter() - start) / steps
-    return seconds, setup.objective.train_flops_per_example() * config.batch_size
+    return seconds, setup.state.objective.train_flops_per_example() * config.batch_size
 
 
 def main() -> None:

@@ -13,8 +13,15 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from scaling import plan
+from scaling.analysis.report import analyze, summary
 from scaling.config import load_config
 from scaling.errors import UserError
+from scaling.evaluation.probe import probe_checkpoint
+from scaling.sweeps import runner
+from scaling.sweeps.spec import load_runs
+from scaling.train import train
+from scaling.workdir import FAILED
 
 FLAGS = flags.FLAGS
 CONFIG_FIELD_PREFIX = "--config."
@@ -66,8 +73,6 @@ def fail(message: str, status: int = 2) -> None:
 
 
 def train_command(argv: list[str]) -> None:
-    from scaling.train import train
-
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; usage: {USAGES['train']}")
     if FLAGS.config is None or not FLAGS.workdir:
@@ -78,8 +83,6 @@ def train_command(argv: list[str]) -> None:
 
 
 def probe_command(argv: list[str]) -> None:
-    from scaling.evaluation.probe import probe_checkpoint
-
     if len(argv) > 1 or not FLAGS.workdir:
         fail(f"--workdir is required and takes no other arguments; usage: {USAGES['probe']}")
     result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers),
@@ -89,25 +92,21 @@ def probe_command(argv: list[str]) -> None:
 
 
 def sweep_command(argv: list[str]) -> None:
-    from scaling.sweeps.runner import Options, main
-
     if len(argv) != 2:
         fail(f"give exactly one sweep file; usage: {USAGES['sweep']}")
-    options = Options(
+    options = runner.Options(
         root=FLAGS.root, executor=FLAGS.executor, max_parallel=FLAGS["max-parallel"].value,
         dry_run=FLAGS["dry-run"].value, launch=FLAGS.launch, tpu=FLAGS.tpu, zone=FLAGS.zone,
         cluster=FLAGS.cluster, distributed=FLAGS.distributed,
         lease_timeout_s=FLAGS["lease-timeout"].value, retry_failed=FLAGS["retry-failed"].value,
     )
-    counts = main(argv[1], options)
-    if counts and counts["failed"]:
-        fail(f"{counts['failed']} run(s) failed (reasons above; rerun with --retry-failed to try again)",
+    counts = runner.main(argv[1], options)
+    if counts and counts[FAILED]:
+        fail(f"{counts[FAILED]} run(s) failed (reasons above; rerun with --retry-failed to try again)",
              status=1)
 
 
 def analyze_command(argv: list[str]) -> None:
-    from scaling.analysis.report import analyze, summary
-
     if len(argv) < 2:
         fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
     report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots)
@@ -116,9 +115,6 @@ def analyze_command(argv: list[str]) -> None:
 
 
 def plan_command(argv: list[str]) -> None:
-    from scaling import plan
-    from scaling.sweeps.spec import load_runs
-
     if len(argv) != 2 or not FLAGS.topology:
         fail(f"give one sweep or config file and --topology; usage: {USAGES['plan']}")
     topology = plan.parse_topology(FLAGS.topology)
@@ -127,11 +123,11 @@ def plan_command(argv: list[str]) -> None:
     directory = Path(FLAGS.root) / sweep.name
     rows = plan.plan_runs([(run.run_id, run.config) for run in sweep.runs], topology,
                           directory / "plan-cache", mesh)
-    summary = plan.totals(rows)
-    csv_path, json_path = plan.write_outputs(rows, summary, directory / f"plan-{topology.name}")
+    totals = plan.totals(rows)
+    csv_path, json_path = plan.write_outputs(rows, totals, directory / f"plan-{topology.name}")
     print(plan.format_table(rows))
-    print(f"{summary['fit']}/{summary['runs']} runs fit {topology.name} ({topology.chips} chips); "
-          f"{summary['chip_hours']:.1f} chip-hours in all; compiled in {summary['compile_s']:.0f} s; "
+    print(f"{totals['fit']}/{totals['runs']} runs fit {topology.name} ({topology.chips} chips); "
+          f"{totals['chip_hours']:.1f} chip-hours in all; compiled in {totals['compile_s']:.0f} s; "
           f"wrote {csv_path} and {json_path}")
 
 

@@ -3,7 +3,8 @@
 Experiment files (``experiments/<objective>.py``) call ``base_config`` and add their objective's section;
 ``load_config`` reads one with ``field=value`` overrides (fields by dotted name, values read as the field's
 type, a misspelt name answered with the nearest ones); ``validate`` turns a bad value into a ``ConfigError``
-that names the field and the fix, before any array is allocated or any program compiled.
+that names the field and the fix, before any array is allocated or any program compiled (the fields every
+objective shares; each objective checks its own section, see ``scaling.objectives.validate_config``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 import ml_collections
 
 from scaling.data.caption_mix import parse_caption_mix
-from scaling.data.scenes import CAPTION_LEVELS
+from scaling.data.captions import CAPTION_LEVELS
 from scaling.errors import ConfigError
 from scaling.models import transformer
 from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
+from scaling.workdir import flatten
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
@@ -162,17 +164,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 # --- fields by dotted name -----------------------------------------------------------------------------
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def nearest_fields(name: str, fields: Sequence[str], count: int = 3) -> list[str]:
     """Dotted field names a misspelt ``name`` most likely meant: the same last part in any section
     (``learning_rate`` -> ``optim.learning_rate``), else a close last part, else a close full name."""
@@ -257,13 +248,8 @@ def _require(condition: bool, message: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
-    """Raises ConfigError for values that cannot work; cheap, runs before anything is compiled."""
-    from scaling.objectives import OBJECTIVES, get_objective
-
-    _require(
-        config.objective in OBJECTIVES,
-        f"objective: unknown {config.objective!r}; choose one of {', '.join(OBJECTIVES)}",
-    )
+    """Raises ConfigError for values that cannot work whatever the objective; cheap, runs before anything
+    is compiled. ``scaling.objectives.validate_config`` adds the objective's own checks."""
     _require(
         config.size in LADDER, f"size: unknown {config.size!r}; choose one of {', '.join(LADDER)}"
     )
@@ -338,4 +324,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         f"eval.batch_size: {config.eval.batch_size} is not divisible by the {batch_shards} batch shards "
         f"and {process_count} processes; use a multiple of {divisor}",
     )
-    get_objective(config.objective).validate(config)

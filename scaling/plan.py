@@ -1,7 +1,8 @@
 """Ahead-of-time planning of runs on TPU slices, from a CPU host.
 
 With libtpu installed, ``jax.experimental.topologies`` gives compile-only devices of a TPU topology. For
-each run the REAL sharded train step (``scaling.train.build_setup`` and ``make_train_step``) is lowered
+each run the REAL sharded train step (``scaling.train.build_setup`` and ``make_train_step``, on the model
+state of ``scaling.state``) is lowered
 with abstract inputs and compiled for those devices; XLA's memory analysis gives the per-chip bytes and
 its cost analysis the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
 the steps of its budget, chip-hours, and the implied MFU. Without a mesh, candidate meshes are compiled
@@ -29,9 +30,10 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from scaling import train as trainer
-from scaling.config import ConfigError, parse_arg, validate
+from scaling.config import ConfigError, parse_arg
 from scaling.data.pipeline import caption_length
 from scaling.models.sizes import get_size
+from scaling.objectives import validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
 from scaling.workdir import flatten
@@ -181,16 +183,16 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.
     setup = trainer.build_setup(config, mesh, objective)
     abstract_opt = jax.tree.map(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(setup.tx.init, setup.abstract_params), setup.opt_shardings,
+        jax.eval_shape(setup.tx.init, setup.state.abstract_params), setup.opt_shardings,
     )
     with jax.set_mesh(mesh):
         step = trainer.make_train_step(setup, config.seed, config.grad_accum_steps)
         lowered = step.lower(
-            setup.abstract_params, abstract_opt, abstract_batch(config, mesh),
+            setup.state.abstract_params, abstract_opt, abstract_batch(config, mesh),
             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
         )
         compiled = lowered.compile()
-    return compiled, setup.objective.train_flops_per_example() * config.batch_size
+    return compiled, setup.state.objective.train_flops_per_example() * config.batch_size
 
 
 def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
@@ -290,7 +292,7 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
     for remat in REMAT_LADDER[REMAT_LADDER.index(config.model.remat):]:
         for candidate in candidates:
             layout = with_layout(config, candidate, remat)
-            validate(layout, topology.chips)
+            validate_config(layout, topology.chips)
             tried.append({**measure(layout, topology, devices), "remat": remat})
         if any(row["fits"] for row in tried):
             break

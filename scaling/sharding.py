@@ -1,8 +1,11 @@
 """Device mesh construction and the one table mapping logical axis names to mesh axes.
 
-Parameters carry logical names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``, ``layers``) in their
-``axes`` metadata; activations are constrained with ``batch``, ``length`` and ``embed``. ``RULES`` is the only
-place that says how those names land on the ``("data", "fsdp", "tensor")`` mesh.
+Parameters carry logical names in their ``axes`` metadata, one per kind of dimension: ``embed`` (model
+width), ``mlp`` (MLP hidden width), ``heads`` and ``kv`` (attention heads, width per head), ``vocab``
+(token or palette entries), ``modulation`` (adaLN shift, scale and gate outputs, model width each) and
+``layers`` (the stacked blocks of a scanned transformer); activations and input batches are constrained
+with ``batch``, ``length`` and ``embed``. ``RULES`` is the only place that says how those names land on the
+``("data", "fsdp", "tensor")`` mesh.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", ("fsdp",)),
     ("mlp", ("tensor",)),
+    ("modulation", ("tensor",)),
     ("heads", ("tensor",)),
     ("vocab", ("tensor",)),
     ("kv", ()),
@@ -124,8 +128,9 @@ def state_shardings(state: nnx.State, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Sharding of an input array whose leading dimension is the batch."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+    """Sharding of an input array whose leading dimension is the batch: the ``batch`` rule's mesh axes,
+    whatever the batch size (the data pipeline hands each batch shard its rows)."""
+    return NamedSharding(mesh, PartitionSpec(_RULES["batch"], *([None] * (ndim - 1))))
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

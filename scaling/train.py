@@ -1,7 +1,7 @@
 """The one training loop, for any Objective.
 
-It owns the sharded parameter and optimizer state, the jitted step, checkpoints (orbax: params, optimizer
-state, data-iterator state, progress, config) with resume from the latest complete one, metrics.jsonl
+On the model state (``scaling.state``: objective, graph, parameter shardings, checkpoints) it adds the
+optimizer and its sharded state, the jitted step, resume from the latest complete checkpoint, metrics.jsonl
 records carrying cumulative training FLOPs, and result.json at the end. It never asks which objective it
 runs.
 
@@ -21,9 +21,7 @@ branches included), eval (probes, validation loss, samples) and checkpoint, summ
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -35,19 +33,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from scaling.config import validate
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator, resolve_data_dir
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator, milestone_steps
-from scaling.objectives import build_objective
+from scaling.objectives import validate_config
 from scaling.objectives.base import Objective
-from scaling.sharding import constrain, make_mesh, shard_batch, state_shardings
-from scaling.workdir import COOLDOWN_BRANCH, END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, is_writer
+from scaling.sharding import constrain, make_mesh, shard_batch
+from scaling.state import Checkpoints, ModelState, build_model_state
+from scaling.workdir import (
+    COMPLETED,
+    COOLDOWN_BRANCH,
+    DIVERGED,
+    END_OF_SCHEDULE,
+    MID_SCHEDULE,
+    RunFiles,
+    Stopwatch,
+    is_writer,
+)
 
 Params = dict[str, Any]
 
@@ -56,10 +61,6 @@ class DivergedError(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
     exit_status = 1
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be restored."""
 
 
 # --- optimizer ---------------------------------------------------------------------------------------
@@ -120,54 +121,36 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 @dataclasses.dataclass
 class TrainSetup:
-    """Everything the loop needs that is fixed for the run."""
+    """The model state plus what training adds to it: the optimizer and its state's shardings."""
 
-    objective: Objective
-    mesh: Mesh
-    graphdef: nnx.GraphDef
-    abstract_params: Params  # ShapeDtypeStructs carrying each parameter's sharding
-    param_shardings: Params
-    opt_shardings: Any
+    state: ModelState
     tx: optax.GradientTransformation
+    opt_shardings: Any
 
 
 def build_setup(
     config: ml_collections.ConfigDict, mesh: Mesh, objective: Objective | None = None
 ) -> TrainSetup:
-    """The run's setup; ``objective`` defaults to the registered one that ``config.objective`` names."""
-    objective = objective or build_objective(config)
-    abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
-    graphdef, abstract_state = nnx.split(abstract_model)
-    param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))
-    abstract_params = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        nnx.to_pure_dict(abstract_state), param_shardings,
-    )
+    """The run's model state (``scaling.state.build_model_state``) and optimizer."""
+    state = build_model_state(config, mesh, objective)
     tx = make_optimizer(config)
-    abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_state))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.abstract_params)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, shapes), state.param_shardings,
         transform_non_params=lambda _: replicated,
     )
-    return TrainSetup(
-        objective, mesh, graphdef, abstract_params, param_shardings, opt_shardings, tx
-    )
+    return TrainSetup(state, tx, opt_shardings)
 
 
 def init_state(setup: TrainSetup, seed: int) -> tuple[Params, Any]:
     """Initial parameters and optimizer state, created directly in their shardings."""
 
     def init():
-        model = setup.objective.init(nnx.Rngs(seed))
-        params = nnx.to_pure_dict(nnx.state(model))
+        params = setup.state.init_params(seed)
         return params, setup.tx.init(params)
 
-    return jax.jit(init, out_shardings=(setup.param_shardings, setup.opt_shardings))()
-
-
-def model_from_params(setup: TrainSetup, params: Params) -> nnx.Module:
-    return nnx.merge(setup.graphdef, params)
+    return jax.jit(init, out_shardings=(setup.state.param_shardings, setup.opt_shardings))()
 
 
 def microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
@@ -209,8 +192,10 @@ def make_train_step(setup: TrainSetup, seed: int, grad_accum_steps: int = 1) -> 
     ``params`` and ``opt_state`` are donated: pass copies to keep the originals.
     """
 
+    objective, to_model = setup.state.objective, setup.state.model
+
     def loss_fn(params, batch, rng):
-        return setup.objective.loss(model_from_params(setup, params), batch, rng)
+        return objective.loss(to_model(params), batch, rng)
 
     value_and_grad = accumulated_value_and_grad(loss_fn, grad_accum_steps)
 
@@ -230,102 +215,16 @@ def make_train_step(setup: TrainSetup, seed: int, grad_accum_steps: int = 1) -> 
 
     return jax.jit(
         train_step,
-        in_shardings=(setup.param_shardings, setup.opt_shardings, None, None, None),
-        out_shardings=(setup.param_shardings, setup.opt_shardings, None),
+        in_shardings=(setup.state.param_shardings, setup.opt_shardings, None, None, None),
+        out_shardings=(setup.state.param_shardings, setup.opt_shardings, None),
         donate_argnums=(0, 1),
     )
-
-
-# --- checkpoints -------------------------------------------------------------------------------------
-
-
-def _restore_target(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-class Checkpoints:
-    """Orbax checkpoints of params, optimizer state, data-iterator state, progress and config."""
-
-    def __init__(self, directory: Path, config: ml_collections.ConfigDict):
-        self.manager = ocp.CheckpointManager(
-            directory.absolute(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=config.keep_checkpoints, cleanup_tmp_directories=True, create=True
-            ),
-        )
-        self.config_json = json.loads(config.to_json())
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, params, opt_state, data_state, progress: dict[str, Any]) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                data=ocp.args.JsonSave(data_state),
-                progress=ocp.args.JsonSave(progress),
-                config=ocp.args.JsonSave(self.config_json),
-            ),
-        )
-
-    def restore(self, step: int, params, opt_state):
-        """Restores into the shardings of ``params``/``opt_state``; returns (params, opt, data, progress)."""
-        restored = self._restore(
-            step,
-            params=ocp.args.StandardRestore(_restore_target(params)),
-            opt_state=ocp.args.StandardRestore(_restore_target(opt_state)),
-            data=ocp.args.JsonRestore(),
-            progress=ocp.args.JsonRestore(),
-        )
-        return restored.params, restored.opt_state, restored.data, restored.progress
-
-    def restore_params(self, step: int, params):
-        """Only the parameters (for evaluation), into the shardings of ``params``."""
-        restored = self._restore(step, params=ocp.args.StandardRestore(_restore_target(params)))
-        return restored.params
-
-    def _restore(self, step: int, **items):
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # orbax raises many types for damaged files
-            raise CheckpointError(
-                f"checkpoint {self.manager.directory / str(step)} cannot be restored ({error}); "
-                "move that step's folder aside to resume from an earlier checkpoint, "
-                "or use a new --workdir"
-            ) from error
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.close()
 
 
 # --- the loop ----------------------------------------------------------------------------------------
 
 ACTIVITIES = ("setup", "compile", "train", "eval", "checkpoint")
 COMPILATION_CACHE = "xla_cache"
-
-
-class Stopwatch:
-    """Seconds spent per activity (a run's: ACTIVITIES, carried over resumed attempts by its checkpoints)."""
-
-    def __init__(self, activities: tuple[str, ...] = ACTIVITIES):
-        self.seconds = dict.fromkeys(activities, 0.0)
-
-    @contextlib.contextmanager
-    def __call__(self, activity: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[activity] += time.perf_counter() - start
-
-    def add(self, seconds: dict[str, float]) -> None:
-        for activity, value in seconds.items():
-            self.seconds[activity] += value
 
 
 def use_compilation_cache(data_config: ml_collections.ConfigDict) -> None:
@@ -349,7 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 
     Raises DivergedError (after writing a failure record) when the loss stops being finite.
     """
-    validate(config, jax.device_count(), jax.process_count())
+    validate_config(config, jax.device_count(), jax.process_count())
     files = RunFiles(workdir)
     files.create()
     files.write_config(config)
@@ -365,16 +264,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, A
 
 def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> dict[str, Any]:
     start = time.perf_counter()
-    clock = Stopwatch()
+    clock = Stopwatch(ACTIVITIES)
     with clock("setup"):
         setup = build_setup(config, mesh)
-        flops_per_step = setup.objective.train_flops_per_example() * config.batch_size
+        flops_per_step = setup.state.objective.train_flops_per_example() * config.batch_size
         # the training and probe data are found (or refused) before anything is compiled
         data = make_train_iterator(
             config.data, batch_size=config.batch_size, seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
         )
-        evaluator = Evaluator(config, setup.objective, lambda p: model_from_params(setup, p), mesh)
+        evaluator = Evaluator(config, setup.state)
     with clock("compile"):
         params, opt_state = init_state(setup, config.seed)
     with clock("setup"):
@@ -453,7 +352,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         record.get("cooldown_steps", 0) for record in files.read_metrics() if record["kind"] == "eval"
     )
     result = {
-        "status": "completed",
+        "status": COMPLETED,
         "objective": config.objective,
         "size": config.size,
         "step": step,
@@ -481,7 +380,7 @@ def cool_down(config, setup: TrainSetup, train_step: Callable, params: Params, o
     )
     try:
         for offset, rate in enumerate(rates):
-            batch = shard_batch(next(data), setup.mesh)
+            batch = shard_batch(next(data), setup.state.mesh)
             params, opt_state, _ = train_step(params, opt_state, batch, jnp.int32(step + offset), rate)
     finally:
         data.close()
@@ -498,11 +397,11 @@ SAMPLE_BATCH = 16
 
 def _write_samples(config, setup: TrainSetup, params: Params, files: RunFiles) -> None:
     """Lets the objective write samples for the first test examples into ``workdir/samples``."""
-    write = getattr(setup.objective, "write_samples", None)
+    write = getattr(setup.state.objective, "write_samples", None)
     if write is None or not is_writer():
         return
     batch = next(make_eval_iterator(config.data, "test", batch_size=SAMPLE_BATCH, max_examples=SAMPLE_BATCH))
-    model = model_from_params(setup, jax.device_get(params))
+    model = setup.state.model(jax.device_get(params))
     directory = files.root / "samples"
     directory.mkdir(exist_ok=True)
     write(model, batch, jax.random.key(config.seed), directory)
@@ -511,7 +410,7 @@ def _write_samples(config, setup: TrainSetup, params: Params, files: RunFiles) -
 def _record_divergence(files, config, step, flops_per_step, metrics, wall_s) -> None:
     reason = f"loss became {metrics['loss']} at step {step}"
     files.write_result(
-        {"status": "diverged", "reason": reason, "objective": config.objective, "size": config.size,
+        {"status": DIVERGED, "reason": reason, "objective": config.objective, "size": config.size,
          "step": step, "flops": step * flops_per_step, "wall_s": wall_s}
     )
     raise DivergedError(f"the run diverged: {reason}; lower optim.learning_rate or raise optim.warmup_steps")

@@ -1,21 +1,31 @@
-"""The files of a run's workdir: config.json, metrics.jsonl and result.json (written atomically).
+"""The files of a run's workdir: config.json, metrics.jsonl and result.json, and how a run ends.
 
-Only process 0 writes. Every writer here either appends whole lines or replaces a file by rename, so a
-run killed at any moment leaves files that parse.
+Only process 0 writes. Every writer here either appends whole lines or replaces a file by rename
+(``write_atomic``, the one atomic writer of the package: palettes, tables and summaries use it too), so
+a run killed at any moment leaves files that parse. A run's status (result.json's, and the outcome a
+sweep executor reports) is one of ``RUN_STATUSES``; ``Stopwatch`` accounts for result.json's ``seconds``.
+It imports nothing of the package but its errors, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 
-from scaling.config import ConfigError, flatten
+from scaling.errors import ConfigError
+
+# How a run ended: result.json's ``status`` (completed, diverged) or, for a run that raised, the outcome
+# the sweep records (failed).
+COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
+RUN_STATUSES = (COMPLETED, DIVERGED, FAILED)
 
 # The kinds of compute point an eval record in metrics.jsonl is (its ``point`` field). Only the honest ones
 # stand for what a run ending at their compute would reach: the end of a schedule, or a cool-down branch.
@@ -32,15 +42,31 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it into place."""
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Writes ``content`` to a temporary file beside ``path``, flushed to disk, and renames it into place:
+    a reader (or a run killed mid-write) sees the old file or the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -107,9 +133,7 @@ class RunFiles:
         if not is_writer() or not self.metrics_path.exists():
             return
         kept = [r for r in self.read_metrics() if r["step"] <= last_step]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics_path)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def last_record(self, kind: str) -> dict[str, Any]:
         """The last metrics record of ``kind`` ("train", "eval"), or {} when there is none."""
@@ -128,3 +152,23 @@ class RunFiles:
 
     def read_result(self) -> dict[str, Any] | None:
         return read_json(self.result_path)
+
+
+class Stopwatch:
+    """Seconds spent per activity (a run's: train.ACTIVITIES, carried over resumed attempts by its
+    checkpoints; a sweep runner's: summary.RUNNER_ACTIVITIES)."""
+
+    def __init__(self, activities: tuple[str, ...]):
+        self.seconds = dict.fromkeys(activities, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, activity: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[activity] += time.perf_counter() - start
+
+    def add(self, seconds: dict[str, float]) -> None:
+        for activity, value in seconds.items():
+            self.seconds[activity] += value

@@ -1,13 +1,60 @@
-"""Test helpers that run the real trainer pieces on a chosen mesh."""
+"""Test helpers shared by every test file: experiment configs, random batches, the real trainer pieces on
+a chosen mesh, and the matmul operand dtypes of a traced function."""
+
+from pathlib import Path
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
-from conftest import random_batch
 
 from scaling import train as trainer
+from scaling.config import load_config_file
+from scaling.data.pipeline import caption_length
 from scaling.flops import xla_flops
 from scaling.sharding import make_mesh, shard_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_experiment(objective: str, arg: str = "size=mu"):
+    """``experiments/<objective>.py``'s get_config(arg), as the CLI would load it."""
+    return load_config_file(ROOT / "experiments" / f"{objective}.py", arg)
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of the shape the pipeline yields, with random content."""
+    rng = np.random.default_rng(seed)
+    size, length = config.data.image_size, caption_length(config.data)
+    lengths = rng.integers(min(4, length), max(length, 5), (batch_size, 1))  # all of BOS+EOS if 2
+    mask = (np.arange(length)[None] < lengths).astype(np.int32)
+    return {
+        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, 4, (batch_size,)).astype(np.int32),
+        "caption_tokens": (rng.integers(3, 259, (batch_size, length)) * mask).astype(np.int32),
+        "caption_mask": mask,
+    }
+
+
+def tiny_fields(data_dir: str, **more) -> dict:
+    """Sweep fields of test-sized runs on the small scenes set."""
+    return {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
+            "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "eval.num_points": 0, **more}
+
+
+def matmul_operand_dtypes(fn, *args) -> list[tuple[str, str]]:
+    """(lhs, rhs) dtype names of every dot_general in ``fn``'s jaxpr, nested jaxprs included."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append(tuple(str(var.aval.dtype) for var in eqn.invars))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
 
 
 def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
@@ -22,7 +69,7 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
         rng = jax.random.key(0)
 
         def loss_fn(p):
-            return setup.objective.loss(trainer.model_from_params(setup, p), global_batch, rng)[0]
+            return setup.state.objective.loss(setup.state.model(p), global_batch, rng)[0]
 
         first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
         grads = jax.device_get(grads)
@@ -48,7 +95,7 @@ def step_flops(config, batch_size: int) -> tuple[float, float]:
         batch = shard_batch(random_batch(config, batch_size), mesh)
         step = trainer.make_train_step(setup, 0)
         measured = xla_flops(step, params, opt_state, batch, jnp.int32(0), np.float32(1e-3))
-    return setup.objective.train_flops_per_example() * batch_size, measured
+    return setup.state.objective.train_flops_per_example() * batch_size, measured
 
 
 ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}

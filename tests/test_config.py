@@ -2,9 +2,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, load_experiment
+from helpers import ROOT, load_experiment
 
-from scaling.config import ConfigError, validate
+from scaling.errors import ConfigError
+from scaling.objectives import validate_config
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -22,7 +23,7 @@ def test_validation_names_the_field(field, value, message):
     section, _, name = field.rpartition(".")
     (config[section] if section else config)[name] = value
     with pytest.raises(ConfigError, match=message):
-        validate(config, num_devices=8)
+        validate_config(config, num_devices=8)
 
 
 def test_config_argument_must_be_known():

@@ -24,7 +24,7 @@ def test_formula_matches_xla(tiny_config, objective, size, dtype, batch_size, ov
 def test_clip_text_compute_follows_the_caption_level():
     """At size s the text tower reads the level's caption length: short captions cost a fifth of the
     compute, not two thirds of it as when every caption was padded to 128 tokens."""
-    from conftest import load_experiment
+    from helpers import load_experiment
 
     from scaling import flops
     from scaling.models.sizes import get_size

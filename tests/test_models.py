@@ -1,31 +1,16 @@
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_experiment, random_batch
 from flax import nnx
-from helpers import run_steps
+from helpers import assert_meshes_agree, load_experiment, matmul_operand_dtypes, random_batch, run_steps
 
 from scaling.models.layers import einsum
 from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.models.transformer import TextTower, Transformer
 from scaling.objectives import OBJECTIVES
-
-
-def _dot_operand_dtypes(fn, *args):
-    jaxpr = jax.make_jaxpr(fn)(*args)
-    dtypes = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                dtypes.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jaxpr.jaxpr)
-    return dtypes
+from scaling.sharding import make_mesh
+from scaling.state import build_model_state
 
 
 def test_bfloat16_einsum_uses_bfloat16_operands_forward_and_backward():
@@ -33,7 +18,7 @@ def test_bfloat16_einsum_uses_bfloat16_operands_forward_and_backward():
     b = jax.random.normal(jax.random.key(1), (16, 32))
     loss = lambda a, b, dtype: jnp.sum(jnp.sin(einsum("bld,df->blf", a, b, dtype)))
     grad = jax.grad(loss, argnums=(0, 1))
-    operand_dtypes = _dot_operand_dtypes(lambda a, b: grad(a, b, jnp.bfloat16), a, b)
+    operand_dtypes = matmul_operand_dtypes(lambda a, b: grad(a, b, jnp.bfloat16), a, b)
     assert len(operand_dtypes) == 3  # forward and both backward products
     assert all(dtypes == ("bfloat16", "bfloat16") for dtypes in operand_dtypes)
 
@@ -43,23 +28,32 @@ def test_bfloat16_einsum_uses_bfloat16_operands_forward_and_backward():
         np.testing.assert_allclose(g_low, g_high, rtol=0.05, atol=0.05 * np.abs(g_high).max())
 
 
-def test_bfloat16_training_tracks_float32():
-    config = load_experiment("clip")
-    batch = random_batch(config, 16)
-    mesh = {"data": 1, "fsdp": 1, "tensor": 1}
-    full = run_steps(config, batch, jax.devices()[:1], mesh, 15)["losses"]
-    config.model.dtype = "bfloat16"
-    low = run_steps(config, batch, jax.devices()[:1], mesh, 15)["losses"]
-    assert full[-1] < 0.8 * full[0]
-    np.testing.assert_allclose(low, full, rtol=0.03)
+FLOAT32_MATMULS = {"clip": 3}  # CLIP's logits over the batch and their two gradients stay float32
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
-def test_bfloat16_train_steps_run_for_every_objective(tiny_config, objective):
-    config = tiny_config(objective, **{"model.dtype": "bfloat16", "data.image_size": 16})
+def test_bfloat16_matches_float32_for_every_objective(tiny_config, objective):
+    """With model.dtype=bfloat16 every matmul of the training gradient multiplies bfloat16 operands (but
+    those an objective keeps float32 on purpose), and the loss and gradients at init stay within 1% and
+    5% of float32's (measured: at most 0.11% and 1.8%)."""
+    config = tiny_config(objective, **{"data.image_size": 16})
     batch = random_batch(config, 8)
-    losses = run_steps(config, batch, jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}, 2)["losses"]
-    assert np.isfinite(losses).all()
+    one_device = {"data": 1, "fsdp": 1, "tensor": 1}
+    full = run_steps(config, batch, jax.devices()[:1], one_device, 0)
+    config.model.dtype = "bfloat16"
+    low = run_steps(config, batch, jax.devices()[:1], one_device, 0)
+    assert low["first_loss"] == pytest.approx(full["first_loss"], rel=0.01)
+    flat = lambda grads: np.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+    g_full, g_low = flat(full["grads"]), flat(low["grads"])
+    assert np.linalg.norm(g_low - g_full) < 0.05 * np.linalg.norm(g_full)
+
+    state = build_model_state(config, make_mesh(config.mesh, jax.devices()[:1]))
+    device_batch = {key: jnp.asarray(value) for key, value in batch.items()}
+    loss = lambda p: state.objective.loss(state.model(p), device_batch, jax.random.key(0))[0]
+    operand_dtypes = matmul_operand_dtypes(jax.grad(loss), state.init_params(0))
+    bfloat16 = [dtypes for dtypes in operand_dtypes if dtypes == ("bfloat16", "bfloat16")]
+    assert len(bfloat16) > 50
+    assert len(operand_dtypes) - len(bfloat16) == FLOAT32_MATMULS.get(objective, 0)
 
 
 @pytest.mark.parametrize("name", ["mu", "nano", "b", "g"])
@@ -129,8 +123,6 @@ def test_scanned_stack_computes_what_the_unrolled_one_does():
 
 
 def test_scanned_clip_agrees_on_one_and_eight_devices():
-    from helpers import assert_meshes_agree
-
     config = load_experiment("clip")
     config.model.scan_layers = True
     one, _ = assert_meshes_agree(config, random_batch(config, 16), steps=1)

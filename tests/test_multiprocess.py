@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_experiment, random_batch
+from helpers import ROOT, load_experiment, random_batch
 
 from scaling.sharding import make_mesh, shard_batch
 from scaling.sweeps.runner import run_sweep

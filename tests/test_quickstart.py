@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from matplotlib.container import ErrorbarContainer
 
 from scaling.analysis.figures import draw_compute

@@ -5,7 +5,7 @@ import os
 import time
 
 import pytest
-from test_sweep import tiny_fields
+from helpers import tiny_fields
 
 from scaling.sweeps.executors import RayExecutor, execute_run
 from scaling.sweeps.runner import run_sweep

@@ -1,7 +1,6 @@
 import jax
 import pytest
-from conftest import load_experiment, random_batch
-from helpers import assert_meshes_agree
+from helpers import assert_meshes_agree, load_experiment, random_batch
 
 from scaling.sharding import MeshError, logical_to_spec, resolve_mesh_shape
 

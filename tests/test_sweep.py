@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT
+from helpers import ROOT, tiny_fields
 
 from scaling.analysis.figures import compute_figure, curve_points
 from scaling.objectives import build_objective
@@ -24,11 +24,6 @@ from scaling.train import cooldown_branches
 from scaling.workdir import RunFiles
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
-
-
-def tiny_fields(data_dir: str, **more) -> dict:
-    return {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
-            "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "eval.num_points": 0, **more}
 
 
 def write_sweep_file(path: Path, name: str, data_dir: str, runs: list[tuple[int, list[str]]]) -> Path:

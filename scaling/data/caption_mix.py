@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scaling.data.scenes import CAPTION_LEVELS, CAPTION_TOKENS
+from scaling.data.captions import CAPTION_LEVELS, CAPTION_TOKENS
 from scaling.errors import ConfigError
 
 SUM_TOLERANCE = 1e-6

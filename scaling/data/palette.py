@@ -1,18 +1,17 @@
 """Colour palettes for pixel-token objectives: k-means fitting, the on-disk cache, quantize and dequantize.
 
-A palette is a float32 [K, 3] array of RGB centroids in [0, 255]. ``load_or_fit_palette`` fits one by
+A palette is a float32 [V, 3] array of RGB centroids in [0, 255]. ``load_or_fit_palette`` fits one by
 k-means (k-means++ initialisation, then Lloyd iterations) on a random sample of training pixels and
 caches it as .npy under the data directory, keyed by every input of the fit (data set, split, image
-size, K, number of pixels, seed), so each palette is fitted once and every run that names the same
+size, palette size, number of pixels, seed), so each palette is fitted once and every run that names the same
 inputs reads the same array.
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.data.pipeline import make_eval_iterator, resolve_data_dir
+from scaling.workdir import write_atomic
 
 Array = jax.Array
 LLOYD_ITERATIONS = 10
@@ -28,36 +28,36 @@ READ_BATCH = 256
 IMAGE_OVERSAMPLING = 2  # read this many times more images than needed, then sample pixels from them
 
 
-def quantize(images_BHWC_uint8: Array, palette_K3: Array) -> Array:
+def quantize(images_BHWC_uint8: Array, palette_V3: Array) -> Array:
     """Index of the nearest palette colour for every pixel: [..., 3] -> int32 [...]; jit-able.
 
     Squared distances are summed channel by channel per pixel (no matmul), so they are exact for the
     integer pixels and the result never depends on how a batch is split across devices.
     """
     pixels = jnp.asarray(images_BHWC_uint8).astype(jnp.float32)
-    palette_K3 = jnp.asarray(palette_K3, jnp.float32)
-    distances_K = sum(jnp.square(pixels[..., c, None] - palette_K3[:, c]) for c in range(3))
-    return jnp.argmin(distances_K, axis=-1).astype(jnp.int32)
+    palette_V3 = jnp.asarray(palette_V3, jnp.float32)
+    distances_V = sum(jnp.square(pixels[..., c, None] - palette_V3[:, c]) for c in range(3))
+    return jnp.argmin(distances_V, axis=-1).astype(jnp.int32)
 
 
-def dequantize(indices: Array, palette_K3: Array) -> Array:
+def dequantize(indices: Array, palette_V3: Array) -> Array:
     """Palette indices [...] -> uint8 RGB [..., 3]."""
-    colours_K3 = jnp.clip(jnp.round(jnp.asarray(palette_K3)), 0, 255).astype(jnp.uint8)
-    return colours_K3[jnp.asarray(indices)]
+    colours_V3 = jnp.clip(jnp.round(jnp.asarray(palette_V3)), 0, 255).astype(jnp.uint8)
+    return colours_V3[jnp.asarray(indices)]
 
 
 @jax.jit
-def _assign_chunks(pixels_CN3: Array, palette_K3: Array) -> Array:
-    return jax.lax.map(lambda chunk_N3: quantize(chunk_N3, palette_K3), pixels_CN3)
+def _assign_chunks(pixels_GN3: Array, palette_V3: Array) -> Array:
+    return jax.lax.map(lambda chunk_N3: quantize(chunk_N3, palette_V3), pixels_GN3)
 
 
-def assign(pixels_N3: np.ndarray, palette_K3: np.ndarray) -> np.ndarray:
+def assign(pixels_N3: np.ndarray, palette_V3: np.ndarray) -> np.ndarray:
     """Nearest palette index per pixel, computed chunk by chunk so memory stays bounded."""
     n = len(pixels_N3)
     chunks = math.ceil(n / CHUNK_PIXELS)
     padded = np.zeros((chunks * CHUNK_PIXELS, 3), np.float32)
     padded[:n] = pixels_N3
-    indices = _assign_chunks(padded.reshape(chunks, CHUNK_PIXELS, 3), palette_K3.astype(np.float32))
+    indices = _assign_chunks(padded.reshape(chunks, CHUNK_PIXELS, 3), palette_V3.astype(np.float32))
     return np.asarray(indices).reshape(-1)[:n]
 
 
@@ -87,19 +87,19 @@ def fit_palette(pixels_N3: np.ndarray, k: int, *, seed: int,
     pixels_N3 = np.asarray(pixels_N3, np.float64)
     if len(pixels_N3) < k:
         raise ValueError(f"cannot fit {k} colours to {len(pixels_N3)} pixels; sample more pixels")
-    palette_K3 = kmeans_plus_plus(pixels_N3, k, np.random.default_rng(seed))
+    palette_V3 = kmeans_plus_plus(pixels_N3, k, np.random.default_rng(seed))
     previous_N = None
     for _ in range(iterations):
-        assignment_N = assign(pixels_N3, palette_K3)
+        assignment_N = assign(pixels_N3, palette_V3)
         if previous_N is not None and np.array_equal(assignment_N, previous_N):
             break
-        counts_K = np.bincount(assignment_N, minlength=k)
-        sums_K3 = np.stack(
+        counts_V = np.bincount(assignment_N, minlength=k)
+        sums_V3 = np.stack(
             [np.bincount(assignment_N, weights=pixels_N3[:, c], minlength=k) for c in range(3)], 1
         )
-        palette_K3 = np.where(counts_K[:, None] > 0, sums_K3 / np.maximum(counts_K, 1)[:, None], palette_K3)
+        palette_V3 = np.where(counts_V[:, None] > 0, sums_V3 / np.maximum(counts_V, 1)[:, None], palette_V3)
         previous_N = assignment_N
-    return palette_K3.astype(np.float32)
+    return palette_V3.astype(np.float32)
 
 
 def sample_pixels(data_config, num_pixels: int, seed: int) -> np.ndarray:
@@ -123,13 +123,11 @@ def palette_path(data_config, k: int, *, fit_pixels: int, seed: int) -> Path:
     return resolve_data_dir(data_config) / "palettes" / name
 
 
-def save_palette(path: Path, palette_K3: np.ndarray) -> None:
-    """Writes beside ``path`` and renames into place, so a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, palette_K3)
-    os.replace(tmp, path)
+def save_palette(path: Path, palette_V3: np.ndarray) -> None:
+    """Writes the .npy atomically, so a reader never sees a partial file."""
+    buffer = io.BytesIO()
+    np.save(buffer, palette_V3)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_or_fit_palette(data_config, k: int, *, fit_pixels: int, seed: int) -> np.ndarray:
@@ -137,6 +135,6 @@ def load_or_fit_palette(data_config, k: int, *, fit_pixels: int, seed: int) -> n
     path = palette_path(data_config, k, fit_pixels=fit_pixels, seed=seed)
     if path.exists():
         return np.load(path)
-    palette_K3 = fit_palette(sample_pixels(data_config, fit_pixels, seed), k, seed=seed)
-    save_palette(path, palette_K3)
-    return palette_K3
+    palette_V3 = fit_palette(sample_pixels(data_config, fit_pixels, seed), k, seed=seed)
+    save_palette(path, palette_V3)
+    return palette_V3

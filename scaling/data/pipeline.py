@@ -31,6 +31,7 @@ from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
 from scaling.data.caption_mix import MixedCaptions, at_level, longest_caption_tokens, training_mix
+from scaling.data.captions import CAPTION_LEVELS
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 from scaling.errors import ConfigError, DataError
 
@@ -86,6 +87,11 @@ def make_builder(data_config):
                         f"{_how_to_prepare(data_dir)}") from None
 
 
+def label_classes(data_config) -> int:
+    """Classes of the feature ``data.label``, from the data set's metadata (no example is read)."""
+    return make_builder(data_config).info.features[data_config.label].num_classes
+
+
 def _what_exists(data_dir: Path) -> str:
     folders = sorted(data_dir.iterdir()) if data_dir.is_dir() else []
     prepared = [folder.name for folder in folders if folder.is_dir() and folder.name != "downloads"]
@@ -137,10 +143,6 @@ def ensure_built(data_config):
     return builder
 
 
-def num_examples(data_config, split: str) -> int:
-    """Examples in `split` (TFDS split syntax such as "train[:1000]" works)."""
-    return ensure_built(data_config).info.splits[split].num_examples
-
 
 # ----------------------------------------------------------------------------- examples
 
@@ -154,8 +156,8 @@ def caption_length(data_config) -> int:
 
 def _caption_key(data_config, builder) -> str | None:
     level = data_config.caption_level
-    if level not in scenes.CAPTION_LEVELS:
-        raise ValueError(f"caption_level {level!r} not in {scenes.CAPTION_LEVELS}")
+    if level not in CAPTION_LEVELS:
+        raise ValueError(f"caption_level {level!r} not in {CAPTION_LEVELS}")
     key = f"caption_{level}"
     return key if key in builder.info.features else None
 

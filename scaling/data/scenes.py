@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from scaling.data.captions import CAPTION_LEVELS
 from scaling.data.local_builder import LocalBuilder
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "crescent")
@@ -47,11 +48,6 @@ REGION_GRID = (
 REGIONS = tuple(name for row in REGION_GRID for name in row)
 MAX_OBJECTS = 4
 COUNT_NAMES = tuple(str(n) for n in range(1, MAX_OBJECTS + 1))
-CAPTION_LEVELS = ("none", "short", "medium", "descriptive")
-# Byte tokens (BOS and EOS included) of the longest caption of each level over every example of every
-# split (train, validation and test at DEFAULT_SPLIT_SIZES; every builder config reads a prefix of
-# them): text sequences this long cut no caption. Means: 0, 13.9, 40.0 and 140.8 bytes.
-CAPTION_TOKENS = {"none": 2, "short": 20, "medium": 80, "descriptive": 250}
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 BASE_SEED = 20240917
 

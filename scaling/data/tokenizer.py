@@ -1,4 +1,5 @@
-"""Caption tokenizers: the `Tokenizer` protocol, the default `ByteTokenizer` and a name registry.
+"""Caption tokenizers: the `Tokenizer` protocol, the default `ByteTokenizer` and a name registry
+(`register_tokenizer` is public: how a user adds a subword tokenizer that `data.tokenizer` can then name).
 
 Sequences are BOS + text tokens + EOS, then padded with `pad_id` to `max_len`. A text too long for
 `max_len` is cut so that the sequence still ends in EOS (BOS + the first max_len - 2 text tokens +

@@ -1,35 +1,43 @@
 """Evaluation records: linear and few-shot probes, zero-shot accuracy and validation loss.
 
-``Evaluator`` serves the trainer: at training-compute milestones spaced evenly in log-compute (and at the
-end) it returns one flat record for metrics.jsonl. ``probe_record`` turns per-layer features into the
-probe fields of such a record, for the trainer and for ``scaling probe`` on a finished checkpoint alike.
-The best layer's accuracy carries its 95% bootstrap interval over the test examples
-(``probe_accuracy_low``/``_high``), and a trainer's records carry the raw-pixel probe of the same examples
-(``pixel_probe_accuracy``, cached) as the floor learned features must clear. Each of
-``eval.extra_labels`` is probed on the same features into fields prefixed with its name
-(``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...). With ``eval.caption_levels``, the
-held-out caption metrics of ``scaling.evaluation.caption_levels`` join the record.
+``evaluate`` is the one evaluation of a model's parameters: probe features of the probe data set's train
+and test splits go through the linear-probe protocol per layer (``probe_record``: the best layer's
+accuracy with its 95% bootstrap interval over the test examples, ``probe_accuracy_low``/``_high``, and
+few-shot accuracy per layer), each of ``eval.extra_labels`` is probed on the same features into fields
+prefixed with its name (``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...), and an objective
+that scores classes adds its zero-shot (or generative-classifier) accuracy; with ``eval.caption_levels``
+the held-out caption metrics of ``scaling.evaluation.caption_levels`` join the record.
+``prepare_evaluation`` checks the data and compiles what ``evaluate`` runs, before any evaluation. The
+trainer's ``Evaluator`` calls it at training-compute milestones spaced evenly in log-compute (and at the
+end), adding the raw-pixel probe of the same examples (``pixel_probe_accuracy``, cached) as the floor
+learned features must clear, and the validation loss; ``scaling probe`` (scaling.evaluation.probe) calls
+it on a checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from scaling.data.caption_mix import eval_captions
 from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator, split_labels
+from scaling.errors import ConfigError
 from scaling.evaluation.caption_levels import CaptionLevelEval
-from scaling.evaluation.features import make_features_fn, map_split
-from scaling.evaluation.linear_probe import fewshot_ridge, probe_layers
+from scaling.evaluation.features import BatchFn, make_features_fn, map_split
+from scaling.evaluation.fewshot import DEFAULT_FEWSHOT_SHOTS, fewshot_ridge
+from scaling.evaluation.linear_probe import probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
 from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
+from scaling.state import ModelState
 
-FEWSHOT_SHOTS = (1, 5, 10, 25)
+Features = tuple[dict[str, np.ndarray], np.ndarray]  # ({layer: [N, D]}, labels [N])
 
 
 def milestone_steps(total_steps: int, num_points: int, first_fraction: float) -> tuple[int, ...]:
@@ -58,10 +66,10 @@ def class_names(data_config) -> tuple[str, ...]:
 
 
 def probe_record(
-    train: tuple[dict[str, np.ndarray], np.ndarray],
-    test: tuple[dict[str, np.ndarray], np.ndarray],
+    train: Features,
+    test: Features,
     *,
-    shots: tuple[int, ...] = FEWSHOT_SHOTS,
+    shots: tuple[int, ...] = DEFAULT_FEWSHOT_SHOTS,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Flat probe fields: best-layer and per-layer linear-probe accuracy, and per-layer few-shot
@@ -115,57 +123,117 @@ def extra_label_record(
     return record
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` runs for one model state, checked and compiled once (``prepare_evaluation``)."""
+
+    state: ModelState
+    config: ml_collections.ConfigDict  # the run's: eval section, seed
+    data: ml_collections.ConfigDict  # the probe data set and label
+    features_fn: BatchFn
+    zero_shot_fn: BatchFn | None  # (params, images, rng) -> predicted class ids
+    extra_labels: tuple[str, ...]
+    pixel_floor: bool
+    caption_levels: CaptionLevelEval | None  # eval.caption_levels' held-out caption metrics
+
+
+class Evaluated(NamedTuple):
+    record: dict[str, Any]
+    train_examples: int
+    test_examples: int
+
+
+def select_layers(features_fn: BatchFn, state: ModelState, data, layers: tuple[str, ...],
+                  batch_size: int) -> BatchFn:
+    """``features_fn`` restricted to ``layers``; ConfigError naming the layers there are for unknown ones."""
+    images = jax.ShapeDtypeStruct((batch_size, data.image_size, data.image_size, 3), jnp.uint8)
+    available = sorted(jax.eval_shape(features_fn, state.abstract_params, images, jax.random.key(0)))
+    unknown = sorted(set(layers) - set(available))
+    if unknown:
+        raise ConfigError(f"--layers {unknown} not among {available}; pass names from that list")
+    return jax.jit(lambda p, x, rng: {k: v for k, v in features_fn(p, x, rng).items() if k in layers})
+
+
+def prepare_evaluation(
+    config: ml_collections.ConfigDict,
+    state: ModelState,
+    *,
+    dataset: str = "",
+    layers: tuple[str, ...] = (),
+    zero_shot: bool = True,
+    pixel_floor: bool = False,
+) -> Evaluation:
+    """Checks the probe data set, its label and ``eval.extra_labels`` (ConfigError before any evaluation)
+    and compiles the feature and zero-shot functions. ``dataset`` overrides the probe data set, ``layers``
+    keeps only those features, ``zero_shot`` asks for class scores where the objective has them,
+    ``pixel_floor`` adds the raw-pixel probe of the same examples."""
+    data = eval_data_config(config, dataset)
+    names = class_names(data)
+    extra_labels = tuple(config.eval.get("extra_labels", ()))
+    if extra_labels:
+        split_labels(data, config.eval.test_split, extra_labels, max_examples=1)
+    features_fn = make_features_fn(state.objective, state.model)
+    if layers:
+        features_fn = select_layers(features_fn, state, data, layers, config.eval.batch_size)
+    wanted = names and zero_shot and supports_zero_shot(state.objective)
+    zero_shot_fn = make_zero_shot_fn(state.objective, state.model, names) if wanted else None
+    levels = config.eval.get("caption_levels", ())
+    caption_levels = CaptionLevelEval(config, state.objective, state.model, state.mesh) if levels else None
+    return Evaluation(state, config, data, features_fn, zero_shot_fn, extra_labels, pixel_floor,
+                      caption_levels)
+
+
+def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None) -> Evaluated:
+    """The evaluation record of ``params`` on the first ``max_train``/``max_test`` examples of the probe
+    data set's train and test splits (all when None), and how many examples each split gave."""
+    e, seed, data = evaluation.config.eval, evaluation.config.seed, evaluation.data
+
+    def over(fn: BatchFn, split: str, limit: int | None) -> Features:
+        return map_split(fn, params, data, split, mesh=evaluation.state.mesh, batch_size=e.batch_size,
+                         max_examples=limit, seed=seed)
+
+    train = over(evaluation.features_fn, e.train_split, max_train)
+    test = over(evaluation.features_fn, e.test_split, max_test)
+    train_examples, test_examples = len(train[1]), len(test[1])
+    record = probe_record(train, test, seed=seed)
+    if evaluation.pixel_floor:
+        record.update(pixel_reference(data, train_split=e.train_split, test_split=e.test_split,
+                                      train_examples=train_examples, test_examples=test_examples, seed=seed))
+    if evaluation.extra_labels:
+        record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,
+                                         train_split=e.train_split, test_split=e.test_split, seed=seed))
+    if evaluation.zero_shot_fn is not None:
+        predict = evaluation.zero_shot_fn
+        predictions, labels = over(lambda p, images, rng: {"prediction": predict(p, images, rng)},
+                                   e.test_split, max_test)
+        field = class_score_field(evaluation.state.objective)
+        record[field] = float(np.mean(predictions["prediction"] == labels))
+    if evaluation.caption_levels is not None:
+        record.update(evaluation.caption_levels(params))
+    return Evaluated(record, train_examples, test_examples)
+
+
 class Evaluator:
     """Runs the evaluation of a live model inside training."""
 
-    def __init__(self, config: ml_collections.ConfigDict, objective, model_from_params, mesh):
-        self.config, self.objective, self.mesh = config, objective, mesh
+    def __init__(self, config: ml_collections.ConfigDict, state: ModelState):
+        self.config, self.state = config, state
         self.steps = set(milestone_steps(config.total_steps, config.eval.num_points,
                                          config.eval.first_fraction))
-        self.data = eval_data_config(config)
-        self.features_fn = make_features_fn(objective, model_from_params)
-        # the probe data set and label are checked before training; none is read for a run without evals
-        names = class_names(self.data) if self.steps else ()
-        self.extra_labels = tuple(config.eval.extra_labels)
-        if self.steps and self.extra_labels:
-            split_labels(self.data, config.eval.test_split, self.extra_labels, max_examples=1)
-        wanted = names and config.eval.zero_shot and supports_zero_shot(objective)
-        self.zero_shot_fn = make_zero_shot_fn(objective, model_from_params, names) if wanted else None
-        wanted = self.steps and config.eval.caption_levels
-        self.caption_levels = CaptionLevelEval(config, objective, model_from_params, mesh) if wanted else None
-        self.loss_fn = jax.jit(
-            lambda params, batch, rng: objective.loss(model_from_params(params), batch, rng)[0]
-        )
+        # the probe data set and labels are checked before training; none is read for a run without evals
+        wanted = dict(zero_shot=config.eval.zero_shot, pixel_floor=True)
+        self.evaluation = prepare_evaluation(config, state, **wanted) if self.steps else None
+        objective, to_model = state.objective, state.model
+        self.loss_fn = jax.jit(lambda params, batch, rng: objective.loss(to_model(params), batch, rng)[0])
 
     def due(self, step: int) -> bool:
         return step in self.steps
 
-    def _map(self, fn, params, split: str, max_examples: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        return map_split(fn, params, self.data, split, mesh=self.mesh, batch_size=self.config.eval.batch_size,
-                         max_examples=max_examples, seed=self.config.seed)
-
     def __call__(self, params) -> dict[str, Any]:
         e = self.config.eval
         start = time.perf_counter()
-        train = self._map(self.features_fn, params, e.train_split, e.probe_train_examples)
-        test = self._map(self.features_fn, params, e.test_split, e.probe_test_examples)
-        record = probe_record(train, test, seed=self.config.seed)
-        record.update(pixel_reference(self.data, train_split=e.train_split, test_split=e.test_split,
-                                      train_examples=len(train[1]), test_examples=len(test[1]),
-                                      seed=self.config.seed))
-        if self.extra_labels:
-            record.update(extra_label_record(self.data, train[0], test[0], self.extra_labels,
-                                             train_split=e.train_split, test_split=e.test_split,
-                                             seed=self.config.seed))
-        if self.zero_shot_fn is not None:
-            predictions, labels = self._map(
-                lambda p, images, rng: {"prediction": self.zero_shot_fn(p, images, rng)},
-                params, e.test_split, e.probe_test_examples,
-            )
-            field = class_score_field(self.objective)
-            record[field] = float(np.mean(predictions["prediction"] == labels))
-        if self.caption_levels is not None:
-            record.update(self.caption_levels(params))
+        record = evaluate(self.evaluation, params, max_train=e.probe_train_examples,
+                          max_test=e.probe_test_examples).record
         if e.val_split:
             record["val_loss"] = self.validation_loss(params)
         record["eval_s"] = time.perf_counter() - start
@@ -182,7 +250,7 @@ class Evaluator:
             max_examples=batch_size * self.config.eval.val_batches,
         )
         losses = [
-            float(self.loss_fn(params, shard_batch(batch, self.mesh), jax.random.key(index)))
+            float(self.loss_fn(params, shard_batch(batch, self.state.mesh), jax.random.key(index)))
             for index, batch in enumerate(batches)
             if batch["label"].shape[0] == local_size
         ]

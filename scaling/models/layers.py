@@ -167,22 +167,22 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None):
         source_BMD = x_BLD if context_BMD is None else context_BMD
-        q_BLHK = self.query(x_BLD) * self.scale
-        k_BMHK, v_BMHK = self.key(source_BMD), self.value(source_BMD)
+        q_BLAQ = self.query(x_BLD) * self.scale
+        k_BMAQ, v_BMAQ = self.key(source_BMD), self.value(source_BMD)
         if flat_matmuls():  # heads lead the length axes: plain batched matmuls
             heads_first = lambda x: x.transpose(0, 2, 1, 3)
-            logits_BHLM = einsum("bhlk,bhmk->bhlm", heads_first(q_BLHK), heads_first(k_BMHK), self.dtype)
+            logits_BALM = einsum("bhlk,bhmk->bhlm", heads_first(q_BLAQ), heads_first(k_BMAQ), self.dtype)
         else:
-            logits_BHLM = einsum("blhk,bmhk->bhlm", q_BLHK, k_BMHK, self.dtype)
+            logits_BALM = einsum("blhk,bmhk->bhlm", q_BLAQ, k_BMAQ, self.dtype)
         if mask_BLM is not None:
-            logits_BHLM = jnp.where(mask_BLM[:, None], logits_BHLM, jnp.finfo(jnp.float32).min)
-        probs_BHLM = jax.nn.softmax(logits_BHLM, axis=-1).astype(self.dtype)
+            logits_BALM = jnp.where(mask_BLM[:, None], logits_BALM, jnp.finfo(jnp.float32).min)
+        probs_BALM = jax.nn.softmax(logits_BALM, axis=-1).astype(self.dtype)
         if flat_matmuls():
-            out_BHLK = einsum("bhlm,bhmk->bhlk", probs_BHLM, heads_first(v_BMHK), self.dtype, self.dtype)
-            out_BLHK = heads_first(out_BHLK)
+            out_BALQ = einsum("bhlm,bhmk->bhlk", probs_BALM, heads_first(v_BMAQ), self.dtype, self.dtype)
+            out_BLAQ = heads_first(out_BALQ)
         else:
-            out_BLHK = einsum("bhlm,bmhk->blhk", probs_BHLM, v_BMHK, self.dtype, self.dtype)
-        return self.out(out_BLHK)
+            out_BLAQ = einsum("bhlm,bmhk->blhk", probs_BALM, v_BMAQ, self.dtype, self.dtype)
+        return self.out(out_BLAQ)
 
 
 class Mlp(nnx.Module):
@@ -226,7 +226,7 @@ class Block(nnx.Module):
     ):
         conditioned = condition_width > 0
         self.modulation = (
-            Dense((condition_width,), (6, width), ("embed", None, "mlp"), dtype=dtype, rngs=rngs,
+            Dense((condition_width,), (6, width), ("embed", None, "modulation"), dtype=dtype, rngs=rngs,
                   zero_init=True)
             if conditioned else None
         )
@@ -242,13 +242,13 @@ class Block(nnx.Module):
         self.mlp_norm = LayerNorm(width, use_scale=not conditioned)
         self.mlp = Mlp(width, mlp, dtype=dtype, rngs=rngs)
 
-    def adaptive_parameters(self, condition_BC: Array | None) -> tuple[Array | None, ...]:
+    def adaptive_parameters(self, condition_BE: Array | None) -> tuple[Array | None, ...]:
         """(attention shift, scale, gate, MLP shift, scale, gate), each [B, D]; all None unconditioned."""
         if self.modulation is None:
             return (None,) * 6
-        if condition_BC is None:
-            raise ValueError("this block is conditioned (condition_width > 0); pass condition_BC")
-        params_B6D = self.modulation(jax.nn.silu(condition_BC))
+        if condition_BE is None:
+            raise ValueError("this block is conditioned (condition_width > 0); pass condition_BE")
+        params_B6D = self.modulation(jax.nn.silu(condition_BE))
         return tuple(params_B6D[:, i] for i in range(6))
 
     def __call__(
@@ -256,9 +256,9 @@ class Block(nnx.Module):
         x_BLD: Array,
         mask_BLL: Array | None = None,
         context_BMD: Array | None = None,
-        condition_BC: Array | None = None,
+        condition_BE: Array | None = None,
     ):
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaptive_parameters(condition_BC)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaptive_parameters(condition_BE)
         attention_in_BLD = modulate(self.attention_norm(x_BLD), shift_a, scale_a)
         x_BLD = x_BLD + gate(self.attention(attention_in_BLD, mask_BLL), gate_a)
         if self.cross_attention is not None:

@@ -61,7 +61,7 @@ def stacked_blocks(depth: int, make_block, rngs: nnx.Rngs) -> nnx.Module:
 class Transformer(nnx.Module):
     """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output.
 
-    With ``condition_width`` > 0 every block is adaLN-Zero conditioned on ``condition_BC`` and the final
+    With ``condition_width`` > 0 every block is adaLN-Zero conditioned on ``condition_BE`` and the final
     LayerNorm has no learned scale (the caller modulates it). With ``scan`` the blocks' parameters are
     stacked along a ``layers`` axis and one block is compiled and looped over (compile time and program
     size stop growing with depth); the outputs are the same.
@@ -95,23 +95,23 @@ class Transformer(nnx.Module):
         x_BLD: Array,
         mask_BLL: Array | None = None,
         context_BMD: Array | None = None,
-        condition_BC: Array | None = None,
+        condition_BE: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
         apply = rematerialized(Block.__call__, self.remat)
         if self.scan:
 
             @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None), out_axes=(nnx.Carry, 0))
-            def body(x_BLD, block, mask_BLL, context_BMD, condition_BC):
-                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
+            def body(x_BLD, block, mask_BLL, context_BMD, condition_BE):
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE)
                 return x_BLD, x_BLD
 
-            x_BLD, hidden_NBLD = body(x_BLD, self.blocks, mask_BLL, context_BMD, condition_BC)
-            hidden = list(hidden_NBLD)
+            x_BLD, hidden_YBLD = body(x_BLD, self.blocks, mask_BLL, context_BMD, condition_BE)
+            hidden = list(hidden_YBLD)
         else:
             hidden = []
             for block in self.blocks:
-                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BC)
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE)
                 hidden.append(x_BLD)
         return self.final_norm(x_BLD), hidden
 

@@ -2,7 +2,9 @@
 
 An objective is built from the run config and owns its model (backbone plus heads), its loss, its probe
 features and its analytic FLOP count. The trainer calls only these methods and never asks which
-objective it runs.
+objective it runs. Building one reads no data: its validation and FLOPs come from the config alone (a
+sweep reads the FLOPs of every run it plans); what it needs from data (iGPT's palette) it loads in an
+optional ``prepare()``, which the model state (scaling.state) calls before building the model.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Objective(Protocol):
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict) -> None:
-        """Raise scaling.config.ConfigError for objective-specific values that cannot work."""
+        """Raise scaling.errors.ConfigError for objective-specific values that cannot work."""
 
     def init(self, rngs: nnx.Rngs) -> nnx.Module:
         """Backbone and heads; every parameter carries logical axis names."""

@@ -9,8 +9,9 @@ input is the [MASK] token (one extra embedding id, ``vocab_size``), so the decod
 caption from the image alone. As in the paper, those rows attend without the causal mask (every position
 sees every other position's state); autoregressive rows stay causal.
 
-Besides the protocol it offers greedy decoding, per-caption log-likelihoods (for zero-shot
-classification) and ``write_samples`` (an image grid with reference and generated captions).
+Besides the protocol its public API offers ``greedy_captions``, ``caption_log_likelihood`` (the
+log-likelihood of any captions given their images: scoring or ranking captions; zero-shot classification
+scores prompts the same way) and ``write_samples`` (an image grid with reference and generated captions).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.config import ConfigError
+from scaling.data.captions import class_prompts, tokenize_prompts
 from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
-from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
+from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
@@ -173,17 +174,17 @@ class Captioning:
         return outputs
 
     def zero_shot_scores(self, model: CaptioningModel, images_BHWC: Array, class_names, rng: Array) -> Array:
-        """[B, C]: each class's prompt log-likelihood given the image, averaged over templates."""
+        """[B, K]: each class's prompt log-likelihood given the image, averaged over templates."""
         del rng
         prompts = class_prompts(class_names)
         tokenizer = get_tokenizer(self.config.data.tokenizer)
         longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
         length = min(longest, caption_length(self.config.data))
-        tokens_PT, mask_PT = tokenize_prompts(tokenizer, prompts, length)
+        tokens_UT, mask_UT = tokenize_prompts(tokenizer, prompts, length)
         context_BMD, _ = model.encode(images_BHWC)
-        B, P = context_BMD.shape[0], tokens_PT.shape[0]
+        B, U = context_BMD.shape[0], tokens_UT.shape[0]
         scores_N = _log_likelihood(
-            model, jnp.repeat(context_BMD, P, axis=0), jnp.tile(tokens_PT, (B, 1)), jnp.tile(mask_PT, (B, 1))
+            model, jnp.repeat(context_BMD, U, axis=0), jnp.tile(tokens_UT, (B, 1)), jnp.tile(mask_UT, (B, 1))
         )
         return scores_N.reshape(B, len(class_names), -1).mean(axis=-1)
 

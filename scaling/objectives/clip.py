@@ -19,10 +19,10 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.config import ConfigError
+from scaling.data.captions import class_prompts, tokenize_prompts
 from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
-from scaling.evaluation.zero_shot import class_prompts, tokenize_prompts
+from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
@@ -188,13 +188,13 @@ class Clip:
         """Cosine similarity of each image to each class's template-averaged text embedding."""
         del rng
         prompts = class_prompts(class_names)
-        tokens_PT, mask_PT = tokenize_prompts(
+        tokens_UT, mask_UT = tokenize_prompts(
             get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
         )
-        text_PE = model.embed_texts(jnp.asarray(tokens_PT), jnp.asarray(mask_PT))
-        class_CE = _l2_normalize(text_PE.reshape(len(class_names), -1, text_PE.shape[-1]).mean(axis=1))
+        text_UE = model.embed_texts(jnp.asarray(tokens_UT), jnp.asarray(mask_UT))
+        class_KE = _l2_normalize(text_UE.reshape(len(class_names), -1, text_UE.shape[-1]).mean(axis=1))
         image_BE, _ = model.embed_images(images_BHWC)
-        return jnp.einsum("be,ce->bc", image_BE, class_CE)
+        return jnp.einsum("be,ke->bk", image_BE, class_KE)
 
     def train_flops_per_example(self) -> float:
         c = self.config

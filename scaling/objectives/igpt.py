@@ -8,8 +8,9 @@ bits per palette-index token (one token per pixel). It is not the published bits
 
 The palette is not a parameter: the trainer differentiates and weight-decays every leaf of the model
 state, and a decayed palette would drift. The objective holds it as a constant instead, loaded (or
-fitted once) from the data-directory cache when the objective is built, so it is reproducible from
-the run's config alone; ``write_samples`` also stores a copy in the run's ``samples/palette.npy``.
+fitted once) from the data-directory cache by ``prepare`` (which the model state calls before it builds
+the model; constructing the objective reads nothing, so its FLOPs and validation cost no data), so it is
+reproducible from the run's config alone; ``write_samples`` also stores a copy in ``samples/palette.npy``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.config import ConfigError
 from scaling.data.palette import dequantize, load_or_fit_palette, quantize
+from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import TextTower, pooled_layer_features
@@ -61,7 +62,7 @@ class IgptModel(nnx.Module):
                           dtype=jnp.dtype(config.model.dtype), rngs=rngs)
 
     def __call__(self, tokens_BL: Array) -> tuple[Array, list[Array]]:
-        """Logits [B, L, K] for the token after each position, and every block's output."""
+        """Logits [B, L, V] for the token after each position, and every block's output."""
         out_BLD, hidden = self.decoder(tokens_BL)
         return self.head(out_BLD), hidden
 
@@ -76,11 +77,16 @@ class Igpt:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        c = config.igpt
-        self.palette_K3 = load_or_fit_palette(
-            config.data, c.palette_size, fit_pixels=c.palette_fit_pixels, seed=c.palette_seed
-        )
-        self.start_token = c.palette_size
+        self.start_token = config.igpt.palette_size
+        self.palette_V3: np.ndarray | None = None  # float32 [V, 3], V = igpt.palette_size; see prepare
+
+    def prepare(self) -> None:
+        """Loads the palette, fitting and caching it first if no run has yet (reads training pixels)."""
+        if self.palette_V3 is None:
+            c = self.config.igpt
+            self.palette_V3 = load_or_fit_palette(
+                self.config.data, c.palette_size, fit_pixels=c.palette_fit_pixels, seed=c.palette_seed
+            )
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict) -> None:
@@ -98,20 +104,22 @@ class Igpt:
 
     def tokenize(self, images_BHWC: Array) -> Array:
         """uint8 images -> palette indices in raster order, int32 [B, H*W]."""
-        indices_BHW = quantize(images_BHWC, self.palette_K3)
+        if self.palette_V3 is None:
+            raise RuntimeError("the iGPT palette is not loaded; call prepare() first (the model state does)")
+        indices_BHW = quantize(images_BHWC, self.palette_V3)
         return indices_BHW.reshape(indices_BHW.shape[0], -1)
 
     def predict(self, model: IgptModel, indices_BL: Array) -> Array:
-        """Logits [B, L, K] for each index given the start token and the indices before it."""
-        logits_BLK, _ = model(prepend_start(indices_BL, self.start_token)[:, :-1])
-        return logits_BLK
+        """Logits [B, L, V] for each index given the start token and the indices before it."""
+        logits_BLV, _ = model(prepend_start(indices_BL, self.start_token)[:, :-1])
+        return logits_BLV
 
     def loss(self, model: IgptModel, batch, rng: Array):
         del rng
         indices_BL = self.tokenize(batch["image"])
-        logits_BLK = self.predict(model, indices_BL)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BLK, indices_BL).mean()
-        accuracy = (logits_BLK.argmax(axis=-1) == indices_BL).mean()
+        logits_BLV = self.predict(model, indices_BL)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, indices_BL).mean()
+        accuracy = (logits_BLV.argmax(axis=-1) == indices_BL).mean()
         return loss, {"bits_per_token": loss / np.log(2.0), "accuracy": accuracy}
 
     def features(self, model: IgptModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
@@ -125,7 +133,7 @@ class Igpt:
 
     def complete(self, model: IgptModel, indices_BL: Array, rng: Array, *, given: int,
                  num_samples: int) -> Array:
-        """[B, S, L]: S samples (temperature 1) of every index after the first ``given`` of each sequence.
+        """[B, R, L]: R samples (temperature 1) of every index after the first ``given`` of each sequence.
 
         One jitted loop over positions; each step reruns the decoder at full length (no KV cache).
         """
@@ -135,8 +143,8 @@ class Igpt:
             model = nnx.merge(graphdef, state)
 
             def step(position, tokens_NL):
-                logits_NK = self.predict(model, tokens_NL)[:, position]
-                drawn_N = jax.random.categorical(jax.random.fold_in(rng, position), logits_NK)
+                logits_NV = self.predict(model, tokens_NL)[:, position]
+                drawn_N = jax.random.categorical(jax.random.fold_in(rng, position), logits_NV)
                 return tokens_NL.at[:, position].set(drawn_N.astype(tokens_NL.dtype))
 
             tokens_NL = jnp.repeat(indices_BL, num_samples, axis=0)
@@ -151,13 +159,13 @@ class Igpt:
         images_BHWC = np.asarray(batch["image"])
         B, H, W, _ = images_BHWC.shape
         indices_BL = self.tokenize(images_BHWC)
-        samples_BSL = self.complete(model, indices_BL, rng, given=(H // 2) * W, num_samples=COMPLETIONS)
-        top_BHWC = np.array(dequantize(indices_BL.reshape(B, H, W), self.palette_K3))
+        samples_BRL = self.complete(model, indices_BL, rng, given=(H // 2) * W, num_samples=COMPLETIONS)
+        top_BHWC = np.array(dequantize(indices_BL.reshape(B, H, W), self.palette_V3))
         top_BHWC[:, H // 2:] = GREY
-        completions_BSHWC = np.asarray(dequantize(samples_BSL.reshape(B, COMPLETIONS, H, W), self.palette_K3))
-        columns_BCHWC = np.concatenate([images_BHWC[:, None], top_BHWC[:, None], completions_BSHWC], axis=1)
-        image_grid(columns_BCHWC).save(Path(directory) / "completions.png")
-        np.save(Path(directory) / "palette.npy", self.palette_K3)
+        completions_BRHWC = np.asarray(dequantize(samples_BRL.reshape(B, COMPLETIONS, H, W), self.palette_V3))
+        columns = np.concatenate([images_BHWC[:, None], top_BHWC[:, None], completions_BRHWC], axis=1)
+        image_grid(columns).save(Path(directory) / "completions.png")
+        np.save(Path(directory) / "palette.npy", self.palette_V3)
 
     def train_flops_per_example(self) -> float:
         c = self.config

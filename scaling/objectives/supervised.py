@@ -9,13 +9,15 @@ it beside the quickstart's runs.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import ml_collections
 import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.data.pipeline import make_builder
+from scaling.data.pipeline import label_classes
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, pooled_layer_features
@@ -40,7 +42,12 @@ class Supervised:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.num_classes = make_builder(config.data).info.features[config.data.label].num_classes
+
+    @functools.cached_property
+    def num_classes(self) -> int:
+        """Classes of data.label, read from the data set's metadata on first use (the model and its FLOPs
+        need it; building the objective reads nothing)."""
+        return label_classes(self.config.data)
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict) -> None:

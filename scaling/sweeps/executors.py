@@ -1,7 +1,7 @@
 """Where a run trains: in this process, in spawned worker processes, or as Ray tasks.
 
 Every executor calls a job, by default ``execute_run(config, workdir)``, which trains (or resumes) the
-run and turns its end into an outcome {"status": "completed" | "diverged" | "failed", "reason", "detail"}.
+run and turns its end into an outcome {"status": one of scaling.workdir.RUN_STATUSES, "reason", "detail"}.
 The runner holds the run's lease and records the outcome; an executor only trains. ``start`` returns a
 handle whose ``poll()`` gives the outcome once the run has ended (None before) and ``cancel()`` stops it.
 """
@@ -21,6 +21,8 @@ from typing import Protocol
 import ml_collections
 
 from scaling.sweeps.spec import RunSpec, SweepError
+from scaling.train import DivergedError, train
+from scaling.workdir import DIVERGED, FAILED
 
 Outcome = dict[str, str]
 Job = Callable[[ml_collections.ConfigDict, str], Outcome]
@@ -28,18 +30,16 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def failed_outcome(error: BaseException) -> Outcome:
-    return {"status": "failed", "reason": f"{type(error).__name__}: {error}",
+    return {"status": FAILED, "reason": f"{type(error).__name__}: {error}",
             "detail": "".join(traceback.format_exception(error))}
 
 
 def execute_run(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
     """Trains or resumes one run; a divergence or an exception becomes an outcome, not a raise."""
-    from scaling.train import DivergedError, train
-
     try:
         result = train(config, workdir)
     except DivergedError as error:
-        return {"status": "diverged", "reason": str(error)}
+        return {"status": DIVERGED, "reason": str(error)}
     except Exception as error:  # isolate the failure: the sweep goes on with the other runs
         return failed_outcome(error)
     return {"status": result["status"], "reason": result.get("reason", "")}
@@ -129,7 +129,7 @@ class Spawned:
         if alive:
             return None
         self.process.join()
-        return {"status": "failed", "reason": f"worker process exited with code {self.process.exitcode}"}
+        return {"status": FAILED, "reason": f"worker process exited with code {self.process.exitcode}"}
 
     def cancel(self) -> None:
         self.process.kill()

@@ -10,7 +10,6 @@ from their step). Cached as ``<sweep dir>/results.csv``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.sweeps.spec import Budget
-from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json
+from scaling.sweeps.store import ended_status
+from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json, write_atomic
 
 RESULTS_NAME = "results.csv"
 CONFIG_COLUMNS = {  # column -> dotted config field
@@ -33,11 +33,7 @@ RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "captions", "budget", "budge
 POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
 
 
-def run_status(run_dir: Path) -> str:
-    result = read_json(run_dir / "result.json")
-    if result is not None:
-        return result["status"]
-    return "failed" if (run_dir / "failure.json").exists() else "incomplete"
+INCOMPLETE = "incomplete"  # the status column of a run that has not ended
 
 
 def run_fields(run_dir: Path) -> dict[str, Any] | None:
@@ -49,7 +45,7 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
     labels = {field: value for field, value in spec["labels"].items() if field not in CONFIG_COLUMNS.values()}
     return {
         "run_id": spec["run_id"],
-        "status": run_status(run_dir),
+        "status": ended_status(run_dir) or INCOMPLETE,
         **{column: flat.get(field) for column, field in CONFIG_COLUMNS.items()},
         "captions": flat.get("data.caption_mix") or flat.get("data.caption_level"),  # trained on
         "budget": Budget(**budget).label,
@@ -86,10 +82,7 @@ def build_table(sweep_dir: str | Path) -> pd.DataFrame:
 def write_table(table: pd.DataFrame, sweep_dir: str | Path) -> Path:
     """Writes the CSV cache atomically; returns its path."""
     path = Path(sweep_dir) / RESULTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RESULTS_NAME}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, table.to_csv(index=False).encode())
     return path
 
 

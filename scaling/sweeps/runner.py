@@ -20,15 +20,24 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import jax
+import numpy as np
+from jax.experimental.multihost_utils import broadcast_one_to_all
+
+from scaling.analysis.figures import compute_figure
+from scaling.data.pipeline import ensure_built
+from scaling.errors import UserError
+from scaling.evaluation.evaluator import eval_data_config
+from scaling.objectives import build_objective
+from scaling.sweeps import pods
 from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
+from scaling.sweeps.results import build_table, write_table
 from scaling.sweeps.spec import Sweep, SweepError, load_sweep
 from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
-from scaling.workdir import read_json
-
-if TYPE_CHECKING:
-    from scaling.train import Stopwatch
+from scaling.sweeps.summary import RUNNER_ACTIVITIES, matmul_peak, summarize, summary_line, write_summary
+from scaling.train import cooldown_branches
+from scaling.workdir import Stopwatch, read_json
 
 Print = Callable[[str], None]
 FIGURE_NAME = "compute_vs_probe.png"
@@ -62,7 +71,7 @@ def _begin(store: Store, run) -> Path:
 
 
 def _finish(store: Store, run_id: str, generation: int, outcome: dict[str, str]) -> None:
-    if outcome["status"] == "failed":
+    if outcome["status"] == FAILED:
         store.record_failure(run_id, outcome["reason"], outcome.get("detail", ""))
     store.log_attempt(run_id, "end", status=outcome["status"], reason=outcome.get("reason", ""))
     store.release(run_id, generation)
@@ -75,7 +84,7 @@ def _abandon(store: Store, run_id: str, generation: int) -> None:
 
 
 def _ended_line(sweep: Sweep, store: Store, run_id: str, outcome: dict[str, str]) -> str:
-    reason = f" ({outcome['reason']})" if outcome["status"] != "completed" else ""
+    reason = f" ({outcome['reason']})" if outcome["status"] != COMPLETED else ""
     return f"{progress_line(sweep, progress(sweep, store))}; {run_id} {outcome['status']}{reason}"
 
 
@@ -123,10 +132,6 @@ def _run_here(sweep: Sweep, store: Store, executor: Executor, out: Print, poll_s
 
 def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
     """Process 0 picks each run; every process trains it (train() writes only on process 0)."""
-    import jax
-    import numpy as np
-    from jax.experimental.multihost_utils import broadcast_one_to_all
-
     writer, ended = jax.process_index() == 0, set()
     with Heartbeats(store) as beats:
         while True:
@@ -159,8 +164,6 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
     store = Store(root, sweep.name, lease_timeout_s)
     writer = True
     if multihost:
-        import jax
-
         writer = jax.process_index() == 0
     if retry_failed and writer:
         for run in sweep.runs:
@@ -187,19 +190,12 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
 
 
 def runner_stopwatch() -> Stopwatch:
-    from scaling.sweeps.summary import RUNNER_ACTIVITIES
-    from scaling.train import Stopwatch
-
     return Stopwatch(RUNNER_ACTIVITIES)
 
 
 def build_data(sweep: Sweep) -> None:
     """Builds (once) every training and probe data set the sweep's runs read. One that cannot be built is
     left to the runs that read it, which fail with its error and the sweep goes on."""
-    from scaling.data.pipeline import ensure_built
-    from scaling.errors import UserError
-    from scaling.evaluation.evaluator import eval_data_config
-
     seen = set()
     for run in sweep.runs:
         for data in (run.config.data, eval_data_config(run.config)):
@@ -213,8 +209,6 @@ def build_data(sweep: Sweep) -> None:
 def write_account(store: Store, trained: list[str], runner_seconds: dict[str, float], wall_s: float,
                   out: Print) -> None:
     """summary.json of this invocation (kept as it was when no run trained), and its line."""
-    from scaling.sweeps.summary import matmul_peak, summarize, summary_line, write_summary
-
     if not trained:
         out("no run trained in this invocation; summary.json describes the last one that trained")
         return
@@ -226,9 +220,6 @@ def write_account(store: Store, trained: list[str], runner_seconds: dict[str, fl
 
 def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
     """The results table (CSV) and, when there are points to draw, the compute figure."""
-    from scaling.analysis.figures import compute_figure
-    from scaling.sweeps.results import build_table, write_table
-
     table = build_table(store.sweep_dir)
     out(f"results table: {write_table(table, store.sweep_dir)} ({len(table)} rows)")
     if not table.empty:
@@ -237,9 +228,6 @@ def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
 
 def describe(sweep: Sweep, store: Store) -> str:
     """A dry-run listing: one line per run with its steps, compute (cool-down branches included) and state."""
-    from scaling.objectives import build_objective
-    from scaling.train import cooldown_branches
-
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {store.sweep_dir}"]
     total = 0.0
     for run in sweep.runs:
@@ -285,10 +273,8 @@ def make_executor(options: Options) -> Executor:
 
 def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int] | None:
     """``scaling sweep``: list, launch on a pod, or run a sweep; returns the final counts if it ran."""
-    from scaling.sweeps import pods
-
     start, clock = time.perf_counter(), runner_stopwatch()
-    with clock("load"):  # objectives are built here; iGPT's fits its palette, building the data it reads
+    with clock("load"):  # objectives are built here (for their FLOPs; building one reads no data)
         sweep = load_sweep(sweep_path)
     store = Store(options.root, sweep.name, options.lease_timeout_s)
     if options.executor in pods.POD_EXECUTORS:
@@ -305,8 +291,6 @@ def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int
         if options.executor != "local" or options.max_parallel != 1:
             raise SweepError("--distributed runs one run at a time on every host: use --executor local "
                              "--max-parallel 1")
-        import jax
-
         jax.distributed.initialize()
     return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
                      lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,

@@ -21,8 +21,8 @@ from typing import Any
 import ml_collections
 
 from scaling import config as run_config
-from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file, validate
-from scaling.objectives import OBJECTIVES, build_objective, get_objective
+from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file
+from scaling.objectives import OBJECTIVES, build_objective, get_objective, validate_config
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
 SWEEPS_DIR = EXPERIMENTS_DIR.parent / "sweeps"
@@ -127,7 +127,7 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
 def _check(config: ml_collections.ConfigDict) -> None:
     """Validation that needs no devices: the mesh is checked against its own fixed axis sizes."""
     devices = math.prod(size for size in dict(config.mesh).values() if size > 0)
-    validate(config, num_devices=devices)
+    validate_config(config, num_devices=devices)
 
 
 def make_run(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str, Any] | None = None,

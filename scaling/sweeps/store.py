@@ -25,13 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from scaling.sweeps.spec import RunSpec
-from scaling.workdir import RunFiles, read_json, write_json_atomic
+from scaling.workdir import COMPLETED, FAILED, RunFiles, read_json, write_json_atomic
 
 LEASE_TIMEOUT_S = 120.0
 HOST = socket.gethostname()
-# States of a run, in the order progress reports them.
-COMPLETED, FAILED, RUNNING, LEFT = "completed", "failed", "running", "left"
+# States of a run in a sweep, in the order progress reports them: it ended (completed, or failed: diverged
+# or raised), an owner holds a live lease on it, or it is left to do.
+RUNNING, LEFT = "running", "left"
 STATES = (COMPLETED, FAILED, RUNNING, LEFT)
+
+
+def ended_status(run_dir: Path) -> str | None:
+    """How the run in ``run_dir`` ended (a ``scaling.workdir.RUN_STATUSES`` value), None while it has not:
+    result.json's status, else failed when the runner recorded a failure."""
+    result = RunFiles(run_dir).read_result()
+    if result is not None:
+        return result["status"]
+    return FAILED if (run_dir / "failure.json").exists() else None
 
 
 def new_owner() -> str:
@@ -68,11 +78,8 @@ class Store:
 
     def finished_state(self, run_id: str) -> str | None:
         """COMPLETED or FAILED (diverged, or raised) once the run has ended, else None."""
-        run_dir = self.run_dir(run_id)
-        result = RunFiles(run_dir).read_result()
-        if result is not None:
-            return COMPLETED if result["status"] == "completed" else FAILED
-        return FAILED if (run_dir / "failure.json").exists() else None
+        status = ended_status(self.run_dir(run_id))
+        return None if status is None else COMPLETED if status == COMPLETED else FAILED
 
     def state(self, run_id: str) -> str:
         finished = self.finished_state(run_id)
@@ -84,7 +91,7 @@ class Store:
     def failure_reason(self, run_id: str) -> str | None:
         run_dir = self.run_dir(run_id)
         result = RunFiles(run_dir).read_result()
-        if result is not None and result["status"] != "completed":
+        if result is not None and result["status"] != COMPLETED:
             return result.get("reason", result["status"])
         failure = read_json(run_dir / "failure.json")
         return failure and failure["reason"]
@@ -162,6 +169,7 @@ class Store:
             f.write(json.dumps(record) + "\n")
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's attempts.jsonl: one record per start and end of an attempt (public: how a run went)."""
         path = self.run_dir(run_id) / "attempts.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

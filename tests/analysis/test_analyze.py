@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from scaling.analysis.figures import draw_compute
 from scaling.analysis.points import eval_points, load_results

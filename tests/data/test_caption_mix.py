@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 from scaling.config import ConfigError, validate
 from scaling.data import pipeline

@@ -14,7 +14,8 @@ from scaling.evaluation.caption_levels import (
     mean_interval,
     retrieval_hits,
 )
-from scaling.objectives.diffusion import Diffusion, bucket_timesteps
+from scaling.objectives.diffusion import Diffusion
+from scaling.objectives.diffusion.schedule import bucket_timesteps
 from scaling.sharding import make_mesh, shard_batch
 
 LEVELS = ("short", "medium")
@@ -72,8 +73,7 @@ def caption_record(tiny_config, objective: str, steps: int = 20, **fields):
         data = make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
         for step, rate in enumerate(trainer.learning_rates(config.optim, steps)):
             params, opt_state, _ = step_fn(params, opt_state, shard_batch(next(data), mesh), step, rate)
-        model_from_params = lambda p: trainer.model_from_params(setup, p)
-        return CaptionLevelEval(config, setup.objective, model_from_params, mesh)(params)
+        return CaptionLevelEval(config, setup.state.objective, setup.state.model, mesh)(params)
 
 
 def test_diffusion_records_paired_loss_reduction_per_bucket_and_level(tiny_config):

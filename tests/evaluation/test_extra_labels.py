@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 from scaling.config import ConfigError
 from scaling.data.pipeline import make_eval_iterator, split_labels

@@ -1,4 +1,5 @@
-"""Tests for scaling.evaluation.linear_probe: sklearn agreement, C selection, few-shot ridge, errors."""
+"""Tests for the probes (scaling.evaluation: logistic, linear_probe, fewshot): sklearn agreement, C selection,
+few-shot ridge, errors."""
 
 import json
 
@@ -8,7 +9,10 @@ from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from scaling.evaluation import fewshot, logistic
 from scaling.evaluation import linear_probe as lp
+from scaling.evaluation.evaluator import probe_record
+from scaling.evaluation.logistic import SolverOptions
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,12 @@ def _sklearn_probe(x_train, y_train, C, tol=1e-6):
 def test_fit_matches_sklearn(dataset, C, request):
     x_train, y_train, x_test, y_test = request.getfixturevalue(dataset)
     scaler, model = _sklearn_probe(x_train, y_train, C)
-    probe = lp.fit_logistic(x_train, y_train, C, tol=1e-6)
+    probe = logistic.fit_logistic(x_train, y_train, C, solver=SolverOptions(tol=1e-6))
 
     z_test = scaler.transform(x_test)
-    ours = lp.probe_accuracy(probe, x_test, y_test)
+    ours = logistic.probe_accuracy(probe, x_test, y_test)
     assert abs(ours - model.score(z_test, y_test)) <= 0.005
-    np.testing.assert_allclose(lp.predict_proba(probe, x_test), model.predict_proba(z_test), atol=1e-2)
+    np.testing.assert_allclose(logistic.predict_proba(probe, x_test), model.predict_proba(z_test), atol=1e-2)
     weights_KD = np.asarray(probe.weights).T
     assert np.linalg.norm(weights_KD - model.coef_) <= 1e-2 * np.linalg.norm(model.coef_)
     bias_K = np.asarray(probe.bias)
@@ -61,8 +65,8 @@ def test_fit_matches_sklearn(dataset, C, request):
 
 def test_preconditioning_changes_iterations_not_the_solution(blobs):
     x_train, y_train, _, _ = blobs
-    fast = lp.fit_logistic(x_train, y_train, 1.0, tol=1e-6)
-    plain = lp.fit_logistic(x_train, y_train, 1.0, tol=1e-6, precondition=False)
+    fast = logistic.fit_logistic(x_train, y_train, 1.0, solver=SolverOptions(tol=1e-6))
+    plain = logistic.fit_logistic(x_train, y_train, 1.0, solver=SolverOptions(tol=1e-6, precondition=False))
     np.testing.assert_allclose(fast.weights, plain.weights, atol=2e-3, rtol=1e-2)
     assert int(fast.iterations) < int(plain.iterations)
 
@@ -120,9 +124,9 @@ def test_best_c_on_the_grid_edge_warns_with_the_fix():
 def test_sweep_compiles_the_solver_once_per_shape(blobs):
     x_train, y_train, x_test, y_test = blobs
     lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-3, 1e-1))
-    compiled = lp._solve._cache_size()
+    compiled = logistic._solve._cache_size()
     lp.select_and_evaluate(x_train, y_train, x_test, y_test, c_grid=(1e-4, 1e-2, 0.3, 3.0))
-    assert lp._solve._cache_size() == compiled
+    assert logistic._solve._cache_size() == compiled
 
 
 def _balanced_labels(num_examples, rng):
@@ -187,18 +191,18 @@ def test_refit_uses_train_and_validation(blobs):
         c_grid=(1e-3, 1e-1),
     )
     assert result["num_fit"] == 60 and result["num_refit"] == 2000
-    refit = lp.fit_logistic(
+    refit = logistic.fit_logistic(
         np.concatenate([x_pool[train_rows], x_pool[val_rows]]),
         np.concatenate([y_pool[train_rows], y_pool[val_rows]]),
         result["best_C"],
     )
-    assert abs(result["test_accuracy"] - lp.probe_accuracy(refit, x_test, y_test)) <= 0.002
+    assert abs(result["test_accuracy"] - logistic.probe_accuracy(refit, x_test, y_test)) <= 0.002
     assert result["test_accuracy"] > result["val_accuracy"] + 0.05
 
 
 def test_standardisation_uses_training_statistics_only(blobs):
     x_train, y_train, x_test, y_test = blobs
-    probe = lp.fit_logistic(x_train, y_train, 0.1)
+    probe = logistic.fit_logistic(x_train, y_train, 0.1)
     np.testing.assert_allclose(probe.mean, x_train.mean(axis=0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(probe.scale, x_train.std(axis=0), rtol=1e-4)
 
@@ -231,7 +235,7 @@ def test_probe_layers_picks_the_informative_layer(blobs):
 
 def test_fewshot_accuracy_rises_with_shots(digits):
     x_train, y_train, x_test, y_test = digits
-    result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(1, 5, 25))
+    result = fewshot.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(1, 5, 25))
     means = [result["shots"][k]["mean_accuracy"] for k in ("1", "5", "25")]
     assert means[0] < means[1] < means[2]
     assert means[0] > 0.3 and means[2] > 0.85
@@ -252,36 +256,36 @@ def _numpy_ridge(x_nD, labels_n, num_classes, l2):
 def test_fewshot_matches_numpy_closed_form(digits, shots):
     x_train, y_train, x_test, y_test = digits
     l2 = 64.0
-    result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(shots,), seeds=(4,), l2=l2)
+    result = fewshot.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(shots,), seeds=(4,), l2=l2)
 
-    rows = lp.fewshot_indices(y_train, shots, seed=4)
+    rows = fewshot.fewshot_indices(y_train, shots, seed=4)
     scaler = StandardScaler().fit(x_train[rows].astype(np.float64))  # statistics of the k-shot draw
     z_train, z_test = scaler.transform(x_train[rows]), scaler.transform(x_test)
     w_DK, b_K = _numpy_ridge(z_train, y_train[rows], 10, l2)
     expected = np.mean(np.argmax(z_test @ w_DK + b_K, axis=1) == y_test)
     assert abs(result["shots"][str(shots)]["mean_accuracy"] - expected) <= 0.002
 
-    ours_w, ours_b = lp.fit_ridge(z_train.astype(np.float32), np.eye(10)[y_train[rows]], l2)
+    ours_w, ours_b = fewshot.fit_ridge(z_train.astype(np.float32), np.eye(10)[y_train[rows]], l2)
     np.testing.assert_allclose(ours_w, w_DK, atol=1e-4)
     np.testing.assert_allclose(ours_b, b_K, atol=1e-4)
 
 
 def test_fewshot_reads_only_the_drawn_examples_of_the_training_pool(digits):
     x_train, y_train, x_test, y_test = digits
-    result = lp.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(5,), seeds=(3,))
-    undrawn = np.setdiff1d(np.arange(len(y_train)), lp.fewshot_indices(y_train, 5, seed=3))
+    result = fewshot.fewshot_ridge(x_train, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    undrawn = np.setdiff1d(np.arange(len(y_train)), fewshot.fewshot_indices(y_train, 5, seed=3))
     shifted = x_train.copy()
     shifted[undrawn] = 10.0 * shifted[undrawn] + 7.0  # changes the pool's mean and spread
-    again = lp.fewshot_ridge(shifted, y_train, x_test, y_test, shots=(5,), seeds=(3,))
+    again = fewshot.fewshot_ridge(shifted, y_train, x_test, y_test, shots=(5,), seeds=(3,))
     assert again["shots"]["5"]["mean_accuracy"] == result["shots"]["5"]["mean_accuracy"]
 
 
 def test_fewshot_draws_are_balanced_and_deterministic(digits):
     _, y_train, _, _ = digits
-    rows = lp.fewshot_indices(y_train, 5, seed=1)
+    rows = fewshot.fewshot_indices(y_train, 5, seed=1)
     assert np.array_equal(np.bincount(y_train[rows]), np.full(10, 5))
-    assert np.array_equal(rows, lp.fewshot_indices(y_train, 5, seed=1))
-    assert not np.array_equal(rows, lp.fewshot_indices(y_train, 5, seed=2))
+    assert np.array_equal(rows, fewshot.fewshot_indices(y_train, 5, seed=1))
+    assert not np.array_equal(rows, fewshot.fewshot_indices(y_train, 5, seed=2))
 
 
 def test_mismatched_feature_dimensions():
@@ -297,12 +301,12 @@ def test_mismatched_label_count():
 
 def test_features_must_be_two_dimensional():
     with pytest.raises(ValueError, match=r"2-D array \[num_examples, feature_dim\]"):
-        lp.fit_logistic(np.zeros((10, 4, 4)), np.arange(10) % 2)
+        logistic.fit_logistic(np.zeros((10, 4, 4)), np.arange(10) % 2)
 
 
 def test_one_hot_labels_are_rejected():
     with pytest.raises(ValueError, match="not one-hot"):
-        lp.fit_logistic(np.zeros((10, 4)), np.eye(10))
+        logistic.fit_logistic(np.zeros((10, 4)), np.eye(10))
 
 
 def test_fewer_than_two_classes():
@@ -310,7 +314,7 @@ def test_fewer_than_two_classes():
     with pytest.raises(ValueError, match="at least 2"):
         lp.select_and_evaluate(x, np.zeros(20, int), x, np.zeros(20, int))
     with pytest.raises(ValueError, match="at least 2"):
-        lp.fewshot_ridge(x, np.ones(20, int), x, np.ones(20, int))
+        fewshot.fewshot_ridge(x, np.ones(20, int), x, np.ones(20, int))
 
 
 def test_nan_features_are_reported():
@@ -324,7 +328,7 @@ def test_too_few_examples_for_a_fewshot_draw():
     x = np.random.default_rng(0).normal(size=(30, 4))
     y = np.array([0] * 20 + [1] * 7 + [2] * 3)
     with pytest.raises(ValueError, match=r"10-shot draw .*\(class 2 has 3\)"):
-        lp.fewshot_ridge(x, y, x, y, shots=(1, 10))
+        fewshot.fewshot_ridge(x, y, x, y, shots=(1, 10))
 
 
 def test_validation_features_without_labels():
@@ -347,8 +351,6 @@ def test_layer_names_must_match():
 
 
 def test_probe_record_reports_fewshot_per_layer_without_the_full_label_best_layer(digits):
-    from scaling.evaluation.evaluator import probe_record
-
     x_train, y_train, x_test, y_test = digits
     noise = np.random.default_rng(0)
     train = ({"pixels": x_train, "noise": noise.normal(size=x_train.shape).astype(np.float32)}, y_train)

@@ -1,14 +1,13 @@
 import jax
 import numpy as np
 import pytest
-from conftest import load_experiment, random_batch
-from helpers import run_steps
+from helpers import load_experiment, random_batch, run_steps
 
+from scaling.data.captions import TEMPLATES, class_prompts
 from scaling.data.tokenizer import get_tokenizer
-from scaling.evaluation.zero_shot import TEMPLATES, class_prompts
 from scaling.objectives import build_objective
 from scaling.sharding import make_mesh
-from scaling.train import build_setup, model_from_params
+from scaling.state import build_model_state
 
 CLASSES = ("circle", "square", "triangle", "star")
 ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
@@ -22,7 +21,7 @@ def overfit_then_score(config, batch, steps: int) -> np.ndarray:
     assert trained["losses"][-1] < 0.5 * trained["losses"][0]
     mesh = make_mesh(config.mesh, devices)
     with jax.set_mesh(mesh):
-        model = model_from_params(build_setup(config, mesh), trained["params"])
+        model = build_model_state(config, mesh).model(trained["params"])
         scores = build_objective(config).zero_shot_scores(model, batch["image"], CLASSES, jax.random.key(1))
     assert scores.shape == (batch["image"].shape[0], len(CLASSES))
     return np.asarray(scores)

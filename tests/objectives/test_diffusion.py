@@ -4,23 +4,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_experiment, random_batch
 from flax import nnx
-from helpers import ONE_DEVICE, assert_meshes_agree
+from helpers import ONE_DEVICE, assert_meshes_agree, load_experiment, random_batch
 from PIL import Image
-from test_models import _dot_operand_dtypes
 
-from scaling import train as trainer
 from scaling.data.pipeline import make_train_iterator
+from scaling.errors import ConfigError
+from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn
 from scaling.models.layers import Block
-from scaling.objectives.diffusion import (
-    Diffusion,
+from scaling.objectives import validate_config
+from scaling.objectives.diffusion import Diffusion
+from scaling.objectives.diffusion.schedule import (
     ddim_sample,
     ddim_timesteps,
     noise_schedule,
     prediction_target,
 )
 from scaling.sharding import make_mesh
+from scaling.state import build_model_state
+from scaling.train import train
 
 
 def diffusion_config(**fields):
@@ -32,16 +34,16 @@ def diffusion_config(**fields):
 def test_conditioned_block_starts_as_identity_and_then_follows_the_condition():
     block = Block(32, 2, 128, dtype=jnp.float32, rngs=nnx.Rngs(0), condition_width=16)
     x_BLD = jax.random.normal(jax.random.key(1), (3, 5, 32))
-    condition_BC = jax.random.normal(jax.random.key(2), (3, 16))
-    np.testing.assert_array_equal(block(x_BLD, condition_BC=condition_BC), x_BLD)
+    condition_BE = jax.random.normal(jax.random.key(2), (3, 16))
+    np.testing.assert_array_equal(block(x_BLD, condition_BE=condition_BE), x_BLD)
     assert block.attention_norm.scale is None and block.mlp_norm.scale is None
 
     kernel = block.modulation.kernel
     kernel[...] = 0.1 * jax.random.normal(jax.random.key(3), kernel.shape)
-    out_BLD = block(x_BLD, condition_BC=condition_BC)
+    out_BLD = block(x_BLD, condition_BE=condition_BE)
     assert not np.allclose(out_BLD, x_BLD)
-    assert not np.allclose(block(x_BLD, condition_BC=-condition_BC), out_BLD)
-    with pytest.raises(ValueError, match="pass condition_BC"):
+    assert not np.allclose(block(x_BLD, condition_BE=-condition_BE), out_BLD)
+    with pytest.raises(ValueError, match="pass condition_BE"):
         block(x_BLD)
 
 
@@ -52,8 +54,8 @@ def test_model_at_init_predicts_zeros(condition):
     model = objective.init(nnx.Rngs(0))
     batch = {key: jnp.asarray(value) for key, value in random_batch(config, 4).items()}
     x_t_BHWC = jax.random.normal(jax.random.key(0), batch["image"].shape)
-    condition_BW = objective.training_condition(model, batch, jax.random.key(1))
-    output_BHWC, hidden = model(x_t_BHWC, jnp.array([0, 10, 500, 999]), condition_BW)
+    condition_BE = objective.training_condition(model, batch, jax.random.key(1))
+    output_BHWC, hidden = model(x_t_BHWC, jnp.array([0, 10, 500, 999]), condition_BE)
     assert output_BHWC.shape == x_t_BHWC.shape
     np.testing.assert_array_equal(output_BHWC, 0.0)
     assert len(hidden) == 2 and not np.allclose(hidden[-1], 0.0)
@@ -61,21 +63,21 @@ def test_model_at_init_predicts_zeros(condition):
 
 @pytest.mark.parametrize("kind", ["cosine", "linear"])
 def test_alpha_bar_falls_from_one_to_zero(kind):
-    alpha_bar_T = noise_schedule(kind, 1000)
-    assert alpha_bar_T.shape == (1000,) and alpha_bar_T.dtype == np.float32
-    assert np.all(np.diff(alpha_bar_T) < 0)
-    assert alpha_bar_T[0] > 0.999 and alpha_bar_T[-1] < 1e-4
+    alpha_bar_Z = noise_schedule(kind, 1000)
+    assert alpha_bar_Z.shape == (1000,) and alpha_bar_Z.dtype == np.float32
+    assert np.all(np.diff(alpha_bar_Z) < 0)
+    assert alpha_bar_Z[0] > 0.999 and alpha_bar_Z[-1] < 1e-4
     # Mid-schedule is neither clean nor pure noise (about 0.49 cosine, 0.08 linear).
-    assert 0.02 < alpha_bar_T[500] < 0.6
+    assert 0.02 < alpha_bar_Z[500] < 0.6
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 def test_ddim_with_an_oracle_denoiser_returns_the_one_image_it_knows(prediction):
-    alpha_bar_T = jnp.asarray(noise_schedule("cosine", 1000))
+    alpha_bar_Z = jnp.asarray(noise_schedule("cosine", 1000))
     image_BHWC = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
 
     def oracle(x_t_BHWC, t_B):  # the exact prediction when the data is this one image
-        alpha_bar_B = alpha_bar_T[t_B]
+        alpha_bar_B = alpha_bar_Z[t_B]
         sigma = jnp.sqrt(1 - alpha_bar_B)[:, None, None, None]
         noise_BHWC = (x_t_BHWC - jnp.sqrt(alpha_bar_B)[:, None, None, None] * image_BHWC) / sigma
         return prediction_target(image_BHWC, noise_BHWC, alpha_bar_B, prediction)
@@ -83,7 +85,7 @@ def test_ddim_with_an_oracle_denoiser_returns_the_one_image_it_knows(prediction)
     timesteps_S = jnp.asarray(ddim_timesteps(1000, 7))
     assert timesteps_S[0] == 999 and timesteps_S[-1] == 0 and np.all(np.diff(timesteps_S) < 0)
     noise_BHWC = jax.random.normal(jax.random.key(1), image_BHWC.shape)
-    sample_BHWC = ddim_sample(oracle, noise_BHWC, alpha_bar_T, timesteps_S, prediction)
+    sample_BHWC = ddim_sample(oracle, noise_BHWC, alpha_bar_Z, timesteps_S, prediction)
     np.testing.assert_allclose(sample_BHWC, image_BHWC, atol=1e-4)
 
 
@@ -104,9 +106,11 @@ def test_model_samples_and_features_have_the_promised_shapes():
     features = objective.features(model, jnp.asarray(batch["image"]), jax.random.key(2))
     assert sorted(features) == ["layer_01", "layer_02"]
     assert all(f.shape == (4, 32) and np.all(np.isfinite(f)) for f in features.values())
-    error_B = objective.denoising_error(model, jnp.asarray(batch["image"]), {"label": batch["label"]},
-                                       jnp.array([0, 300, 600, 999]), noise_BHWC)
-    assert error_B.shape == (4,) and np.all(error_B > 0)
+    fresh = objective.init(nnx.Rngs(0))  # predicts epsilon = 0: the error is the noise's mean square
+    condition_BE = fresh.embed_condition({"label": jnp.asarray(batch["label"])}, jnp.ones((4,), bool))
+    error_B = objective.epsilon_error(fresh, jnp.asarray(batch["image"]), condition_BE,
+                                      jnp.array([0, 300, 600, 999]), noise_BHWC)
+    np.testing.assert_allclose(error_B, np.square(noise_BHWC).mean(axis=(1, 2, 3)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("condition, examples", [("label", 4000), ("caption", 400)])
@@ -115,19 +119,19 @@ def test_classifier_free_dropout_replaces_the_set_fraction_with_the_null_conditi
     objective = Diffusion(config)
     model = objective.init(nnx.Rngs(0))
     batch = {key: jnp.asarray(value) for key, value in random_batch(config, examples).items()}
-    condition_BW = objective.training_condition(model, batch, jax.random.key(3))
-    null_BW = model.null_condition(examples)
-    dropped_B = np.all(np.asarray(condition_BW == null_BW), axis=1)
+    condition_BE = objective.training_condition(model, batch, jax.random.key(3))
+    null_BE = model.null_condition(examples)
+    dropped_B = np.all(np.asarray(condition_BE == null_BE), axis=1)
     assert dropped_B.mean() == pytest.approx(0.25, abs=3 * np.sqrt(0.25 * 0.75 / examples))
     config.diffusion.condition_dropout = 0.0
-    kept_BW = Diffusion(config).training_condition(model, batch, jax.random.key(3))
-    assert not np.any(np.all(np.asarray(kept_BW == null_BW), axis=1))
+    kept_BE = Diffusion(config).training_condition(model, batch, jax.random.key(3))
+    assert not np.any(np.all(np.asarray(kept_BE == null_BE), axis=1))
 
 
 def test_training_run_lowers_the_loss_and_reports_every_noise_bucket(tiny_config, tmp_path):
     config = tiny_config("diffusion", total_steps=30, checkpoint_every=30, **{
         "optim.learning_rate": 3e-3, "eval.num_points": 0, "diffusion.sample_steps": 3})
-    result = trainer.train(config, tmp_path)
+    result = train(config, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if r["kind"] == "train"]
     assert result["status"] == "completed" and [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
@@ -155,38 +159,23 @@ def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
     config.mesh.update(ONE_DEVICE)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        model = trainer.model_from_params(setup, one["params"])
+        state = build_model_state(config, mesh)
         batch = {key: jnp.asarray(value) for key, value in batch.items()}
         # The same timesteps, noise and dropout (rng key 0) as the first loss, taken at init.
-        after, _ = setup.objective.loss(model, batch, jax.random.key(0))
+        after, _ = state.objective.loss(state.model(one["params"]), batch, jax.random.key(0))
     assert float(after) < 0.85 * one["first_loss"]
 
 
-def test_bfloat16_compute_puts_every_matmul_in_bfloat16():
-    config = diffusion_config()
-    config.model.dtype = "bfloat16"
-    objective = Diffusion(config)
-    graphdef, params = nnx.split(objective.init(nnx.Rngs(0)))
-    batch = {key: jnp.asarray(value) for key, value in random_batch(config, 2).items()}
-    loss = lambda p: objective.loss(nnx.merge(graphdef, p), batch, jax.random.key(0))[0]
-    operand_dtypes = _dot_operand_dtypes(jax.grad(loss), params)
-    assert len(operand_dtypes) > 50
-    assert all(dtypes == ("bfloat16", "bfloat16") for dtypes in operand_dtypes)
-
-
 def test_bad_settings_are_refused():
-    from scaling.config import ConfigError, validate
-
     for fields, message in [({"prediction": "x0"}, "diffusion.prediction"),
                             ({"feature_timestep": 1000}, "diffusion.feature_timestep"),
                             ({"condition_dropout": 0.0}, "diffusion.guidance_scale")]:
         with pytest.raises(ConfigError, match=message):
-            validate(diffusion_config(**fields), 1)
+            validate_config(diffusion_config(**fields), 1)
     config = diffusion_config()
     config.data.caption_level = "none"
     with pytest.raises(ConfigError, match="data.caption_level"):
-        validate(config, 1)
+        validate_config(config, 1)
 
 
 def test_caption_embedding_does_not_attend_to_padding():
@@ -206,15 +195,10 @@ def test_caption_embedding_does_not_attend_to_padding():
 @pytest.mark.parametrize("condition, field", [("label", "generative_classifier_accuracy"),
                                               ("caption", "zero_shot_accuracy")])
 def test_only_caption_conditioned_classification_is_called_zero_shot(condition, field):
-    from scaling.evaluation.zero_shot import class_score_field
-
     assert class_score_field(Diffusion(diffusion_config(condition=condition, num_classes=4))) == field
 
 
 def test_label_conditioned_model_rejects_labels_it_has_no_embedding_for():
-    from scaling.config import ConfigError
-    from scaling.evaluation.zero_shot import make_zero_shot_fn
-
     objective = Diffusion(diffusion_config(condition="label", num_classes=4))
     with pytest.raises(ConfigError, match="conditioned on the 4 classes .* cannot score 10 other classes"):
         make_zero_shot_fn(objective, lambda params: params, tuple(f"class_{i}" for i in range(10)))

@@ -6,17 +6,24 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import random_batch
 from flax import nnx
-from helpers import assert_meshes_agree
+from helpers import assert_meshes_agree, load_experiment, random_batch
 from PIL import Image
 
 from scaling.data import palette
 from scaling.data.pipeline import make_eval_iterator
-from scaling.objectives import igpt
+from scaling.objectives import build_objective, igpt
+from scaling.sweeps.spec import Budget, make_run
 from scaling.train import train
 
 SMALL = {"igpt.palette_size": 16, "igpt.palette_fit_pixels": 20_000}
+
+
+def prepared(config) -> igpt.Igpt:
+    """The objective with its palette loaded (fitted on the first call)."""
+    objective = igpt.Igpt(config)
+    objective.prepare()
+    return objective
 
 
 @pytest.fixture
@@ -35,11 +42,11 @@ def test_palette_round_trip_error_is_small_and_falls_with_k(small_config):
 
     errors = {}
     for k in (8, 32):
-        palette_K3 = palette.fit_palette(pixels_N3, k, seed=0)
-        assert palette_K3.shape == (k, 3) and palette_K3.dtype == np.float32
-        indices = palette.quantize(images, palette_K3)
+        palette_V3 = palette.fit_palette(pixels_N3, k, seed=0)
+        assert palette_V3.shape == (k, 3) and palette_V3.dtype == np.float32
+        indices = palette.quantize(images, palette_V3)
         assert indices.shape == images.shape[:3] and indices.dtype == np.int32
-        restored = np.asarray(palette.dequantize(indices, palette_K3))
+        restored = np.asarray(palette.dequantize(indices, palette_V3))
         assert restored.dtype == np.uint8
         errors[k] = np.abs(restored.astype(int) - images).mean()
     assert errors[8] < 0.8 * naive_error
@@ -64,7 +71,7 @@ def test_palette_is_fitted_once_then_read_from_the_cache(small_config, monkeypat
 
 def test_a_later_pixel_never_changes_earlier_logits(small_config):
     config = small_config()
-    objective = igpt.Igpt(config)
+    objective = prepared(config)
     model = objective.init(nnx.Rngs(0))
     images = random_batch(config, 2)["image"]
     indices_BL = objective.tokenize(images)
@@ -84,7 +91,7 @@ def test_a_later_pixel_never_changes_earlier_logits(small_config):
 
 def test_features_pool_every_layer_over_the_pixels(small_config):
     config = small_config()
-    objective = igpt.Igpt(config)
+    objective = prepared(config)
     model = objective.init(nnx.Rngs(0))
     images = random_batch(config, 3)["image"]
     features = objective.features(model, images, jax.random.key(0))
@@ -97,7 +104,7 @@ def test_features_pool_only_positions_that_training_reads(small_config):
     """The last pixel is never a training input: changing it leaves the features as they are, while
     changing the one before it (an input to the last prediction) moves them."""
     config = small_config()
-    objective = igpt.Igpt(config)
+    objective = prepared(config)
     model = objective.init(nnx.Rngs(0))
     images = random_batch(config, 2)["image"]
     features = objective.features(model, images, jax.random.key(0))
@@ -112,7 +119,7 @@ def test_features_pool_only_positions_that_training_reads(small_config):
 
 def test_completions_keep_the_top_half_and_sample_the_rest(small_config):
     config = small_config()
-    objective = igpt.Igpt(config)
+    objective = prepared(config)
     model = objective.init(nnx.Rngs(0))
     indices_BL = objective.tokenize(random_batch(config, 2)["image"])
     given = 8 * config.data.image_size
@@ -140,7 +147,7 @@ def test_loss_falls_in_a_short_run_and_the_run_keeps_samples_and_palette(small_c
     grid = Image.open(samples / "completions.png")
     cell = 4 * config.data.image_size + 2  # 16-pixel images enlarged 4x, 2-pixel gaps
     assert grid.size == ((2 + igpt.COMPLETIONS) * cell + 2, 16 * cell + 2)
-    np.testing.assert_array_equal(np.load(samples / "palette.npy"), igpt.Igpt(config).palette_K3)
+    np.testing.assert_array_equal(np.load(samples / "palette.npy"), prepared(config).palette_V3)
 
 
 def test_eight_devices_match_one_device(small_config):
@@ -149,3 +156,19 @@ def test_eight_devices_match_one_device(small_config):
     _, eight = assert_meshes_agree(config, batch, 2)
     head = eight["params"]["head"]["kernel"]
     assert head.sharding.spec == jax.P("fsdp", "tensor")
+
+
+def test_building_the_objective_and_a_sweep_run_reads_no_data(tmp_path, monkeypatch):
+    """A sweep builds every run's objective for its FLOPs: that must not fit (or load) a palette."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("data was read")
+
+    monkeypatch.setattr(igpt, "load_or_fit_palette", refuse)
+    config = load_experiment("igpt")
+    config.data.data_dir = str(tmp_path / "absent")
+    run = make_run(config, Budget.flops(1e12))
+    objective = build_objective(run.config)
+    assert run.config.total_steps == round(1e12 / (objective.train_flops_per_example() * config.batch_size))
+    assert not (tmp_path / "absent").exists()
+    with pytest.raises(AssertionError, match="data was read"):  # only prepare() reads the data
+        objective.prepare()
