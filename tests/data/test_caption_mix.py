@@ -10,7 +10,7 @@ from helpers import load_experiment
 from scaling.config import ConfigError, validate
 from scaling.data import pipeline
 from scaling.data.caption_mix import draw_levels, parse_caption_mix
-from scaling.data.scenes import CAPTION_TOKENS
+from scaling.data.captions import CAPTION_TOKENS
 from scaling.data.tokenizer import ByteTokenizer
 
 
