@@ -144,6 +144,12 @@ def ensure_built(data_config):
 
 
 
+def num_examples(data_config, split: str) -> int:
+    """Examples in `split` (TFDS split syntax such as "train[:1000]" works); public, for notebooks and
+    for sizing probes."""
+    return ensure_built(data_config).info.splits[split].num_examples
+
+
 # ----------------------------------------------------------------------------- examples
 
 
