@@ -16,11 +16,11 @@ drawn over the raw-pixel probe of the same scenes. How it was chosen:
   35-73 s per eval), compiled steps and probe solvers shared through the persistent compilation cache.
 - The label: raw pixels reach 0.158 on shape (2,000 train / 2,000 test) but 0.34 on object count (chance
   0.25); shape is what the short captions name and what pixels do not give away.
-- Budgets 2e12 and 6e12 FLOPs, 3.2e13 in all. Measured on 2 cores (peak 212 GFLOP/s, the machine shared
-  for the first third): 19 minutes, steps 62% of the wall at 0.22 of the peak, evaluation 29% (iGPT's
-  two evals and samples 137 s), compilation 8%; CLIP 0.239 -> 0.261, captioning 0.221 -> 0.234,
-  diffusion 0.187 -> 0.193 over raw pixels 0.175 (intervals +/-0.018); iGPT 0.13 below its 0.147; a
-  supervised nano classifier at 6e12 (benchmarks/probe_ceiling.py) 0.307.
+- Budgets 2e12 and 6e12 FLOPs, 3.2e13 in all. Measured on 2 idle cores (peak 206 GFLOP/s), cold data
+  and compilation caches: 13 min 11 s, steps 62% of the wall at 0.32 of the peak, evaluation 25%,
+  compilation 7%; CLIP 0.239 -> 0.261, captioning 0.221 -> 0.234, diffusion 0.187 -> 0.193 over raw
+  pixels 0.175 (intervals +/-0.018); iGPT 0.13 below its 0.147; a supervised nano classifier at 6e12
+  (benchmarks/probe_ceiling.py) 0.307.
 """
 
 from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, warmup_fraction
