@@ -106,10 +106,9 @@ def extra_label_record(
 ) -> dict[str, Any]:
     """For each label: its linear probe on the given features and its raw-pixel floor, fields prefixed
     ``{label}_``. The features are the first examples of each split, in order."""
-    counts = {split: len(next(iter(features.values())))
-              for split, features in ((train_split, train_features), (test_split, test_features))}
-    train_labels = split_labels(data_config, train_split, labels, counts[train_split])
-    test_labels = split_labels(data_config, test_split, labels, counts[test_split])
+    train_count, test_count = (len(next(iter(f.values()))) for f in (train_features, test_features))
+    train_labels = split_labels(data_config, train_split, labels, train_count)
+    test_labels = split_labels(data_config, test_split, labels, test_count)
     record: dict[str, Any] = {}
     for label in labels:
         fields = probe_record((train_features, train_labels[label]), (test_features, test_labels[label]),
@@ -117,8 +116,7 @@ def extra_label_record(
         labelled = data_config.copy_and_resolve_references()
         labelled.label = label
         fields.update(pixel_reference(labelled, train_split=train_split, test_split=test_split,
-                                      train_examples=counts[train_split], test_examples=counts[test_split],
-                                      seed=seed))
+                                      train_examples=train_count, test_examples=test_count, seed=seed))
         record.update({f"{label}_{name}": value for name, value in fields.items()})
     return record
 
