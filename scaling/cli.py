@@ -48,6 +48,7 @@ flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_erro
                     "or a column such as val_loss)")
 flags.DEFINE_string("layer", "best", "analyze: probed layer of probe_error (best, or a name like layer_02)")
 flags.DEFINE_integer("boots", 400, "analyze: bootstrap refits per law and objective")
+flags.DEFINE_string("out", None, "analyze: report and figures folder (default: <first sweep>/analysis)")
 flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
 flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
 
@@ -60,7 +61,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
     "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
-               "[--boots N]",
+               "[--boots N] [--out DIR]",
     "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
             "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
 }
@@ -109,7 +110,7 @@ def sweep_command(argv: list[str]) -> None:
 def analyze_command(argv: list[str]) -> None:
     if len(argv) < 2:
         fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
-    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots)
+    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots, out=FLAGS.out)
     print(f"{summary(report)}\nreport and figures: {report.parent}")
 
 

@@ -1,5 +1,6 @@
 """``scaling analyze``: frontiers, fitted laws, multipliers and figures of one or more sweeps, as a markdown
-report and PNG/SVG figures in ``<first sweep dir>/analysis/``."""
+report and PNG/SVG figures in ``<first sweep dir>/analysis/`` (or another folder). The report names the
+flags that wrote it, so a published report can be checked against its results table."""
 
 from __future__ import annotations
 
@@ -109,10 +110,10 @@ def why_open(rows: list[Multiplier], fits: dict[str, dict[str, Fit]]) -> list[st
 
 
 def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer: str = "best",
-            boots: int = BOOTS, level: float = LEVEL, seed: int = 0) -> Path:
-    """Writes the report and figures of ``sweep_dirs`` into ``<sweep_dirs[0]>/analysis/``; returns the
-    report's path. Raises ConfigError for a folder without results, an unknown metric or layer, or
-    frontiers too small for any fit."""
+            boots: int = BOOTS, level: float = LEVEL, seed: int = 0, out: str | Path | None = None) -> Path:
+    """Writes the report and figures of ``sweep_dirs`` into ``out`` (default ``<sweep_dirs[0]>/analysis/``);
+    returns the report's path. Raises ConfigError for a folder without results, an unknown metric or layer,
+    or frontiers too small for any fit."""
     table = load_results(sweep_dirs)
     points = eval_points(table, metric, layer)
     if not points["honest"].any():
@@ -127,7 +128,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
     rows = compare(fits)
     optima = figures.isoflop_optima(points)
 
-    out = Path(sweep_dirs[0]) / OUTPUT_DIR
+    out = Path(out) if out is not None else Path(sweep_dirs[0]) / OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     source, _ = metric_column(table, metric, layer)
     compute = [figures.compute_figure(table, out / "compute.png", source)] if source.endswith(PROBE) else []
@@ -153,6 +154,8 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "(points, and seeds where there are several, resampled; the frontier recomputed each time).",
         "",
         f"Training compute spent: {spent:.3g} FLOPs, of which {branches:.3g} in cool-down branches.",
+        "",
+        f"Written by `{command_line(sweep_dirs, metric, layer, boots)}`.",
         "",
         "## Headlines",
         "",
@@ -187,6 +190,12 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
     report = out / REPORT_NAME
     report.write_text("\n".join(lines))
     return report
+
+
+def command_line(sweep_dirs: list[str | Path], metric: str, layer: str, boots: int) -> str:
+    """The ``scaling analyze`` command that writes this report, sweeps named by their folder names."""
+    return (f"scaling analyze {' '.join(Path(d).name for d in sweep_dirs)} --metric {metric} --layer {layer} "
+            f"--boots {boots}")
 
 
 def summary(report: Path) -> str:

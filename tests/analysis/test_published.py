@@ -1,0 +1,46 @@
+"""The published studies: every report under docs/results is what ``scaling analyze`` writes from the
+committed results tables, so a report (and the README numbers taken from it) cannot drift from its data."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+from scaling.analysis.report import REPORT_NAME, analyze
+from scaling.sweeps.results import RESULTS_NAME
+
+RESULTS = ROOT / "docs" / "results"
+COMMAND = re.compile(r"Written by `scaling analyze (?P<sweeps>[^`]+?) --metric (?P<metric>\S+) "
+                     r"--layer (?P<layer>\S+) --boots (?P<boots>\d+)`")
+PUBLISHED = sorted(RESULTS.glob(f"*/*/{REPORT_NAME}"))
+
+
+def rerun(report: Path, tmp_path: Path) -> str:
+    """The report that ``scaling analyze`` writes from the committed tables, with the flags the report
+    names."""
+    command = COMMAND.search(report.read_text())
+    assert command, f"{report} does not say which command wrote it"
+    sweep_dirs = []
+    for name in command["sweeps"].split():
+        (tmp_path / name).mkdir()
+        shutil.copy(RESULTS / name / RESULTS_NAME, tmp_path / name / RESULTS_NAME)
+        sweep_dirs.append(tmp_path / name)
+    return analyze(sweep_dirs, metric=command["metric"], layer=command["layer"], boots=int(command["boots"]),
+                   out=tmp_path / "analysis").read_text()
+
+
+@pytest.mark.parametrize("report", PUBLISHED, ids=[str(p.parent.relative_to(RESULTS)) for p in PUBLISHED])
+def test_published_report_is_what_its_results_table_gives(report, tmp_path):
+    assert rerun(report, tmp_path) == report.read_text()
+
+
+def test_readmes_quote_headlines_of_published_reports():
+    """Each multiplier the README or a study's README states is a headline of a published report, word for
+    word."""
+    for readme in [ROOT / "README.md", *RESULTS.glob("*/README.md")]:
+        reports = "".join(p.read_text() for p in PUBLISHED)
+        for line in readme.read_text().splitlines():
+            if " at C = " in line:
+                assert line.lstrip("- ") in reports, f"{readme}: '{line}' is in no published report"
