@@ -91,8 +91,9 @@ def eval_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.Dat
 def training_captions(rows: pd.DataFrame) -> pd.Series:
     """What each row's model was trained on: ``captions`` (its caption mix, else its level), or its caption
     level in tables written before that column."""
-    captions = rows["captions"] if "captions" in rows else pd.Series(np.nan, index=rows.index)
-    return captions.where(captions.notna(), rows["caption_level"]).astype(str)
+    column = lambda name: rows[name] if name in rows else pd.Series(np.nan, index=rows.index)
+    captions = column("captions")
+    return captions.where(captions.notna(), column("caption_level")).astype(str)
 
 
 def series(points: pd.DataFrame) -> pd.DataFrame:

@@ -13,8 +13,18 @@ from scaling.analysis import figures
 from scaling.analysis.caption_detail import caption_detail
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit, fit_law
 from scaling.analysis.multipliers import OPEN, Multiplier, multiplier, multiplier_grid, oriented, ratio_text
-from scaling.analysis.points import PROBE, eval_points, frontier, load_results, metric_column, spent_compute
+from scaling.analysis.points import (
+    INTERVAL,
+    PROBE,
+    eval_points,
+    frontier,
+    load_results,
+    metric_column,
+    series,
+    spent_compute,
+)
 from scaling.config import ConfigError
+from scaling.workdir import HONEST_POINTS
 
 OUTPUT_DIR = "analysis"
 REPORT_NAME = "report.md"
@@ -109,6 +119,28 @@ def why_open(rows: list[Multiplier], fits: dict[str, dict[str, Fit]]) -> list[st
     return [f"why some intervals are open: {because}; more budgets (or seeds) would close them"]
 
 
+def _accuracy(row: pd.Series, column: str) -> str:
+    """ "0.512 [0.497, 0.528]" from an accuracy column and its interval columns, where present."""
+    low, high = (row.get(f"{column}{suffix}") for suffix in INTERVAL)
+    interval = f" [{low:.3f}, {high:.3f}]" if pd.notna(low) and pd.notna(high) else ""
+    return f"{row[column]:.3f}{interval}" if pd.notna(row.get(column)) else "-"
+
+
+def largest_compute_points(table: pd.DataFrame, source: str) -> list[str]:
+    """Per series, the best honest point at its largest measured compute, as accuracy [interval] next to
+    the raw-pixel probe of the same examples."""
+    rows = table[(table["kind"] == "eval") & table[source].notna() & table["point"].isin(HONEST_POINTS)]
+    pixel = figures.pixel_column(source.split("/")[0])
+    lines = ["| objective | size | FLOPs | accuracy [95% interval] | raw pixels, same examples |",
+             "| --- | --- | --- | --- | --- |"]
+    for objective, group in series(rows).groupby("objective"):
+        top = group[group["flops"] == group["flops"].max()]
+        best = top.loc[top[source].idxmax()]
+        lines.append(f"| {objective} | {best['size']} | {best['flops']:.3g} | {_accuracy(best, source)} | "
+                     f"{_accuracy(best, pixel)} |")
+    return lines
+
+
 def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer: str = "best",
             boots: int = BOOTS, level: float = LEVEL, seed: int = 0, out: str | Path | None = None) -> Path:
     """Writes the report and figures of ``sweep_dirs`` into ``out`` (default ``<sweep_dirs[0]>/analysis/``);
@@ -130,7 +162,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
 
     out = Path(out) if out is not None else Path(sweep_dirs[0]) / OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    source, _ = metric_column(table, metric, layer)
+    source, complement = metric_column(table, metric, layer)
     compute = [figures.compute_figure(table, out / "compute.png", source)] if source.endswith(PROBE) else []
     drawn = [
         *compute,
@@ -173,6 +205,8 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "",
         *(_multipliers_table(rows) if rows else ["(needs two objectives with fits)"]),
         "",
+        *(["## Largest-compute points", "", *largest_compute_points(table, source), ""]
+          if complement else []),
         "## Compute-optimal size per budget (isoFLOP)",
         "",
         *(["| objective | budget | FLOPs | sizes | best size | backbone parameters | error |",

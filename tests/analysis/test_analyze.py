@@ -67,6 +67,11 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
     spent = 2 * 2 * sum(BUDGETS) * (1 + 0.3 * 5 / 30)  # each run: its budget, and a 5-step branch at 25
     assert f"Training compute spent: {spent:.3g} FLOPs, of which {spent - 4 * sum(BUDGETS):.3g} in " \
            "cool-down branches" in report
+    table = synthetic_table()
+    for objective in SPEEDUP:
+        top = table[(table["objective"] == objective) & (table["point"] != "mid_schedule")]
+        best = top[top["flops"] == top["flops"].max()]["probe_accuracy"].max()
+        assert f"| {objective} | micro | {top['flops'].max():.3g} | {best:.3f} | - |" in report
     optima = report.split("(isoFLOP)")[1]
     assert "| clip | f1e+15 | " in optima and "| mu |" in optima and "| micro |" in optima
 
