@@ -24,7 +24,7 @@ from scaling import flops, plan
 from scaling.config import load_config_file
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import ImageTower
+from scaling.models.transformer import ImageTower, Stacking
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 1000
@@ -35,7 +35,7 @@ class Classifier(nnx.Module):
         size, dtype = get_size(config.size), jnp.dtype(config.model.dtype)
         self.tower = ImageTower(size, image_size=config.data.image_size, patch=config.model.patch_size,
                                 positions=config.model.positions, dtype=dtype, rngs=rngs,
-                                remat=config.model.remat)
+                                stacking=Stacking.of(config.model))
         self.head = Dense((size.width,), (CLASSES,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
 

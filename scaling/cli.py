@@ -128,8 +128,8 @@ def plan_command(argv: list[str]) -> None:
     csv_path, json_path = plan.write_outputs(rows, totals, directory / f"plan-{topology.name}")
     print(plan.format_table(rows))
     print(f"{totals['fit']}/{totals['runs']} runs fit {topology.name} ({topology.chips} chips); "
-          f"{totals['chip_hours']:.1f} chip-hours in all; compiled in {totals['compile_s']:.0f} s; "
-          f"wrote {csv_path} and {json_path}")
+          f"{totals['chip_hours']:.1f} chip-hours for those that fit; "
+          f"compiled in {totals['compile_s']:.0f} s; wrote {csv_path} and {json_path}")
 
 
 COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command,

@@ -32,15 +32,18 @@ from tqdm import tqdm
 from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
 from scaling.data.pipeline import caption_length
-from scaling.models.sizes import get_size
+from scaling.models.sizes import at_depth, get_size
 from scaling.objectives import validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
+from scaling.state import ModelState
 from scaling.workdir import flatten
 
 GIB = 2**30
 HEADROOM = 0.9  # a run fits when it needs at most this fraction of the chip's HBM
 INSTALL_HINT = 'pip install -e ".[tpu]"'
+COST_KEYS = ("flops", "optimal_seconds")  # of XLA's cost analysis
+UNCOSTED_CALL = 'custom_call_target="ConcatBitcast"'
 
 
 class PlanError(ConfigError):
@@ -174,9 +177,9 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, j
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                       objective: Objective | None = None):
+                       objective: Objective | None = None) -> tuple[Any, ModelState]:
     """The run's real train step compiled for ``devices`` (mesh from ``config.mesh``); returns
-    (compiled executable, analytic training FLOPs per step)."""
+    (compiled executable, the model state it was built on)."""
     mesh = make_mesh(config.mesh, devices)
     # Outside the mesh context: optax builds the optimizer-state shardings eagerly, and compile-only
     # devices cannot run anything.
@@ -192,36 +195,62 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.
             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
         )
         compiled = lowered.compile()
-    return compiled, setup.state.objective.train_flops_per_example() * config.batch_size
+    return compiled, setup.state
+
+
+def step_cost(compiled) -> dict[str, float]:
+    """XLA's FLOPs and estimated seconds of one device's program. The TPU cost model prices each
+    ``ConcatBitcast`` (a concatenation of slices already in place, no data moved) at -1 s; those are
+    counted as free."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    uncosted = compiled.as_text().count(UNCOSTED_CALL)
+    return {"flops": float(cost["flops"]), "optimal_seconds": float(cost["optimal_seconds"]) + uncosted}
+
+
+def scanned_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                 objective: Objective | None = None) -> dict[str, float]:
+    """The step cost of a config with scanned stacks, which XLA's cost analysis cannot give (it counts a
+    loop body once and has no time for a loop): the unrolled step of the same model at depth 1 and at
+    depth 2 (``b/d1``, ``b/d2``) differ by one block of every stack of the run's size, and the step is the
+    first plus the blocks it leaves out. Both compile in the time of a shallow model, at any depth."""
+    depth = get_size(config.size).depth
+
+    def cost_at(blocks: int) -> dict[str, float]:
+        shallow = config.copy_and_resolve_references()
+        shallow.size, shallow.model.scan_layers = at_depth(config.size, blocks), False
+        return step_cost(compile_train_step(shallow, devices, None if objective is None
+                                            else type(objective)(shallow))[0])
+
+    one, two = cost_at(1), cost_at(2)
+    return {key: one[key] + (depth - 1) * (two[key] - one[key]) for key in COST_KEYS}
 
 
 def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
-            objective: Objective | None = None) -> dict[str, Any]:
-    """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``.
-
-    The step is compiled with its layers unrolled: XLA's cost analysis counts a loop body once, so a
-    scanned stack would report a fraction of its FLOPs and time (memory differs little).
-    """
-    if config.model.scan_layers:
-        config = config.copy_and_resolve_references()
-        config.model.scan_layers = False
-        objective = None if objective is None else type(objective)(config)
+            objective: Objective | None = None, cost_unless_fits: bool = True) -> dict[str, Any]:
+    """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``: memory of
+    the step as configured; FLOPs and time of it, or of the unrolled step by ``scanned_cost``. With
+    ``cost_unless_fits`` False a step that does not fit is not costed (its FLOPs and time are NaN)."""
     start = time.perf_counter()
-    compiled, analytic_flops = compile_train_step(config, devices, objective)
-    compile_s = time.perf_counter() - start
+    compiled, state = compile_train_step(config, devices, objective)
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     arguments = memory.argument_size_in_bytes
     temporaries = memory.temp_size_in_bytes
     outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
-    code = memory.generated_code_size_in_bytes
-    total = arguments + temporaries + outputs + code
-    step_s = float(cost["optimal_seconds"])
+    total = arguments + temporaries + outputs + memory.generated_code_size_in_bytes
     chips = topology.chips
-    # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
-    xla_flops = float(cost["flops"]) * len(devices)
     hbm_per_device = topology.chip.hbm_bytes * chips / len(devices)
+    fits = total <= HEADROOM * hbm_per_device
+    if not (fits or cost_unless_fits):
+        cost = dict.fromkeys(COST_KEYS, math.nan)
+    elif config.model.scan_layers:
+        cost = scanned_cost(config, devices, objective)
+    else:
+        cost = step_cost(compiled)
+    analytic_flops = state.objective.train_flops_per_example() * config.batch_size
+    # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
+    xla_flops = cost["flops"] * len(devices)
+    step_s = cost["optimal_seconds"]
     return {
         "mesh": ",".join(f"{axis}={config.mesh[axis]}" for axis in MESH_AXES),
         "arguments_gib": arguments / GIB,
@@ -229,14 +258,14 @@ def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequ
         "outputs_gib": outputs / GIB,
         "total_gib": total / GIB,
         "hbm_gib": hbm_per_device / GIB,
-        "fits": total <= HEADROOM * hbm_per_device,
+        "fits": fits,
         "dominant": "temporaries (activations)" if temporaries >= arguments else "arguments (state)",
         "analytic_flops_per_step": analytic_flops,
         "xla_flops_per_step": xla_flops,
         "xla_over_analytic": xla_flops / analytic_flops,
         "step_s": step_s,
         "mfu": analytic_flops / (step_s * chips * topology.chip.peak_flops),
-        "compile_s": compile_s,
+        "compile_s": time.perf_counter() - start,
     }
 
 
@@ -277,7 +306,8 @@ REMAT_LADDER = ("none", "dots", "full")  # less memory, more recompute, left to 
 def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
                 mesh: dict[str, int] | None = None) -> dict[str, Any]:
     """Measures the given mesh, or every candidate mesh, and keeps the fastest that fits; when none fits
-    at the config's remat policy, tries the next policy of ``REMAT_LADDER``. Says why."""
+    at the config's remat policy, tries the next policy of ``REMAT_LADDER``. Says why. Candidates that
+    do not fit are not costed (a given mesh always is)."""
     if mesh is not None:
         check_mesh(mesh, topology)
         candidates = [mesh]
@@ -293,7 +323,8 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
         for candidate in candidates:
             layout = with_layout(config, candidate, remat)
             validate_config(layout, topology.chips)
-            tried.append({**measure(layout, topology, devices), "remat": remat})
+            row = measure(layout, topology, devices, cost_unless_fits=mesh is not None)
+            tried.append({**row, "remat": remat})
         if any(row["fits"] for row in tried):
             break
     fitting = [row for row in tried if row["fits"]]
@@ -377,7 +408,7 @@ def totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "runs": len(rows),
         "fit": sum(row["fits"] for row in rows),
-        "chip_hours": sum(row["chip_hours"] for row in rows),
+        "chip_hours": sum(row["chip_hours"] for row in rows if row["fits"]),
         "compile_s": sum(row["compile_s"] for row in rows if not row["cached"]),
     }
 

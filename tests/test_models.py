@@ -6,8 +6,8 @@ from flax import nnx
 from helpers import assert_meshes_agree, load_experiment, matmul_operand_dtypes, random_batch, run_steps
 
 from scaling.models.layers import einsum
-from scaling.models.sizes import LADDER, get_size, transformer_params
-from scaling.models.transformer import TextTower, Transformer
+from scaling.models.sizes import LADDER, block_params, get_size, transformer_params
+from scaling.models.transformer import Stacking, TextTower, Transformer
 from scaling.objectives import OBJECTIVES
 from scaling.sharding import make_mesh
 from scaling.state import build_model_state
@@ -86,6 +86,15 @@ def test_unknown_size_names_the_ladder():
         get_size("huge")
 
 
+def test_a_size_at_another_depth_keeps_its_shape_and_counts_its_blocks():
+    b, shallow = get_size("b"), get_size("b/d2")
+    assert (shallow.width, shallow.heads, shallow.mlp, shallow.depth) == (b.width, b.heads, b.mlp, 2)
+    assert transformer_params(b) - transformer_params(shallow) == 10 * block_params(b)
+    for bad in ("b/d0", "b/2", "huge/d2"):
+        with pytest.raises(ValueError, match="<size>/d<blocks>"):
+            get_size(bad)
+
+
 def test_remat_policies_leave_loss_and_gradients_unchanged():
     config = load_experiment("clip")
     batch = random_batch(config, 8)
@@ -103,7 +112,7 @@ def test_remat_policies_leave_loss_and_gradients_unchanged():
 def test_scanned_stack_computes_what_the_unrolled_one_does():
     size = get_size("mu")
     unrolled = Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    scanned = Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(1), scan=True)
+    scanned = Transformer(size, dtype=jnp.float32, rngs=nnx.Rngs(1), stacking=Stacking(scan=True))
     blocks = nnx.to_pure_dict(nnx.state(unrolled.blocks))
     stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *[blocks[i] for i in range(size.depth)])
     nnx.update(scanned.blocks, stacked)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,6 +38,20 @@ REMAT_POLICIES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Stacking:
+    """How a stack's blocks are compiled: the backward-pass ``remat`` policy; ``scan``: one block
+    compiled and looped over parameters stacked on a ``layers`` axis."""
+
+    remat: str = "none"
+    scan: bool = False
+
+    @classmethod
+    def of(cls, model_config) -> Stacking:
+        """The stacking that a config's ``model`` section asks for."""
+        return cls(model_config.remat, model_config.scan_layers)
+
+
 def rematerialized(block_call, policy: str):
     """``block_call`` under the named remat policy ("none" returns it unchanged)."""
     if policy == "none":
@@ -62,9 +78,9 @@ class Transformer(nnx.Module):
     """A stack of pre-LN blocks with a final LayerNorm; returns the output and every block's output.
 
     With ``condition_width`` > 0 every block is adaLN-Zero conditioned on ``condition_BE`` and the final
-    LayerNorm has no learned scale (the caller modulates it). With ``scan`` the blocks' parameters are
-    stacked along a ``layers`` axis and one block is compiled and looped over (compile time and program
-    size stop growing with depth); the outputs are the same.
+    LayerNorm has no learned scale (the caller modulates it). With ``stacking.scan`` the blocks'
+    parameters are stacked along a ``layers`` axis and one block is compiled and looped over (compile time
+    and program size stop growing with depth); the outputs are the same.
     """
 
     def __init__(
@@ -75,20 +91,18 @@ class Transformer(nnx.Module):
         rngs: nnx.Rngs,
         cross_attention_width: int = 0,
         condition_width: int = 0,
-        remat: str = "none",
-        scan: bool = False,
+        stacking: Stacking = Stacking(),
     ):
         make_block = lambda block_rngs: Block(
             size.width, size.heads, size.mlp, dtype=dtype, rngs=block_rngs,
             cross_attention_width=cross_attention_width, condition_width=condition_width,
         )
-        if scan:
+        if stacking.scan:
             self.blocks = stacked_blocks(size.depth, make_block, rngs)
         else:
             self.blocks = nnx.List([make_block(rngs) for _ in range(size.depth)])
         self.final_norm = LayerNorm(size.width, use_scale=not condition_width)
-        self.remat = remat
-        self.scan = scan
+        self.stacking = stacking
 
     def __call__(
         self,
@@ -98,8 +112,8 @@ class Transformer(nnx.Module):
         condition_BE: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
-        apply = rematerialized(Block.__call__, self.remat)
-        if self.scan:
+        apply = rematerialized(Block.__call__, self.stacking.remat)
+        if self.stacking.scan:
 
             @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None), out_axes=(nnx.Carry, 0))
             def body(x_BLD, block, mask_BLL, context_BMD, condition_BE):
@@ -121,14 +135,14 @@ class ImageTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, image_size: int, patch: int, positions: str, dtype, rngs: nnx.Rngs,
-        remat: str = "none", scan: bool = False,
+        stacking: Stacking = Stacking(),
     ):
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
         self.num_patches = (image_size // patch) ** 2
         self.embed = PatchEmbed(patch, 3, size.width, dtype=dtype, rngs=rngs)
         self.positions = Positions(self.num_patches, size.width, positions, rngs=rngs, grid=True)
-        self.transformer = Transformer(size, dtype=dtype, rngs=rngs, remat=remat, scan=scan)
+        self.transformer = Transformer(size, dtype=dtype, rngs=rngs, stacking=stacking)
 
     def __call__(self, images_BHWC: Array) -> tuple[Array, list[Array]]:
         x_BLD = self.positions(self.embed(normalize_images(images_BHWC)))
@@ -140,13 +154,12 @@ class TextTower(nnx.Module):
 
     def __init__(
         self, size: Size, *, vocab: int, max_len: int, positions: str, dtype, rngs: nnx.Rngs,
-        causal: bool = True, cross_attention_width: int = 0, remat: str = "none", scan: bool = False,
+        causal: bool = True, cross_attention_width: int = 0, stacking: Stacking = Stacking(),
     ):
         self.embed = TokenEmbed(vocab, size.width, rngs=rngs)
         self.positions = Positions(max_len, size.width, positions, rngs=rngs)
         self.transformer = Transformer(
-            size, dtype=dtype, rngs=rngs, cross_attention_width=cross_attention_width, remat=remat,
-            scan=scan,
+            size, dtype=dtype, rngs=rngs, cross_attention_width=cross_attention_width, stacking=stacking,
         )
         self.causal = causal
 

@@ -32,7 +32,7 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
+from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
 from scaling.samples import as_rows, image_grid
 
 Array = jax.Array
@@ -56,14 +56,12 @@ class CaptioningModel(nnx.Module):
         dtype = jnp.dtype(config.model.dtype)
         self.encoder = ImageTower(
             encoder_size, image_size=config.data.image_size, patch=config.model.patch_size,
-            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
-            scan=config.model.scan_layers,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, stacking=Stacking.of(config.model),
         )
         self.decoder = TextTower(
             decoder_size, vocab=vocab + 1, max_len=caption_length(config.data) - 1,
             positions=config.model.positions, dtype=dtype, rngs=rngs,
-            cross_attention_width=encoder_size.width, remat=config.model.remat,
-            scan=config.model.scan_layers,
+            cross_attention_width=encoder_size.width, stacking=Stacking.of(config.model),
         )
         self.head = Dense((decoder_size.width,), (vocab,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
         self.mask_id = vocab

@@ -25,7 +25,7 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import ImageTower, TextTower, pooled_layer_features
+from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
 
 Array = jax.Array
 LOSSES = ("softmax", "sigmoid")
@@ -54,14 +54,12 @@ class ClipModel(nnx.Module):
         dtype = jnp.dtype(config.model.dtype)
         self.image = ImageTower(
             image_size, image_size=config.data.image_size, patch=config.model.patch_size,
-            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
-            scan=config.model.scan_layers,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, stacking=Stacking.of(config.model),
         )
         self.text = TextTower(
             text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
             max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
-            rngs=rngs, remat=config.model.remat,
-            scan=config.model.scan_layers,
+            rngs=rngs, stacking=Stacking.of(config.model),
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
                                 rngs=rngs, use_bias=False)

@@ -29,7 +29,7 @@ from scaling.data.palette import dequantize, load_or_fit_palette, quantize
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import TextTower, pooled_layer_features
+from scaling.models.transformer import Stacking, TextTower, pooled_layer_features
 from scaling.samples import image_grid
 
 Array = jax.Array
@@ -55,8 +55,7 @@ class IgptModel(nnx.Module):
         self.decoder = TextTower(
             size, vocab=palette_size + 1, max_len=config.data.image_size**2 + 1,
             positions=config.model.positions, dtype=jnp.dtype(config.model.dtype), rngs=rngs,
-            remat=config.model.remat,
-            scan=config.model.scan_layers,
+            stacking=Stacking.of(config.model),
         )
         self.head = Dense((size.width,), (palette_size,), ("embed", "vocab"),
                           dtype=jnp.dtype(config.model.dtype), rngs=rngs)

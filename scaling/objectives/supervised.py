@@ -20,7 +20,7 @@ from scaling import flops
 from scaling.data.pipeline import label_classes
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
-from scaling.models.transformer import ImageTower, pooled_layer_features
+from scaling.models.transformer import ImageTower, Stacking, pooled_layer_features
 
 Array = jax.Array
 
@@ -30,8 +30,7 @@ class SupervisedModel(nnx.Module):
         size, dtype = get_size(config.size), jax.numpy.dtype(config.model.dtype)
         self.image = ImageTower(
             size, image_size=config.data.image_size, patch=config.model.patch_size,
-            positions=config.model.positions, dtype=dtype, rngs=rngs, remat=config.model.remat,
-            scan=config.model.scan_layers,
+            positions=config.model.positions, dtype=dtype, rngs=rngs, stacking=Stacking.of(config.model),
         )
         self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs)
 

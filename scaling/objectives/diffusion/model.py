@@ -17,7 +17,7 @@ from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.models.layers import Dense, PatchEmbed, Positions, TokenEmbed, modulate, param
 from scaling.models.sizes import get_size
-from scaling.models.transformer import TextTower, Transformer, masked_mean
+from scaling.models.transformer import Stacking, TextTower, Transformer, masked_mean
 
 Array = jax.Array
 TIMESTEP_FREQUENCIES = 256
@@ -64,7 +64,7 @@ class DiffusionModel(nnx.Module):
                                    rngs=rngs, grid=True)
         self.timestep = TimestepEmbed(width, dtype=dtype, rngs=rngs)
         self.transformer = Transformer(size, dtype=dtype, rngs=rngs, condition_width=width,
-                                       remat=config.model.remat, scan=config.model.scan_layers)
+                                       stacking=Stacking.of(config.model))
         self.final_modulation = Dense((width,), (2, width), ("embed", None, "modulation"), dtype=dtype,
                                       rngs=rngs, zero_init=True)
         self.head = Dense((width,), (patch * patch * 3,), ("embed", None), dtype=dtype, rngs=rngs,
@@ -77,7 +77,7 @@ class DiffusionModel(nnx.Module):
             self.text = TextTower(
                 text_size, vocab=get_tokenizer(config.data.tokenizer).vocab_size,
                 max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
-                rngs=rngs, causal=False, remat=config.model.remat, scan=config.model.scan_layers,
+                rngs=rngs, causal=False, stacking=Stacking.of(config.model),
             )
             self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
             self.null_caption = param(rngs, nnx.initializers.normal(0.02), (width,), ("embed",))
