@@ -24,7 +24,7 @@ from scaling.data.caption_mix import parse_caption_mix
 from scaling.data.captions import CAPTION_LEVELS
 from scaling.errors import ConfigError
 from scaling.models import transformer
-from scaling.models.sizes import size_key
+from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 from scaling.workdir import flatten
 
@@ -250,10 +250,9 @@ def _require(condition: bool, message: str) -> None:
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError for values that cannot work whatever the objective; cheap, runs before anything
     is compiled. ``scaling.objectives.validate_config`` adds the objective's own checks."""
-    try:
-        size_key(config.size)
-    except ValueError as error:
-        raise ConfigError(f"size: {error}") from None
+    _require(
+        config.size in LADDER, f"size: unknown {config.size!r}; choose one of {', '.join(LADDER)}"
+    )
     for field in ("total_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
         _require(config[field] > 0, f"{field}: must be positive, got {config[field]}")
     _require(config.model.dtype in DTYPES, f"model.dtype: {config.model.dtype!r} not in {DTYPES}")

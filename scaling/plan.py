@@ -32,7 +32,7 @@ from tqdm import tqdm
 from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
 from scaling.data.pipeline import caption_length
-from scaling.models.sizes import at_depth, get_size
+from scaling.models.sizes import get_size
 from scaling.objectives import validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
@@ -208,28 +208,22 @@ def step_cost(compiled) -> dict[str, float]:
     return {"flops": float(cost["flops"]), "optimal_seconds": float(cost["optimal_seconds"]) + uncosted}
 
 
-def scanned_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                 objective: Objective | None = None) -> dict[str, float]:
+def unrolled_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                  objective: Objective | None = None) -> dict[str, float]:
     """The step cost of a config with scanned stacks, which XLA's cost analysis cannot give (it counts a
-    loop body once and has no time for a loop): the unrolled step of the same model at depth 1 and at
-    depth 2 (``b/d1``, ``b/d2``) differ by one block of every stack of the run's size, and the step is the
-    first plus the blocks it leaves out. Both compile in the time of a shallow model, at any depth."""
-    depth = get_size(config.size).depth
-
-    def cost_at(blocks: int) -> dict[str, float]:
-        shallow = config.copy_and_resolve_references()
-        shallow.size, shallow.model.scan_layers = at_depth(config.size, blocks), False
-        return step_cost(compile_train_step(shallow, devices, None if objective is None
-                                            else type(objective)(shallow))[0])
-
-    one, two = cost_at(1), cost_at(2)
-    return {key: one[key] + (depth - 1) * (two[key] - one[key]) for key in COST_KEYS}
+    loop body once and has no time for a loop): that of the same step unrolled. Its estimate is not
+    additive over depth (memory-space assignment changes with the program), so the whole depth is
+    compiled."""
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
+    objective = None if objective is None else type(objective)(unrolled)
+    return step_cost(compile_train_step(unrolled, devices, objective)[0])
 
 
 def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
             objective: Objective | None = None, cost_unless_fits: bool = True) -> dict[str, Any]:
     """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``: memory of
-    the step as configured; FLOPs and time of it, or of the unrolled step by ``scanned_cost``. With
+    the step as configured; FLOPs and time of it, or of the unrolled step by ``unrolled_cost``. With
     ``cost_unless_fits`` False a step that does not fit is not costed (its FLOPs and time are NaN)."""
     start = time.perf_counter()
     compiled, state = compile_train_step(config, devices, objective)
@@ -244,7 +238,7 @@ def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequ
     if not (fits or cost_unless_fits):
         cost = dict.fromkeys(COST_KEYS, math.nan)
     elif config.model.scan_layers:
-        cost = scanned_cost(config, devices, objective)
+        cost = unrolled_cost(config, devices, objective)
     else:
         cost = step_cost(compiled)
     analytic_flops = state.objective.train_flops_per_example() * config.batch_size

@@ -10,11 +10,10 @@ from scaling.objectives import validate_config
 
 @pytest.mark.parametrize("field, value, message", [
     ("objective", "mae", "objective: unknown 'mae'; choose one of clip"),
-    ("size", "huge", "size: unknown model size 'huge'"),
+    ("size", "huge", "size: unknown 'huge'"),
     ("batch_size", 12, "batch_size: 12 is not divisible by the 8 batch shards"),
     ("model.dtype", "float16", "model.dtype"),
     ("model.patch_size", 5, "does not divide data.image_size"),
-    ("size", "b/d0", "size: unknown model size 'b/d0'; choose one of mu"),
     ("data.caption_level", "none", "CLIP needs captions"),
     ("mesh.data", 3, "multiply to 3 but there are 8 devices; set one axis to -1"),
     ("optim.warmup_steps", 10_000, "must be below total_steps"),

@@ -6,7 +6,7 @@ from flax import nnx
 from helpers import assert_meshes_agree, load_experiment, matmul_operand_dtypes, random_batch, run_steps
 
 from scaling.models.layers import einsum
-from scaling.models.sizes import LADDER, block_params, get_size, transformer_params
+from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.models.transformer import Stacking, TextTower, Transformer
 from scaling.objectives import OBJECTIVES
 from scaling.sharding import make_mesh
@@ -84,15 +84,6 @@ def test_causal_text_tower_never_looks_ahead():
 def test_unknown_size_names_the_ladder():
     with pytest.raises(ValueError, match="choose one of mu, micro"):
         get_size("huge")
-
-
-def test_a_size_at_another_depth_keeps_its_shape_and_counts_its_blocks():
-    b, shallow = get_size("b"), get_size("b/d2")
-    assert (shallow.width, shallow.heads, shallow.mlp, shallow.depth) == (b.width, b.heads, b.mlp, 2)
-    assert transformer_params(b) - transformer_params(shallow) == 10 * block_params(b)
-    for bad in ("b/d0", "b/2", "huge/d2"):
-        with pytest.raises(ValueError, match="<size>/d<blocks>"):
-            get_size(bad)
 
 
 def test_remat_policies_leave_loss_and_gradients_unchanged():

@@ -19,7 +19,7 @@ from matplotlib.ticker import NullFormatter
 
 from scaling.analysis.fits import Fit
 from scaling.analysis.points import INTERVAL, PIXEL, PROBE
-from scaling.models.sizes import get_size, size_key, transformer_params
+from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.workdir import HONEST_POINTS
 
 MARKERS = "osD^v<>ph*"
@@ -41,7 +41,7 @@ def _colors(objectives) -> dict[str, str]:
 
 
 def _size_markers(sizes) -> dict[str, str]:
-    ordered = sorted(set(sizes), key=size_key)
+    ordered = [size for size in LADDER if size in set(sizes)]
     return {size: MARKERS[i % len(MARKERS)] for i, size in enumerate(ordered)}
 
 

@@ -1,13 +1,8 @@
-"""The size ladder: named transformer shapes from test-sized to pod-sized, and their parameter counts.
-
-A size is a ladder name (``b``), or a ladder name at another depth (``b/d6``: width, heads and MLP of
-``b``, 6 blocks) for depth ablations; the planner costs deep models from such shallow ones.
-"""
+"""The size ladder: named transformer shapes from test-sized to pod-sized, and their parameter counts."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,27 +28,10 @@ LADDER: dict[str, Size] = {
 }
 
 
-SIZE_NAME = re.compile(r"(?P<name>[A-Za-z]+)(?:/d(?P<depth>[1-9][0-9]*))?")
-
-
-def size_key(name: str) -> tuple[int, int]:
-    """(position on the ladder, depth) of a size name; ValueError for one that names no size."""
-    match = SIZE_NAME.fullmatch(name)
-    if not match or match["name"] not in LADDER:
-        raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(LADDER)}, optionally "
-                         "at another depth as <size>/d<blocks> (e.g. b/d6)")
-    depth = int(match["depth"]) if match["depth"] else LADDER[match["name"]].depth
-    return list(LADDER).index(match["name"]), depth
-
-
 def get_size(name: str) -> Size:
-    position, depth = size_key(name)
-    return dataclasses.replace(list(LADDER.values())[position], depth=depth)
-
-
-def at_depth(name: str, depth: int) -> str:
-    """The name of size ``name`` at ``depth`` blocks."""
-    return f"{SIZE_NAME.fullmatch(name)['name']}/d{depth}"
+    if name not in LADDER:
+        raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(LADDER)}")
+    return LADDER[name]
 
 
 def block_params(size: Size, cross_attention_width: int = 0) -> int:
