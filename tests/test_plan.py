@@ -96,7 +96,7 @@ def test_a_scanned_step_is_costed_as_the_unrolled_one(tiny_config):
     scanned = plan.measure(layout, topology, devices)
     compiled = plan.compile_train_step(layout, devices)[0]
 
-    assert scanned["xla_flops_per_step"] == pytest.approx(unrolled["xla_flops_per_step"], rel=1e-3)
+    assert scanned["xla_flops_per_step"] == unrolled["xla_flops_per_step"]
     assert scanned["step_s"] == unrolled["step_s"]
     assert plan.step_cost(compiled)["flops"] * 4 < 0.6 * scanned["xla_flops_per_step"]  # one body counted
     assert scanned["temporaries_gib"] == compiled.memory_analysis().temp_size_in_bytes / plan.GIB
