@@ -52,7 +52,7 @@ def test_bfloat16_matches_float32_for_every_objective(tiny_config, objective):
     loss = lambda p: state.objective.loss(state.model(p), device_batch, jax.random.key(0))[0]
     operand_dtypes = matmul_operand_dtypes(jax.grad(loss), state.init_params(0))
     bfloat16 = [dtypes for dtypes in operand_dtypes if dtypes == ("bfloat16", "bfloat16")]
-    assert len(bfloat16) > 50
+    assert len(bfloat16) >= 12 * get_size(config.size).depth  # >= 4 products a block, 2 gradients each
     assert len(operand_dtypes) - len(bfloat16) == FLOAT32_MATMULS.get(objective, 0)
 
 
@@ -115,7 +115,8 @@ def test_scanned_stack_computes_what_the_unrolled_one_does():
     loss = lambda model: jnp.sum(jnp.sin(model(x_BLD)[0]))
     for reference, candidate in zip(unrolled(x_BLD)[1], scanned(x_BLD)[1], strict=True):
         np.testing.assert_allclose(candidate, reference, rtol=1e-5, atol=1e-5)
-    assert loss(scanned) == pytest.approx(float(loss(unrolled)), rel=1e-5)
+    # the loss sums 2 x 5 x width terms that largely cancel: compare it to one term's tolerance
+    assert loss(scanned) == pytest.approx(float(loss(unrolled)), rel=1e-5, abs=1e-5)
     grads_unrolled = nnx.to_pure_dict(nnx.grad(loss)(unrolled)["blocks"])
     grads_scanned = nnx.to_pure_dict(nnx.grad(loss)(scanned)["blocks"])
     np.testing.assert_allclose(grads_scanned["mlp"]["up"]["kernel"][1],

@@ -4,7 +4,8 @@ Parameters are float32 and carry logical axis names in their ``axes`` metadata (
 Every matmul goes through ``einsum``: with a bfloat16 compute dtype it multiplies bfloat16 operands with
 float32 accumulation in the forward pass and in both backward products. Inside attention and MLP
 blocks the products are returned in bfloat16 too (activations kept for the backward pass: half the
-bytes); norms, softmax, the residual stream and every head's output stay float32.
+bytes), attention logits included; norms, the softmax (upcast inside its fusion), the residual stream
+and every head's output stay float32.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=jnp.float32) -> Array
     """``jnp.einsum`` whose operands are cast to ``dtype`` and whose products accumulate in float32.
 
     The result has ``out_dtype`` (float32 when ``dtype`` is). For a bfloat16 ``dtype`` the backward
-    products also take bfloat16 operands and return each operand's gradient in its own dtype.
+    products also take bfloat16 operands and return each operand's gradient in its own dtype. The
+    gradient of ``b`` (a ``Dense`` weight) leaves its product in ``dtype``, as that of a weight cast to
+    bfloat16 would: with FSDP its partial sums are reduce-scattered in half the bytes.
     """
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float32:
@@ -57,7 +60,7 @@ def _low_precision_einsum_bwd(spec, dtype, out_dtype, a_dtype, b_dtype, residual
     a_spec, b_spec = inputs.split(",")
     g_low = g.astype(dtype)
     da = jnp.einsum(f"{out},{b_spec}->{a_spec}", g_low, b_low, preferred_element_type=jnp.float32)
-    db = jnp.einsum(f"{a_spec},{out}->{b_spec}", a_low, g_low, preferred_element_type=jnp.float32)
+    db = jnp.einsum(f"{a_spec},{out}->{b_spec}", a_low, g_low, preferred_element_type=dtype)
     return da.astype(a_dtype), db.astype(b_dtype)
 
 
@@ -150,30 +153,54 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head attention; self-attention when ``context`` is None, cross-attention otherwise."""
+    """Multi-head attention; self-attention when ``context_width`` is None, cross-attention otherwise.
+
+    Self-attention projects queries, keys and values with one fused matmul (``qkv``); cross-attention
+    projects queries from ``x`` and keys and values from the context with one fused matmul
+    (``key_value``). One product instead of three saves layout copies on TPU. Logits leave their matmul
+    in the compute dtype and the softmax runs in float32 inside its fusion.
+    """
 
     def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs, context_width: int | None = None):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         head_dim = width // heads
-        kv_width = context_width or width
         projection = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype)
-        self.query = projection((width,), (heads, head_dim), ("embed", "heads", "kv"))
-        self.key = projection((kv_width,), (heads, head_dim), ("embed", "heads", "kv"))
-        self.value = projection((kv_width,), (heads, head_dim), ("embed", "heads", "kv"))
+        if context_width is None:
+            self.qkv = projection((width,), (3, heads, head_dim), ("embed", None, "heads", "kv"))
+            self.query = self.key_value = None
+        else:
+            self.qkv = None
+            self.query = projection((width,), (heads, head_dim), ("embed", "heads", "kv"))
+            self.key_value = projection((context_width,), (2, heads, head_dim),
+                                        ("embed", None, "heads", "kv"))
         self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"))
         self.dtype = dtype
         self.scale = head_dim**-0.5
 
+    def project(self, x_BLD: Array, context_BMD: Array | None) -> tuple[Array, Array, Array]:
+        """Queries [B, L, A, Q] of ``x``; keys and values [B, M, A, Q] of ``x`` or of the context."""
+        if self.qkv is not None:
+            if context_BMD is not None:
+                raise ValueError("this is a self-attention layer; build it with context_width to attend "
+                                 "to a context")
+            qkv_BL3AQ = self.qkv(x_BLD)
+            return qkv_BL3AQ[:, :, 0], qkv_BL3AQ[:, :, 1], qkv_BL3AQ[:, :, 2]
+        if context_BMD is None:
+            raise ValueError("this is a cross-attention layer; pass context_BMD")
+        kv_BM2AQ = self.key_value(context_BMD)
+        return self.query(x_BLD), kv_BM2AQ[:, :, 0], kv_BM2AQ[:, :, 1]
+
     def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None):
-        source_BMD = x_BLD if context_BMD is None else context_BMD
-        q_BLAQ = self.query(x_BLD) * self.scale
-        k_BMAQ, v_BMAQ = self.key(source_BMD), self.value(source_BMD)
+        q_BLAQ, k_BMAQ, v_BMAQ = self.project(x_BLD, context_BMD)
+        q_BLAQ = q_BLAQ * self.scale
         if flat_matmuls():  # heads lead the length axes: plain batched matmuls
             heads_first = lambda x: x.transpose(0, 2, 1, 3)
-            logits_BALM = einsum("bhlk,bhmk->bhlm", heads_first(q_BLAQ), heads_first(k_BMAQ), self.dtype)
+            logits_BALM = einsum("bhlk,bhmk->bhlm", heads_first(q_BLAQ), heads_first(k_BMAQ), self.dtype,
+                                 self.dtype)
         else:
-            logits_BALM = einsum("blhk,bmhk->bhlm", q_BLAQ, k_BMAQ, self.dtype)
+            logits_BALM = einsum("blhk,bmhk->bhlm", q_BLAQ, k_BMAQ, self.dtype, self.dtype)
+        logits_BALM = logits_BALM.astype(jnp.float32)
         if mask_BLM is not None:
             logits_BALM = jnp.where(mask_BLM[:, None], logits_BALM, jnp.finfo(jnp.float32).min)
         probs_BALM = jax.nn.softmax(logits_BALM, axis=-1).astype(self.dtype)
