@@ -2,9 +2,9 @@
 
 With libtpu installed, ``jax.experimental.topologies`` gives compile-only devices of a TPU topology. For
 each run the REAL sharded train step (``scaling.train.build_setup`` and ``make_train_step``, on the model
-state of ``scaling.state``) is lowered
-with abstract inputs and compiled for those devices; XLA's memory analysis gives the per-chip bytes and
-its cost analysis the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
+state of ``scaling.state``) is lowered with abstract inputs and compiled for those devices; XLA's memory
+analysis gives the per-chip bytes, and the cost analysis of the same step compiled with every product
+outside loops gives the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
 the steps of its budget, chip-hours, and the implied MFU. Without a mesh, candidate meshes are compiled
 and the fastest one that fits is kept. Results are cached per run id, topology and mesh request.
 """
@@ -43,6 +43,13 @@ GIB = 2**30
 HEADROOM = 0.9  # a run fits when it needs at most this fraction of the chip's HBM
 INSTALL_HINT = 'pip install -e ".[tpu]"'
 COST_KEYS = ("flops", "optimal_seconds")  # of XLA's cost analysis
+# XLA's TPU compiler turns a product sharded with FSDP (a weight gradient and its reduce-scatter, or a
+# product and its all-gather) into a loop over shards, a "windowed einsum", and its cost analysis counts
+# a loop body once: FLOPs and time are read from a compile without them (and without scanned stacks).
+EVERY_PRODUCT_COUNTED = {
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+}
 UNCOSTED_CALL = 'custom_call_target="ConcatBitcast"'
 
 
@@ -177,9 +184,10 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, j
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                       objective: Objective | None = None) -> tuple[Any, ModelState]:
-    """The run's real train step compiled for ``devices`` (mesh from ``config.mesh``); returns
-    (compiled executable, the model state it was built on)."""
+                       objective: Objective | None = None,
+                       compiler_options: dict[str, Any] | None = None) -> tuple[Any, ModelState]:
+    """The run's real train step compiled for ``devices`` (mesh from ``config.mesh``) with XLA's
+    ``compiler_options``; returns (compiled executable, the model state it was built on)."""
     mesh = make_mesh(config.mesh, devices)
     # Outside the mesh context: optax builds the optimizer-state shardings eagerly, and compile-only
     # devices cannot run anything.
@@ -194,7 +202,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.
             setup.state.abstract_params, abstract_opt, abstract_batch(config, mesh),
             jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
         )
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options=compiler_options)
     return compiled, setup.state
 
 
@@ -208,22 +216,22 @@ def step_cost(compiled) -> dict[str, float]:
     return {"flops": float(cost["flops"]), "optimal_seconds": float(cost["optimal_seconds"]) + uncosted}
 
 
-def unrolled_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                  objective: Objective | None = None) -> dict[str, float]:
-    """The step cost of a config with scanned stacks, which XLA's cost analysis cannot give (it counts a
-    loop body once and has no time for a loop): that of the same step unrolled. Its estimate is not
-    additive over depth (memory-space assignment changes with the program), so the whole depth is
-    compiled."""
+def counted_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                 objective: Objective | None = None) -> dict[str, float]:
+    """The step cost of ``config`` with every product counted. XLA's cost analysis counts a loop body
+    once and gives no time for a loop, so this compiles the step unrolled (scanned stacks are loops) and
+    without windowed einsums (``EVERY_PRODUCT_COUNTED``). The time estimate is not additive over depth
+    (memory-space assignment changes with the program), so the whole depth is compiled."""
     unrolled = config.copy_and_resolve_references()
     unrolled.model.scan_layers = False
     objective = None if objective is None else type(objective)(unrolled)
-    return step_cost(compile_train_step(unrolled, devices, objective)[0])
+    return step_cost(compile_train_step(unrolled, devices, objective, EVERY_PRODUCT_COUNTED)[0])
 
 
 def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
             objective: Objective | None = None, cost_unless_fits: bool = True) -> dict[str, Any]:
     """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``: memory of
-    the step as configured; FLOPs and time of it, or of the unrolled step by ``unrolled_cost``. With
+    the step as configured, FLOPs and time of it with every product counted (``counted_cost``). With
     ``cost_unless_fits`` False a step that does not fit is not costed (its FLOPs and time are NaN)."""
     start = time.perf_counter()
     compiled, state = compile_train_step(config, devices, objective)
@@ -235,12 +243,8 @@ def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequ
     chips = topology.chips
     hbm_per_device = topology.chip.hbm_bytes * chips / len(devices)
     fits = total <= HEADROOM * hbm_per_device
-    if not (fits or cost_unless_fits):
-        cost = dict.fromkeys(COST_KEYS, math.nan)
-    elif config.model.scan_layers:
-        cost = unrolled_cost(config, devices, objective)
-    else:
-        cost = step_cost(compiled)
+    cost = (counted_cost(config, devices, objective) if fits or cost_unless_fits
+            else dict.fromkeys(COST_KEYS, math.nan))
     analytic_flops = state.objective.train_flops_per_example() * config.batch_size
     # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
     xla_flops = cost["flops"] * len(devices)
