@@ -90,6 +90,9 @@ class Dense(nnx.Module):
     """``x[..., in] -> x[..., out]`` with a weight of logical axes ``axes`` (in-axes then out-axes).
 
     On CPU the product runs as one [..., prod(in)] x [prod(in), prod(out)] matmul (see flat_matmuls).
+    With ``fused`` true, several projections share the product: each slice of the first output axis is
+    initialised as a Dense of its own would be (one draw each, in order), so a fused projection starts
+    where its separate ones would.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class Dense(nnx.Module):
         use_bias: bool = True,
         zero_init: bool = False,
         out_dtype=jnp.float32,
+        fused: bool = False,
     ):
         fan_in = int(np.prod(in_shape))
         init = (
@@ -110,11 +114,11 @@ class Dense(nnx.Module):
             if zero_init
             else nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
         )
-        shape = (*in_shape, *out_shape)
-        self.kernel = nnx.Param(
-            init(rngs.params(), (fan_in, int(np.prod(out_shape))), jnp.float32).reshape(shape),
-            axes=axes,
-        )
+        parts, part_shape = (out_shape[0], out_shape[1:]) if fused else (1, out_shape)
+        draws = [init(rngs.params(), (fan_in, int(np.prod(part_shape))), jnp.float32).reshape(
+            *in_shape, *part_shape) for _ in range(parts)]
+        kernel = jnp.stack(draws, axis=len(in_shape)) if fused else draws[0]
+        self.kernel = nnx.Param(kernel, axes=axes)
         self.bias = zeros_param(out_shape, axes[len(in_shape) :]) if use_bias else None
         self.dtype, self.out_dtype = dtype, out_dtype
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
@@ -167,13 +171,13 @@ class Attention(nnx.Module):
         head_dim = width // heads
         projection = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype)
         if context_width is None:
-            self.qkv = projection((width,), (3, heads, head_dim), ("embed", None, "heads", "kv"))
+            self.qkv = projection((width,), (3, heads, head_dim), ("embed", None, "heads", "kv"), fused=True)
             self.query = self.key_value = None
         else:
             self.qkv = None
             self.query = projection((width,), (heads, head_dim), ("embed", "heads", "kv"))
             self.key_value = projection((context_width,), (2, heads, head_dim),
-                                        ("embed", None, "heads", "kv"))
+                                        ("embed", None, "heads", "kv"), fused=True)
         self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"))
         self.dtype = dtype
         self.scale = head_dim**-0.5

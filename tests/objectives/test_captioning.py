@@ -181,7 +181,7 @@ def test_greedy_decoding_reproduces_an_overfit_caption():
     config = load_experiment("captioning")
     config.captioning.parallel_fraction = 0.0
     config.data.max_caption_len = 16
-    config.optim.learning_rate, config.optim.warmup_steps, config.total_steps = 3e-3, 2, 60
+    config.optim.learning_rate, config.optim.warmup_steps, config.total_steps = 3e-3, 2, 40
     batch = random_batch(config, 8)
     tokens, mask = TOKENIZER.encode_batch(["a red circle"] * 8, 16)
     batch.update(caption_tokens=tokens, caption_mask=mask)
