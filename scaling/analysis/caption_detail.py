@@ -101,36 +101,37 @@ def _errorbar(axes, x, rows: pd.DataFrame, **style) -> None:
 
 
 def gain_by_noise_figure(points: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Loss reduction a caption gives per noise bucket: a panel per training mix, a colour per eval caption
-    level; over no caption at the largest honest compute (solid) and the smallest (faint, dashed), and
-    over another example's caption at the largest (dotted)."""
+    """Loss reduction a caption gives per noise bucket: a column per training mix, a colour per eval
+    caption level, over no caption (solid) and over another example's caption (dotted); the top row at
+    each mix's largest honest compute, the bottom row at its smallest, each row on its own scale (gains
+    shrink with training while their intervals at small compute are wide)."""
     gains, matched = bucket_rows(points), bucket_rows(points, "caption_match_gain")
     mixes = sorted(set(gains["captions"])) or ["(no caption_gain records)"]
-    figure = Figure(figsize=(3.6 * len(mixes), 3.8), layout="constrained")
-    panels = figure.subplots(1, len(mixes), squeeze=False, sharey=True)[0]
-    for axes, mix in zip(panels, mixes, strict=True):
-        mine = gains[gains["captions"] == mix]
-        computes = sorted(set(mine["flops"]))
-        curves = []  # (rows, compute, line style, alpha, what the caption is compared with)
-        if computes:
-            curves += [(mine, computes[-1], "-", 1.0, "vs none"),
-                       (matched[matched["captions"] == mix], computes[-1], ":", 1.0, "vs other caption")]
-        if len(computes) > 1:
-            curves.append((mine, computes[0], "--", 0.4, "vs none"))
-        for i, level in enumerate(sorted(set(gains["level"]))):
-            for rows, flops, linestyle, alpha, versus in curves:
-                rows = rows[(rows["level"] == level) & (rows["flops"] == flops)].sort_values("bucket")
-                if len(rows):
-                    _errorbar(axes, rows["bucket"], rows, color=f"C{i}", marker="o", linestyle=linestyle,
-                              alpha=alpha, label=f"eval {level} {versus}, {flops:.2g} FLOPs")
+    computes = {mix: sorted(set(gains.loc[gains["captions"] == mix, "flops"])) for mix in mixes}
+    rows_drawn = 2 if any(len(c) > 1 for c in computes.values()) else 1
+    figure = Figure(figsize=(3.6 * len(mixes), 3.4 * rows_drawn), layout="constrained")
+    grid = figure.subplots(rows_drawn, len(mixes), squeeze=False, sharey="row")
+    levels = sorted(set(gains["level"]))
+    for column, mix in enumerate(mixes):
+        ends = [computes[mix][-1], computes[mix][0]][:rows_drawn] if computes[mix] else []
+        for row, flops in enumerate(ends):
+            axes = grid[row][column]
+            for i, level in enumerate(levels):
+                for table, linestyle, versus in ((gains, "-", "none"), (matched, ":", "other caption")):
+                    curve = table[(table["captions"] == mix) & (table["level"] == level) &
+                                  (table["flops"] == flops)].sort_values("bucket")
+                    if len(curve):
+                        _errorbar(axes, curve["bucket"], curve, color=f"C{i}", marker="o",
+                                  linestyle=linestyle, label=f"eval {level} vs {versus}")
+            axes.set_title(f"trained on {mix}, {flops:.2g} FLOPs", fontsize="small")
+            axes.legend(fontsize="xx-small")
+    for axes in grid.flat:
         axes.set_xticks(sorted(set(gains["bucket"])))
         axes.axhline(0, color="black", linewidth=0.8)
-        axes.set_title(f"trained on {mix}", fontsize="small")
-        axes.set_xlabel("noise bucket (0: least noise)")
+        axes.set_xlabel("noise bucket (0: least noise)", fontsize="small")
         axes.grid(True, alpha=0.3)
-        if len(mine):
-            axes.legend(fontsize="xx-small")
-    panels[0].set_ylabel("loss reduction by the caption")
+    for row in grid:
+        row[0].set_ylabel("loss reduction by the caption")
     figure.suptitle("Where captions help a diffusion model (bars: 95% intervals)", fontsize="medium")
     return save(figure, stem)
 
