@@ -33,7 +33,7 @@ from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
 from scaling.data.pipeline import caption_length
 from scaling.models.sizes import get_size
-from scaling.objectives import validate_config
+from scaling.objectives import build_objective, validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
 from scaling.state import ModelState
@@ -51,6 +51,7 @@ EVERY_PRODUCT_COUNTED = {
     "xla_tpu_enable_windowed_einsum_for_all_gather": False,
 }
 UNCOSTED_CALL = 'custom_call_target="ConcatBitcast"'
+OUT_OF_MEMORY = re.compile(r"memory required for HLO temporaries \(([\d.]+)([KMGT])\)")
 
 
 class PlanError(ConfigError):
@@ -228,24 +229,40 @@ def counted_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device
     return step_cost(compile_train_step(unrolled, devices, objective, EVERY_PRODUCT_COUNTED)[0])
 
 
+def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                objective: Objective | None = None) -> tuple[tuple[int, int, int, int], Objective]:
+    """Per-device bytes of the compiled step (arguments, temporaries, outputs not aliased to arguments,
+    generated code) and its objective. XLA refuses to compile a step whose temporaries alone exceed the
+    chip's memory; its message gives them, and the other parts count as 0 (the total is a lower bound)."""
+    try:
+        compiled, state = compile_train_step(config, devices, objective)
+    except jax.errors.JaxRuntimeError as error:
+        needed = OUT_OF_MEMORY.search(str(error))
+        if needed is None:
+            raise
+        temporaries = int(float(needed.group(1)) * 1024 ** (1 + "KMGT".index(needed.group(2))))
+        return (0, temporaries, 0, 0), objective or build_objective(config)
+    memory = compiled.memory_analysis()
+    outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
+    sizes = (memory.argument_size_in_bytes, memory.temp_size_in_bytes, outputs,
+             memory.generated_code_size_in_bytes)
+    return sizes, state.objective
+
+
 def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
             objective: Objective | None = None, cost_unless_fits: bool = True) -> dict[str, Any]:
     """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``: memory of
     the step as configured, FLOPs and time of it with every product counted (``counted_cost``). With
     ``cost_unless_fits`` False a step that does not fit is not costed (its FLOPs and time are NaN)."""
     start = time.perf_counter()
-    compiled, state = compile_train_step(config, devices, objective)
-    memory = compiled.memory_analysis()
-    arguments = memory.argument_size_in_bytes
-    temporaries = memory.temp_size_in_bytes
-    outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
-    total = arguments + temporaries + outputs + memory.generated_code_size_in_bytes
+    (arguments, temporaries, outputs, code), objective = step_memory(config, devices, objective)
+    total = arguments + temporaries + outputs + code
     chips = topology.chips
     hbm_per_device = topology.chip.hbm_bytes * chips / len(devices)
     fits = total <= HEADROOM * hbm_per_device
     cost = (counted_cost(config, devices, objective) if fits or cost_unless_fits
             else dict.fromkeys(COST_KEYS, math.nan))
-    analytic_flops = state.objective.train_flops_per_example() * config.batch_size
+    analytic_flops = objective.train_flops_per_example() * config.batch_size
     # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
     xla_flops = cost["flops"] * len(devices)
     step_s = cost["optimal_seconds"]

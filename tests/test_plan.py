@@ -1,4 +1,5 @@
 import importlib.util
+import math
 
 import pytest
 
@@ -102,3 +103,15 @@ def test_a_scanned_step_is_costed_as_the_unrolled_one(tiny_config):
     assert scanned["step_s"] == unrolled["step_s"]
     assert plan.step_cost(compiled)["flops"] * 4 < 0.6 * scanned["xla_flops_per_step"]  # one body counted
     assert scanned["temporaries_gib"] == compiled.memory_analysis().temp_size_in_bytes / plan.GIB
+
+
+@needs_libtpu
+def test_a_step_too_large_to_compile_is_reported_as_not_fitting(tiny_config):
+    """XLA refuses to compile a step whose temporaries exceed the chip; the plan says it does not fit."""
+    config = tiny_config("igpt", **{"data.image_size": 32, "batch_size": 16384})
+    topology = plan.parse_topology("v5e:2x2")
+    layout = plan.with_layout(config, {"data": 1, "fsdp": 4, "tensor": 1}, "none")
+    row = plan.measure(layout, topology, plan.topology_devices(topology), cost_unless_fits=False)
+    assert not row["fits"] and row["temporaries_gib"] > row["hbm_gib"] == 16
+    assert row["dominant"] == "temporaries (activations)" and math.isnan(row["step_s"])
+    assert row["analytic_flops_per_step"] > 0
