@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from helpers import assert_meshes_agree, load_experiment, matmul_operand_dtypes, random_batch, run_steps
 
-from scaling.models.layers import einsum
+from scaling.models.layers import Attention, einsum
 from scaling.models.sizes import LADDER, get_size, transformer_params
 from scaling.models.transformer import Stacking, TextTower, Transformer
 from scaling.objectives import OBJECTIVES
@@ -54,6 +54,16 @@ def test_bfloat16_matches_float32_for_every_objective(tiny_config, objective):
     bfloat16 = [dtypes for dtypes in operand_dtypes if dtypes == ("bfloat16", "bfloat16")]
     assert len(bfloat16) >= 12 * get_size(config.size).depth  # >= 4 products a block, 2 gradients each
     assert len(operand_dtypes) - len(bfloat16) == FLOAT32_MATMULS.get(objective, 0)
+
+
+def test_attention_takes_a_context_only_when_built_for_one():
+    x_BLD = jnp.ones((2, 3, 16))
+    with pytest.raises(ValueError, match="self-attention layer; build it with context_width"):
+        Attention(16, 2, dtype=jnp.float32, rngs=nnx.Rngs(0))(x_BLD, context_BMD=x_BLD)
+    cross = Attention(16, 2, dtype=jnp.float32, rngs=nnx.Rngs(0), context_width=8)
+    with pytest.raises(ValueError, match="cross-attention layer; pass context_BMD"):
+        cross(x_BLD)
+    assert cross(x_BLD, context_BMD=jnp.ones((2, 5, 8))).shape == (2, 3, 16)
 
 
 @pytest.mark.parametrize("name", ["mu", "nano", "b", "g"])
