@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -319,10 +320,11 @@ REMAT_LADDER = ("none", "dots", "full")  # less memory, more recompute, left to 
 
 
 def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
-                mesh: dict[str, int] | None = None) -> dict[str, Any]:
-    """Measures the given mesh, or every candidate mesh, and keeps the fastest that fits; when none fits
-    at the config's remat policy, tries the next policy of ``REMAT_LADDER``. Says why. Candidates that
-    do not fit are not costed (a given mesh always is)."""
+                mesh: dict[str, int] | None = None,
+                measure_step: Callable[..., dict[str, Any]] = measure) -> dict[str, Any]:
+    """Measures (with ``measure_step``) the given mesh, or every candidate mesh, and keeps the fastest
+    that fits; when none fits at the config's remat policy, tries the next policy of ``REMAT_LADDER``.
+    Says why. Candidates that do not fit are not costed (a given mesh always is)."""
     if mesh is not None:
         check_mesh(mesh, topology)
         candidates = [mesh]
@@ -338,7 +340,7 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
         for candidate in candidates:
             layout = with_layout(config, candidate, remat)
             validate_config(layout, topology.chips)
-            row = measure(layout, topology, devices, cost_unless_fits=mesh is not None)
+            row = measure_step(layout, topology, devices, cost_unless_fits=mesh is not None)
             tried.append({**row, "remat": remat})
         if any(row["fits"] for row in tried):
             break
@@ -354,6 +356,30 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
     if len(tried) == 1:
         reason = "mesh and remat given" if best["fits"] else "does not fit"
     return {**best, "mesh_reason": reason, "compile_s": sum(row["compile_s"] for row in tried)}
+
+
+def cached_measure(cache_dir: Path) -> Callable[..., dict[str, Any]]:
+    """``measure``, keeping each candidate's measurement in ``cache_dir``: a mesh search stopped part way
+    (one candidate of a 1B-parameter model takes tens of minutes) resumes at the candidate it was on."""
+
+    def measure_once(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
+                     cost_unless_fits: bool = True) -> dict[str, Any]:
+        key = f"{step_key(config)} {topology.name} cost_unless_fits={cost_unless_fits}"
+        path = cache_dir / f"step-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        row = measure(config, topology, devices, cost_unless_fits=cost_unless_fits)
+        write_json(path, row)
+        return row
+
+    return measure_once
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Written whole or not at all, so a plan stopped while writing leaves no half file in its cache."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1))
+    os.replace(partial, path)
 
 
 def run_row(run_id: str, config: ml_collections.ConfigDict, topology: Topology,
@@ -394,7 +420,8 @@ def plan_runs(runs: Sequence[tuple[str, ml_collections.ConfigDict]], topology: T
               cache_dir: str | Path, mesh: dict[str, int] | None = None,
               progress: bool = True) -> list[dict[str, Any]]:
     """Plans each (run id, config). Runs that differ only in length share one compile; a run planned
-    before for this topology and mesh request is read from ``cache_dir`` instead."""
+    before for this topology and mesh request, or a candidate mesh measured before, is read from
+    ``cache_dir`` instead."""
     if mesh is not None:
         check_mesh(mesh, topology)
     cache_dir = Path(cache_dir)
@@ -412,9 +439,9 @@ def plan_runs(runs: Sequence[tuple[str, ml_collections.ConfigDict]], topology: T
             step = {**steps[key], "compile_s": 0.0}
         else:
             devices = devices or topology_devices(topology)
-            step = steps[key] = choose_mesh(config, topology, devices, mesh)
+            step = steps[key] = choose_mesh(config, topology, devices, mesh, cached_measure(cache_dir))
         row = run_row(run_id, config, topology, step)
-        path.write_text(json.dumps(row, indent=1))
+        write_json(path, row)
         rows.append({**row, "cached": False})
     return rows
 

@@ -57,6 +57,31 @@ def test_a_batch_no_candidate_mesh_divides_is_refused_before_compiling(tiny_conf
         plan.choose_mesh(config, plan.parse_topology("v5p-64"), devices=[])
 
 
+def test_a_mesh_search_stopped_part_way_resumes_at_the_candidate_it_was_on(tiny_config, tmp_path,
+                                                                           monkeypatch):
+    measured, stop_at = [], [1]
+
+    def measure(config, topology, devices, cost_unless_fits=True):
+        if len(measured) in stop_at:
+            raise KeyboardInterrupt  # the session ends while this candidate compiles
+        measured.append(mesh := ",".join(f"{a}={config.mesh[a]}" for a in plan.MESH_AXES))
+        return {"mesh": mesh, "fits": True, "step_s": 1e-3 / config.mesh["fsdp"], "compile_s": 60.0}
+
+    monkeypatch.setattr(plan, "measure", measure)
+    monkeypatch.setattr(plan, "topology_devices", lambda topology: [])
+    runs, topology = [("clip", tiny_config("clip", batch_size=64))], plan.parse_topology("v5p-64")
+    with pytest.raises(KeyboardInterrupt):
+        plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
+    assert measured == ["data=1,fsdp=32,tensor=1"]
+
+    stop_at.clear()
+    (resumed,) = plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
+    assert measured == ["data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"]
+    (uninterrupted,) = plan.plan_runs(runs, topology, tmp_path / "fresh", progress=False)
+    assert {**resumed, "cached": False} == {**uninterrupted, "cached": False}
+    assert resumed["mesh"] == "data=1,fsdp=32,tensor=1" and resumed["compile_s"] == 3 * 60.0
+
+
 @needs_libtpu
 def test_plan_compiles_the_real_step_for_a_tpu_slice_and_caches_it(tiny_config, tmp_path, monkeypatch):
     config = tiny_config("igpt", **{"data.image_size": 8, "batch_size": 32, "total_steps": 500})
