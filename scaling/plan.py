@@ -38,7 +38,7 @@ from scaling.objectives import build_objective, validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
 from scaling.state import ModelState
-from scaling.workdir import flatten
+from scaling.workdir import flatten, read_json, write_json_atomic
 
 GIB = 2**30
 HEADROOM = 0.9  # a run fits when it needs at most this fraction of the chip's HBM
@@ -366,20 +366,13 @@ def cached_measure(cache_dir: Path) -> Callable[..., dict[str, Any]]:
                      cost_unless_fits: bool = True) -> dict[str, Any]:
         key = f"{step_key(config)} {topology.name} cost_unless_fits={cost_unless_fits}"
         path = cache_dir / f"step-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
+        if (row := read_json(path)) is not None:
+            return row
         row = measure(config, topology, devices, cost_unless_fits=cost_unless_fits)
-        write_json(path, row)
+        write_json_atomic(path, row)
         return row
 
     return measure_once
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Written whole or not at all, so a plan stopped while writing leaves no half file in its cache."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1))
-    os.replace(partial, path)
 
 
 def run_row(run_id: str, config: ml_collections.ConfigDict, topology: Topology,
@@ -441,7 +434,7 @@ def plan_runs(runs: Sequence[tuple[str, ml_collections.ConfigDict]], topology: T
             devices = devices or topology_devices(topology)
             step = steps[key] = choose_mesh(config, topology, devices, mesh, cached_measure(cache_dir))
         row = run_row(run_id, config, topology, step)
-        write_json(path, row)
+        write_json_atomic(path, row)
         rows.append({**row, "cached": False})
     return rows
 
