@@ -28,7 +28,8 @@ table = load_results([SWEEP_DIR])
 
 # %%
 profiles = figures.layer_profiles(table)
-print(profiles.pivot_table(index=["objective", "size"], columns="layer", values="accuracy").round(3))
+print(profiles.pivot_table(index=["objective", "size", "variant"], columns="layer",
+                           values="accuracy").round(3))
 figures.layers_figure(table, OUT / "layers")
 
 # %%

@@ -187,27 +187,37 @@ def _layer_columns(table: pd.DataFrame) -> list[str]:
 
 def layer_profiles(table: pd.DataFrame) -> pd.DataFrame:
     """Probe accuracy per layer of each objective and size, at its largest-compute honest eval:
-    columns objective, size, layer, relative_depth (layer index / layers probed), accuracy."""
+    columns objective, size, variant, layer, relative_depth (layer index / layers probed), accuracy.
+    A probed name "layer_02/t30" is layer_02 of variant t30 (diffusion's features at timestep 30);
+    a plain "layer_02" has variant ""."""
     evals = table[(table["kind"] == "eval") & table["point"].isin(HONEST_POINTS)]
     rows = []
     for (objective, size), group in evals.groupby(["objective", "size"]):
         record = group.loc[group["flops"].idxmax()]
-        layers = [c for c in _layer_columns(table) if pd.notna(record[c])]
-        for index, column in enumerate(layers, start=1):
-            rows.append({"objective": objective, "size": size, "layer": column.removeprefix(f"{PROBE}/"),
-                         "relative_depth": index / len(layers), "accuracy": record[column]})
-    return pd.DataFrame(rows, columns=["objective", "size", "layer", "relative_depth", "accuracy"])
+        names = [c.removeprefix(f"{PROBE}/") for c in _layer_columns(table) if pd.notna(record[c])]
+        by_variant: dict[str, list[str]] = {}
+        for name in names:
+            layer, _, variant = name.partition("/")
+            by_variant.setdefault(variant, []).append(layer)
+        for variant, layers in by_variant.items():
+            for index, layer in enumerate(layers, start=1):
+                column = f"{PROBE}/{layer}/{variant}" if variant else f"{PROBE}/{layer}"
+                rows.append({"objective": objective, "size": size, "variant": variant, "layer": layer,
+                             "relative_depth": index / len(layers), "accuracy": record[column]})
+    return pd.DataFrame(rows, columns=["objective", "size", "variant", "layer", "relative_depth", "accuracy"])
 
 
 def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Probe accuracy against relative depth, one line per objective and size."""
+    """Probe accuracy against relative depth, one line per objective, size and feature variant."""
     profiles = layer_profiles(table)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
     color, marker = _colors(profiles["objective"]), _size_markers(profiles["size"])
-    for (objective, size), group in profiles.groupby(["objective", "size"]):
+    variants = sorted(set(profiles["variant"]), key=lambda v: (len(v), v))
+    styles = {variant: ["-", "--", ":", "-."][i % 4] for i, variant in enumerate(variants)}
+    for (objective, size, variant), group in profiles.groupby(["objective", "size", "variant"]):
         axes.plot(group["relative_depth"], group["accuracy"], marker=marker[size], color=color[objective],
-                  label=f"{objective} {size}")
+                  linestyle=styles[variant], label=" ".join(filter(None, [objective, size, variant])))
     axes.set_xlabel("relative depth of the probed layer (layer / layers)")
     axes.set_ylabel("linear-probe accuracy")
     axes.set_xlim(0, 1.05)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from helpers import ROOT
 
+from scaling.analysis import figures
 from scaling.analysis.figures import draw_compute
 from scaling.analysis.points import eval_points, load_results
 from scaling.analysis.report import analyze, summary
@@ -177,3 +178,19 @@ def test_an_extra_label_is_analysed_over_its_own_pixel_floor(tmp_path):
     references = {line.get_ydata()[0] for line in axes.get_lines() if line.get_linestyle() == "--"}
     assert references == {0.3}
     assert "(count)" in axes.get_title()
+
+
+def test_layer_profiles_keep_each_feature_variant_on_its_own_depth_axis():
+    """Diffusion probes layers at several timesteps ("layer_02/t30"): each timestep is its own profile."""
+    base = {"status": "completed", "size": "mu", "seed": 0, "kind": "eval", "point": "end_of_schedule",
+            "flops": 1e15}
+    diffusion = {f"probe_accuracy/layer_0{k}/t{t}": 0.1 * k + 0.01 * t for k in (1, 2) for t in (0, 30)}
+    table = pd.DataFrame([{**base, "objective": "clip", "probe_accuracy/layer_01": 0.5,
+                           "probe_accuracy/layer_02": 0.6},
+                          {**base, "objective": "diffusion", **diffusion}])
+    profiles = figures.layer_profiles(table).set_index(["objective", "variant", "layer"])
+    assert len(profiles) == 6
+    assert profiles.loc[("clip", "", "layer_02"), "relative_depth"] == 1.0
+    assert profiles.loc[("diffusion", "t30", "layer_01"), "relative_depth"] == 0.5
+    assert profiles.loc[("diffusion", "t30", "layer_02"), "accuracy"] == pytest.approx(0.5)
+    assert profiles.loc[("diffusion", "t0", "layer_02"), "accuracy"] == pytest.approx(0.2)

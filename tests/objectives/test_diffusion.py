@@ -104,8 +104,11 @@ def test_model_samples_and_features_have_the_promised_shapes():
     assert not np.allclose(samples_BHWC, unconditional_BHWC)
 
     features = objective.features(model, jnp.asarray(batch["image"]), jax.random.key(2))
-    assert sorted(features) == ["layer_01", "layer_02"]
+    assert sorted(features) == [f"layer_0{i}/t{t}" for i in (1, 2) for t in (0, 100, 30)]
     assert all(f.shape == (4, 32) and np.all(np.isfinite(f)) for f in features.values())
+    # more noise moves the features further from those of the clean image
+    moved = {t: np.abs(features[f"layer_02/t{t}"] - features["layer_02/t0"]).mean() for t in (30, 100)}
+    assert 0 < moved[30] < moved[100]
     fresh = objective.init(nnx.Rngs(0))  # predicts epsilon = 0: the error is the noise's mean square
     condition_BE = fresh.embed_condition({"label": jnp.asarray(batch["label"])}, jnp.ones((4,), bool))
     error_B = objective.epsilon_error(fresh, jnp.asarray(batch["image"]), condition_BE,
@@ -168,7 +171,9 @@ def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
 
 def test_bad_settings_are_refused():
     for fields, message in [({"prediction": "x0"}, "diffusion.prediction"),
-                            ({"feature_timestep": 1000}, "diffusion.feature_timestep"),
+                            ({"feature_timesteps": (0, 1000)}, "diffusion.feature_timesteps"),
+                            ({"feature_timesteps": (30, 30)}, "diffusion.feature_timesteps"),
+                            ({"feature_timesteps": ()}, "diffusion.feature_timesteps"),
                             ({"condition_dropout": 0.0}, "diffusion.guidance_scale")]:
         with pytest.raises(ConfigError, match=message):
             validate_config(diffusion_config(**fields), 1)
