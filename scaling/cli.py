@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from scaling import plan
-from scaling.analysis.report import analyze, summary
+from scaling.analysis.report import analyze, parse_references, summary
 from scaling.config import load_config
 from scaling.errors import UserError
 from scaling.evaluation.probe import probe_checkpoint
@@ -49,6 +49,8 @@ flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_erro
 flags.DEFINE_string("layer", "best", "analyze: probed layer of probe_error (best, or a name like layer_02)")
 flags.DEFINE_integer("boots", 400, "analyze: bootstrap refits per law and objective")
 flags.DEFINE_string("out", None, "analyze: report and figures folder (default: <first sweep>/analysis)")
+flags.DEFINE_multi_string("reference", [], "analyze: LABEL=ACCURACY, a level stated elsewhere (e.g. a data "
+                          "set's published raw-pixel floor) to draw on the figures; repeatable")
 flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
 flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
 
@@ -61,7 +63,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
     "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
-               "[--boots N] [--out DIR]",
+               "[--boots N] [--out DIR] [--reference LABEL=ACCURACY ...]",
     "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
             "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
 }
@@ -110,7 +112,8 @@ def sweep_command(argv: list[str]) -> None:
 def analyze_command(argv: list[str]) -> None:
     if len(argv) < 2:
         fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
-    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots, out=FLAGS.out)
+    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots, out=FLAGS.out,
+                     references=parse_references(FLAGS.reference))
     print(f"{summary(report)}\nreport and figures: {report.parent}")
 
 

@@ -10,6 +10,7 @@ same examples as a dashed reference line with its interval as a band.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,20 @@ def curve_points(table: pd.DataFrame, probe: str = PROBE) -> tuple[pd.DataFrame,
     return final, "loss", "Final train loss vs training compute (no eval records yet)"
 
 
-def compute_figure(table: pd.DataFrame, path: str | Path, probe: str = PROBE) -> Path:
-    """Writes ``draw_compute(table, probe)`` to ``path``."""
+def compute_figure(table: pd.DataFrame, path: str | Path, probe: str = PROBE,
+                   references: Mapping[str, float] | None = None) -> Path:
+    """Writes ``draw_compute(table, probe, references)`` to ``path``."""
     path = Path(path)
-    draw_compute(table, probe).savefig(path, dpi=120)
+    draw_compute(table, probe, references).savefig(path, dpi=120)
     return path
+
+
+def draw_stated_references(axes, references: Mapping[str, float] | None, as_error: bool = False) -> None:
+    """Dotted lines at accuracies stated elsewhere (e.g. a data set's published floor), not measured by
+    the sweep; drawn as errors (1 - accuracy) with ``as_error``."""
+    for i, (label, accuracy) in enumerate((references or {}).items()):
+        axes.axhline(1 - accuracy if as_error else accuracy, color="dimgrey", linestyle=":",
+                     linewidth=1.2 + 0.4 * i, label=f"{label}: {accuracy:.3g}")
 
 
 def pixel_column(probe: str) -> str:
@@ -75,11 +85,12 @@ def pixel_column(probe: str) -> str:
     return probe.removesuffix(PROBE) + PIXEL
 
 
-def draw_compute(table: pd.DataFrame, probe: str = PROBE) -> Figure:
+def draw_compute(table: pd.DataFrame, probe: str = PROBE,
+                 references: Mapping[str, float] | None = None) -> Figure:
     """Every run's probe accuracy against compute (a line through its main-run points and one through
     each size's end-of-schedule points, marker = size, hollow = mid-schedule, error bars = bootstrap
-    intervals where recorded) over the raw-pixel reference; before any eval record, final train losses
-    instead."""
+    intervals where recorded) over the raw-pixel reference and any stated ``references``
+    ({label: accuracy}); before any eval record, final train losses instead."""
     points, metric, title = curve_points(table, probe)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -103,6 +114,8 @@ def draw_compute(table: pd.DataFrame, probe: str = PROBE) -> Figure:
             series = series.sort_values("flops")
             axes.plot(series["flops"], series[metric], color=color[objective], alpha=0.6)
     _draw_references(axes, points, pixel_column(probe))
+    if metric == probe:
+        draw_stated_references(axes, references)
     for size, symbol in marker.items():
         axes.plot([], [], marker=symbol, color="grey", linestyle="none", label=f"size {size}")
     if "point" in points and (~honest).any():
@@ -144,8 +157,10 @@ def _draw_references(axes, points: pd.DataFrame, pixel: str) -> None:
 
 
 def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, dict[str, Fit]],
-                    metric: str, stem: str | Path) -> list[Path]:
-    """Error against compute per objective: all points, the honest frontier, fitted laws with bands."""
+                    metric: str, stem: str | Path,
+                    references: Mapping[str, float] | None = None) -> list[Path]:
+    """Error against compute per objective: all points, the honest frontier, fitted laws with bands, and
+    stated reference accuracies as errors."""
     figure = Figure(figsize=(7.5, 5), layout="constrained")
     axes = figure.subplots()
     color = _colors(points["objective"])
@@ -166,6 +181,7 @@ def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str
                 axes.plot(span, estimate, dashes, color=c, linewidth=1.5,
                           label=f"{objective} {name}: {fit.law.formula}" if dashes != "--" else None)
                 axes.fill_between(span, lo, hi, color=c, alpha=0.12, linewidth=0)
+    draw_stated_references(axes, references, as_error=True)
     axes.plot([], [], "o", markerfacecolor="none", color="grey", label="mid-schedule (not fitted)")
     axes.plot([], [], "--", color="grey", label=f"extrapolation (to {EXTRAPOLATE:g}x measured)")
     axes.set_xscale("log")

@@ -5,6 +5,7 @@ flags that wrote it, so a published report can be checked against its results ta
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -142,12 +143,22 @@ def largest_compute_points(table: pd.DataFrame, source: str) -> list[str]:
 
 
 def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer: str = "best",
-            boots: int = BOOTS, level: float = LEVEL, seed: int = 0, out: str | Path | None = None) -> Path:
+            boots: int = BOOTS, level: float = LEVEL, seed: int = 0, out: str | Path | None = None,
+            references: Mapping[str, float] | None = None) -> Path:
     """Writes the report and figures of ``sweep_dirs`` into ``out`` (default ``<sweep_dirs[0]>/analysis/``);
-    returns the report's path. Raises ConfigError for a folder without results, an unknown metric or layer,
-    or frontiers too small for any fit."""
+    returns the report's path. ``references`` ({label: accuracy}) are levels stated elsewhere, such as a
+    data set's published raw-pixel floor, drawn on the accuracy and error figures and named in the report.
+    Raises ConfigError for a folder without results, an unknown metric or layer, a reference outside
+    [0, 1] or on a metric that is no accuracy's complement, or frontiers too small for any fit."""
+    references = dict(references or {})
     table = load_results(sweep_dirs)
     points = eval_points(table, metric, layer)
+    source, complement = metric_column(table, metric, layer)
+    if references and not complement:
+        raise ConfigError(f"--reference: {metric} is not 1 - an accuracy, so accuracy references do not "
+                          "apply")
+    if bad := [label for label, accuracy in references.items() if not 0 <= accuracy <= 1]:
+        raise ConfigError(f"--reference {bad[0]}: an accuracy must lie in [0, 1]")
     if not points["honest"].any():
         raise ConfigError(f"no honest points (end of schedule or cool-down branch) with {metric} in "
                           f"{', '.join(map(str, sweep_dirs))}; let runs finish, or train with the wsd "
@@ -162,11 +173,11 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
 
     out = Path(out) if out is not None else Path(sweep_dirs[0]) / OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    source, complement = metric_column(table, metric, layer)
-    compute = [figures.compute_figure(table, out / "compute.png", source)] if source.endswith(PROBE) else []
+    compute = ([figures.compute_figure(table, out / "compute.png", source, references)]
+               if source.endswith(PROBE) else [])
     drawn = [
         *compute,
-        *figures.frontier_figure(points, edge, fits, metric, out / "frontiers"),
+        *figures.frontier_figure(points, edge, fits, metric, out / "frontiers", references),
         *figures.layers_figure(table, out / "layers"),
         *figures.loss_figure(table, out / "probe_vs_loss"),
         *figures.isoflop_figure(points, metric, out / "isoflop"),
@@ -187,8 +198,11 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "",
         f"Training compute spent: {spent:.3g} FLOPs, of which {branches:.3g} in cool-down branches.",
         "",
-        f"Written by `{command_line(sweep_dirs, metric, layer, boots)}`.",
+        f"Written by `{command_line(sweep_dirs, metric, layer, boots, references)}`.",
         "",
+        *(["Stated references drawn on the figures (not measured by these sweeps): "
+           + "; ".join(f"{label}, accuracy {accuracy:.3g}" for label, accuracy in references.items()) + ".",
+           ""] if references else []),
         "## Headlines",
         "",
         *([f"- {line}" for line in headlines(rows, metric, level) + why_open(rows, fits)] or
@@ -226,10 +240,27 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
     return report
 
 
-def command_line(sweep_dirs: list[str | Path], metric: str, layer: str, boots: int) -> str:
+def command_line(sweep_dirs: list[str | Path], metric: str, layer: str, boots: int,
+                 references: Mapping[str, float] | None = None) -> str:
     """The ``scaling analyze`` command that writes this report, sweeps named by their folder names."""
     return (f"scaling analyze {' '.join(Path(d).name for d in sweep_dirs)} --metric {metric} --layer {layer} "
-            f"--boots {boots}")
+            f"--boots {boots}" + "".join(f" --reference '{label}={accuracy:g}'"
+                                         for label, accuracy in (references or {}).items()))
+
+
+def parse_references(values: list[str]) -> dict[str, float]:
+    """``["raw pixels, 2x2-pooled=0.415", ...]`` -> {label: accuracy}; ConfigError naming a malformed one."""
+    references = {}
+    for value in values:
+        label, _, accuracy = value.rpartition("=")
+        try:
+            references[label.strip()] = float(accuracy)
+        except ValueError:
+            raise ConfigError(f"--reference {value!r}: write LABEL=ACCURACY, e.g. 'raw pixels=0.415'") \
+                from None
+        if not label.strip():
+            raise ConfigError(f"--reference {value!r}: the label is empty; write LABEL=ACCURACY")
+    return references
 
 
 def summary(report: Path) -> str:

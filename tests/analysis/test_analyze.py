@@ -194,3 +194,18 @@ def test_layer_profiles_keep_each_feature_variant_on_its_own_depth_axis():
     assert profiles.loc[("diffusion", "t30", "layer_01"), "relative_depth"] == 0.5
     assert profiles.loc[("diffusion", "t30", "layer_02"), "accuracy"] == pytest.approx(0.5)
     assert profiles.loc[("diffusion", "t0", "layer_02"), "accuracy"] == pytest.approx(0.2)
+
+
+def test_a_stated_reference_is_drawn_named_and_kept_in_the_command(synthetic_sweep, tmp_path):
+    floor = {"raw pixels, 2x2-pooled (data README)": 0.415}
+    report = analyze([synthetic_sweep], boots=20, out=tmp_path / "out", references=floor).read_text()
+    assert "--reference 'raw pixels, 2x2-pooled (data README)=0.415'`" in report
+    assert "not measured by these sweeps): raw pixels, 2x2-pooled (data README), accuracy 0.415." in report
+    axes = draw_compute(synthetic_table(), references=floor).axes[0]
+    dotted = [line for line in axes.get_lines() if line.get_linestyle() == ":"]
+    assert [(line.get_ydata()[0], line.get_label()) for line in dotted] == [
+        (0.415, "raw pixels, 2x2-pooled (data README): 0.415")]
+    with pytest.raises(ConfigError, match="--reference val_loss_error|val_loss is not 1 - an accuracy"):
+        analyze([synthetic_sweep], metric="val_loss", boots=20, out=tmp_path / "x", references=floor)
+    failed = scaling_analyze(synthetic_sweep, "--out", tmp_path / "y", "--reference", "pixels 0.4")
+    assert failed.returncode == 2 and "--reference 'pixels 0.4': write LABEL=ACCURACY" in failed.stderr

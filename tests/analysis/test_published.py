@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from scaling.analysis.report import REPORT_NAME, analyze
+from scaling.analysis.report import REPORT_NAME, analyze, parse_references
 from scaling.sweeps.results import RESULTS_NAME
 
 RESULTS = ROOT / "docs" / "results"
 COMMAND = re.compile(r"Written by `scaling analyze (?P<sweeps>[^`]+?) --metric (?P<metric>\S+) "
-                     r"--layer (?P<layer>\S+) --boots (?P<boots>\d+)`")
+                     r"--layer (?P<layer>\S+) --boots (?P<boots>\d+)(?P<references>( --reference '[^']+')*)`")
 PUBLISHED = sorted(RESULTS.glob(f"*/*/{REPORT_NAME}"))
 
 
@@ -27,8 +27,9 @@ def rerun(report: Path, tmp_path: Path) -> str:
         (tmp_path / name).mkdir()
         shutil.copy(RESULTS / name / RESULTS_NAME, tmp_path / name / RESULTS_NAME)
         sweep_dirs.append(tmp_path / name)
+    references = parse_references(re.findall(r"--reference '([^']+)'", command["references"]))
     return analyze(sweep_dirs, metric=command["metric"], layer=command["layer"], boots=int(command["boots"]),
-                   out=tmp_path / "analysis").read_text()
+                   out=tmp_path / "analysis", references=references).read_text()
 
 
 @pytest.mark.parametrize("report", PUBLISHED, ids=[str(p.parent.relative_to(RESULTS)) for p in PUBLISHED])
