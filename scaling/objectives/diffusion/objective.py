@@ -54,8 +54,8 @@ def config_section() -> ml_collections.ConfigDict:
             # Probe features at each of these timesteps; the probe picks the (timestep, layer) pair on
             # validation, as it picks the layer for every objective. Under the cosine schedule t = 30
             # and 100 of 1000 leave noise of std 0.05 and 0.17 on [-1, 1] pixels. Which is best moves
-            # with scale: CIFAR-10 at sizes mu and nano probed best at t = 0, and 8 points worse at
-            # t = 100; larger, longer-trained models peak at small nonzero noise.
+            # with scale: CIFAR-10 at sizes mu and nano probed best at t = 0, and 6 to 15 points worse
+            # at t = 100; larger, longer-trained models are reported to peak at small nonzero noise.
             "feature_timesteps": (0, 30, 100),
             "sample_steps": 50,  # DDIM steps
             "guidance_scale": 1.5,  # 1 -> no guidance
