@@ -210,14 +210,12 @@ def layer_profiles(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (objective, size), group in evals.groupby(["objective", "size"]):
         record = group.loc[group["flops"].idxmax()]
-        names = [c.removeprefix(f"{PROBE}/") for c in _layer_columns(table) if pd.notna(record[c])]
-        by_variant: dict[str, list[str]] = {}
-        for name in names:
-            layer, _, variant = name.partition("/")
-            by_variant.setdefault(variant, []).append(layer)
+        by_variant: dict[str, list[tuple[str, str]]] = {}
+        for column in (c for c in _layer_columns(table) if pd.notna(record[c])):
+            layer, _, variant = column.removeprefix(f"{PROBE}/").partition("/")
+            by_variant.setdefault(variant, []).append((layer, column))
         for variant, layers in by_variant.items():
-            for index, layer in enumerate(layers, start=1):
-                column = f"{PROBE}/{layer}/{variant}" if variant else f"{PROBE}/{layer}"
+            for index, (layer, column) in enumerate(layers, start=1):
                 rows.append({"objective": objective, "size": size, "variant": variant, "layer": layer,
                              "relative_depth": index / len(layers), "accuracy": record[column]})
     return pd.DataFrame(rows, columns=["objective", "size", "variant", "layer", "relative_depth", "accuracy"])
