@@ -17,7 +17,23 @@ CAPTION_LEVELS = ("none", "short", "medium", "descriptive")
 # prefix of them): text sequences this long cut no caption. Means: 0, 13.9, 40.0 and 140.8 bytes.
 CAPTION_TOKENS = {"none": 2, "short": 20, "medium": 80, "descriptive": 250}
 
+# Zero-shot prompt templates for data sets whose captions are not templated class names.
 TEMPLATES = ("a {}", "a {} in the picture", "a photo of a {}", "an image showing a {}")
+# Data sets whose captions are class names in templates, and those templates.
+CAPTION_TEMPLATES = {
+    "cifar10_jpeg": (
+        "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.",
+        "a low resolution photo of a {}.",
+    ),
+}
+
+
+def prompt_templates(data_name: str) -> tuple[str, ...]:
+    """Zero-shot templates for a model trained on ``data_name``: the data set's own caption templates
+    where it has them, so each prompt is a caption the text side has read, else ``TEMPLATES``. A
+    captioner scores prompts by likelihood, so prompts in another form would be scored mostly on the
+    form: on CIFAR-10 the generic templates put every image in the class with the shortest name."""
+    return CAPTION_TEMPLATES.get(data_name, TEMPLATES)
 
 
 def class_prompts(class_names: tuple[str, ...], templates: tuple[str, ...] = TEMPLATES) -> list[str]:

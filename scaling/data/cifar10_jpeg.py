@@ -20,6 +20,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from scaling.data import captions
 from scaling.data.local_builder import LocalBuilder
 from scaling.errors import DataError
 
@@ -28,10 +29,7 @@ CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 SPLITS = ("train", "test")
-CAPTION_TEMPLATES = (
-    "a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.",
-    "a low resolution photo of a {}.",
-)
+CAPTION_TEMPLATES = captions.CAPTION_TEMPLATES["cifar10_jpeg"]
 CAPTION_TOKENS = 2 + max(len(t.format(name)) for t in CAPTION_TEMPLATES for name in CLASS_NAMES)  # bytes
 IMAGE_SHAPE = (32, 32, 3)
 

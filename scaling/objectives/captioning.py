@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.data.captions import class_prompts, tokenize_prompts
+from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
@@ -174,7 +174,7 @@ class Captioning:
     def zero_shot_scores(self, model: CaptioningModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """[B, K]: each class's prompt log-likelihood given the image, averaged over templates."""
         del rng
-        prompts = class_prompts(class_names)
+        prompts = class_prompts(class_names, prompt_templates(self.config.data.name))
         tokenizer = get_tokenizer(self.config.data.tokenizer)
         longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
         length = min(longest, caption_length(self.config.data))

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.data.captions import class_prompts, tokenize_prompts
+from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
@@ -185,7 +185,7 @@ class Clip:
     def zero_shot_scores(self, model: ClipModel, images_BHWC: Array, class_names, rng: Array) -> Array:
         """Cosine similarity of each image to each class's template-averaged text embedding."""
         del rng
-        prompts = class_prompts(class_names)
+        prompts = class_prompts(class_names, prompt_templates(self.config.data.name))
         tokens_UT, mask_UT = tokenize_prompts(
             get_tokenizer(self.config.data.tokenizer), prompts, caption_length(self.config.data)
         )

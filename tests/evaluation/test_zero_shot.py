@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from helpers import load_experiment, random_batch, run_steps
 
-from scaling.data.captions import TEMPLATES, class_prompts
+from scaling.data import cifar10_jpeg
+from scaling.data.captions import TEMPLATES, class_prompts, prompt_templates
 from scaling.data.tokenizer import get_tokenizer
 from scaling.objectives import build_objective
 from scaling.sharding import make_mesh
@@ -32,6 +33,14 @@ def test_prompts_are_class_major_over_templates():
     assert len(prompts) == 2 * len(TEMPLATES)
     assert prompts[0] == TEMPLATES[0].format("sea lion")
     assert prompts[len(TEMPLATES)] == TEMPLATES[0].format("cat")
+
+
+def test_prompts_for_templated_captions_are_the_captions_the_data_set_writes():
+    names = cifar10_jpeg.CLASS_NAMES
+    written = {cifar10_jpeg.class_caption(f"train/{name}/{i:04d}.jpg", name)
+               for name in names for i in range(100)}
+    assert set(class_prompts(names, prompt_templates("cifar10_jpeg"))) == written
+    assert prompt_templates("scenes") == TEMPLATES
 
 
 @pytest.mark.parametrize("objective", ["clip", "captioning"])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from scaling.data.captions import TEMPLATES, class_prompts, tokenize_prompts
+from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.pipeline import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.objectives.diffusion.model import DiffusionModel
@@ -30,7 +30,7 @@ def class_conditions(config: ml_collections.ConfigDict, model: DiffusionModel, c
     if config.diffusion.condition == "label":
         condition = {"label": jnp.arange(count)}
     else:
-        prompts = class_prompts(class_names, TEMPLATES[:1])
+        prompts = class_prompts(class_names, prompt_templates(config.data.name)[:1])
         tokens_KT, mask_KT = tokenize_prompts(
             get_tokenizer(config.data.tokenizer), prompts, caption_length(config.data)
         )
