@@ -92,7 +92,7 @@ def draw_compute(table: pd.DataFrame, probe: str = PROBE,
     intervals where recorded) over the raw-pixel reference and any stated ``references``
     ({label: accuracy}); before any eval record, final train losses instead."""
     points, metric, title = curve_points(table, probe)
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.subplots()
     marker, color = _size_markers(points["size"]), _colors(points["objective"])
     honest = points["point"].isin(HONEST_POINTS) if "point" in points else pd.Series(True, points.index)
@@ -127,24 +127,27 @@ def draw_compute(table: pd.DataFrame, probe: str = PROBE,
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     if len(points):
-        axes.legend(fontsize="small")
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
 def reference_levels(points: pd.DataFrame, pixel: str = PIXEL) -> pd.DataFrame:
-    """The distinct raw-pixel references in column ``pixel`` of the points (one per probe data set,
-    label, image size and examples): columns accuracy, low, high, objectives (those probed on it,
-    comma-separated)."""
+    """The raw-pixel references in column ``pixel`` of the points, one per group of objectives probed on
+    the same examples: columns accuracy (the mean over the probe seeds that measured it, which pick C on
+    different validation splits), low and high (spanning every seed's interval), objectives
+    (comma-separated)."""
     columns = ["accuracy", "low", "high", "objectives"]
     if pixel not in points or points[pixel].isna().all():
         return pd.DataFrame(columns=columns)
     low, high = (f"{pixel}{suffix}" for suffix in INTERVAL)
     rows = points[points[pixel].notna()]
-    return pd.DataFrame([
+    measured = pd.DataFrame([
         {"accuracy": accuracy, "low": group[low].iloc[0], "high": group[high].iloc[0],
          "objectives": ", ".join(sorted(set(group["objective"])))}
         for accuracy, group in rows.groupby(pixel)
     ], columns=columns)
+    return (measured.groupby("objectives", as_index=False)
+            .agg(accuracy=("accuracy", "mean"), low=("low", "min"), high=("high", "max"))[columns])
 
 
 def _draw_references(axes, points: pd.DataFrame, pixel: str) -> None:

@@ -209,3 +209,18 @@ def test_a_stated_reference_is_drawn_named_and_kept_in_the_command(synthetic_swe
         analyze([synthetic_sweep], metric="val_loss", boots=20, out=tmp_path / "x", references=floor)
     failed = scaling_analyze(synthetic_sweep, "--out", tmp_path / "y", "--reference", "pixels 0.4")
     assert failed.returncode == 2 and "--reference 'pixels 0.4': write LABEL=ACCURACY" in failed.stderr
+
+
+def test_the_pixel_floor_of_each_probe_seed_is_one_reference_line():
+    """Probe seeds pick C on different validation splits, so the floor differs by seed; it is one floor."""
+    table = synthetic_table()
+    seed_one = table["run_id"].str.endswith("f1e+15")
+    floors = np.where(seed_one, 0.392, 0.380)
+    table = table.assign(pixel_probe_accuracy=floors, pixel_probe_accuracy_low=floors - 0.01,
+                         pixel_probe_accuracy_high=floors + 0.01)
+    axes = draw_compute(table).axes[0]
+    dashed = [line for line in axes.get_lines() if line.get_linestyle() == "--"]
+    assert [(line.get_ydata()[0], line.get_label()) for line in dashed] == [
+        (pytest.approx(0.386), "raw pixels")]
+    [band] = axes.patches
+    assert band.get_y() == pytest.approx(0.370) and band.get_height() == pytest.approx(0.032)
