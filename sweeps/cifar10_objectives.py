@@ -10,7 +10,8 @@ CIFAR-10 (JPEG copy, ``../shared/data/cifar10-jpeg``: 50,000 training and 10,000
 - iGPT (16x16 pixels, as its experiment file) and diffusion (unconditional) see images only.
 - CLIP and captioning train on each image's class name in a template ("a blurry photo of a cat.",
   ``scaling.data.cifar10_jpeg.CAPTION_TEMPLATES``): language as supervision by the label, not natural
-  captions, and reported as such. Zero-shot uses the evaluation's own templates, which differ.
+  captions, and reported as such. Zero-shot prompts are these templates (``prompt_templates``); the
+  published runs were scored with generic ones, and their README gives both.
 - Probes: the class label, 10,000 training and all 10,000 test images, all layers, next to the raw-pixel
   probe of the same examples (the data README's reference, logistic regression on standardised 2x2-pooled
   pixels, is 41.5%; ours probes unpooled pixels with the same C selection as every model).
