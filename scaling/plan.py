@@ -5,12 +5,14 @@ each run the REAL sharded train step (``scaling.train.build_setup`` and ``make_t
 state of ``scaling.state``) is lowered with abstract inputs and compiled for those devices; XLA's memory
 analysis gives the per-chip bytes, and the cost analysis of the same step compiled with every product
 outside loops gives the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
-the steps of its budget, chip-hours, and the implied MFU. Without a mesh, candidate meshes are compiled
-and the fastest one that fits is kept. Results are cached per run id, topology and mesh request.
+the steps of its budget, chip-hours, and the implied MFU. Without a mesh, candidate meshes are compiled,
+those that fit are ranked by the cost of a shallow step (``RANKING_BLOCKS``), and the fastest is costed at
+the whole depth. Results are cached per run id, topology and mesh request, and per compile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
 from scaling.data.pipeline import caption_length
-from scaling.models.sizes import get_size
+from scaling.models.sizes import LADDER, get_size
 from scaling.objectives import build_objective, validate_config
 from scaling.objectives.base import Objective
 from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
@@ -230,43 +232,44 @@ def counted_cost(config: ml_collections.ConfigDict, devices: Sequence[jax.Device
     return step_cost(compile_train_step(unrolled, devices, objective, EVERY_PRODUCT_COUNTED)[0])
 
 
-def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                objective: Objective | None = None) -> tuple[tuple[int, int, int, int], Objective]:
-    """Per-device bytes of the compiled step (arguments, temporaries, outputs not aliased to arguments,
-    generated code) and its objective. XLA refuses to compile a step whose temporaries alone exceed the
-    chip's memory; its message gives them, and the other parts count as 0 (the total is a lower bound)."""
+@contextlib.contextmanager
+def stacks_cut_to(blocks: int | None):
+    """Inside, every size of the ladder has at most ``blocks`` blocks (None: sizes as they are)."""
+    saved = dict(LADDER)
+    if blocks is not None:
+        LADDER.update({name: dataclasses.replace(size, depth=min(size.depth, blocks))
+                       for name, size in saved.items()})
     try:
-        compiled, state = compile_train_step(config, devices, objective)
+        yield
+    finally:
+        LADDER.update(saved)
+
+
+def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
+                objective: Objective | None = None) -> tuple[int, int, int, int]:
+    """Per-device bytes of the compiled step (arguments, temporaries, outputs not aliased to arguments,
+    generated code). XLA refuses to compile a step whose temporaries alone exceed the chip's memory; its
+    message gives them, and the other parts count as 0 (the total is a lower bound)."""
+    try:
+        compiled, _ = compile_train_step(config, devices, objective)
     except jax.errors.JaxRuntimeError as error:
         needed = OUT_OF_MEMORY.search(str(error))
         if needed is None:
             raise
-        temporaries = int(float(needed.group(1)) * 1024 ** (1 + "KMGT".index(needed.group(2))))
-        return (0, temporaries, 0, 0), objective or build_objective(config)
+        return 0, int(float(needed.group(1)) * 1024 ** (1 + "KMGT".index(needed.group(2)))), 0, 0
     memory = compiled.memory_analysis()
     outputs = memory.output_size_in_bytes - memory.alias_size_in_bytes
-    sizes = (memory.argument_size_in_bytes, memory.temp_size_in_bytes, outputs,
-             memory.generated_code_size_in_bytes)
-    return sizes, state.objective
+    return (memory.argument_size_in_bytes, memory.temp_size_in_bytes, outputs,
+            memory.generated_code_size_in_bytes)
 
 
-def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
-            objective: Objective | None = None, cost_unless_fits: bool = True) -> dict[str, Any]:
-    """Per-chip memory, XLA FLOPs and estimated time of one step of ``config`` on ``topology``: memory of
-    the step as configured, FLOPs and time of it with every product counted (``counted_cost``). With
-    ``cost_unless_fits`` False a step that does not fit is not costed (its FLOPs and time are NaN)."""
+def memory_row(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
+               objective: Objective | None = None) -> dict[str, Any]:
+    """Per-chip memory of one step of ``config`` on ``topology`` as configured, and whether it fits."""
     start = time.perf_counter()
-    (arguments, temporaries, outputs, code), objective = step_memory(config, devices, objective)
+    arguments, temporaries, outputs, code = step_memory(config, devices, objective)
     total = arguments + temporaries + outputs + code
-    chips = topology.chips
-    hbm_per_device = topology.chip.hbm_bytes * chips / len(devices)
-    fits = total <= HEADROOM * hbm_per_device
-    cost = (counted_cost(config, devices, objective) if fits or cost_unless_fits
-            else dict.fromkeys(COST_KEYS, math.nan))
-    analytic_flops = objective.train_flops_per_example() * config.batch_size
-    # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
-    xla_flops = cost["flops"] * len(devices)
-    step_s = cost["optimal_seconds"]
+    hbm_per_device = topology.chip.hbm_bytes * topology.chips / len(devices)
     return {
         "mesh": ",".join(f"{axis}={config.mesh[axis]}" for axis in MESH_AXES),
         "arguments_gib": arguments / GIB,
@@ -274,15 +277,46 @@ def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequ
         "outputs_gib": outputs / GIB,
         "total_gib": total / GIB,
         "hbm_gib": hbm_per_device / GIB,
-        "fits": fits,
+        "fits": total <= HEADROOM * hbm_per_device,
         "dominant": "temporaries (activations)" if temporaries >= arguments else "arguments (state)",
+        "compile_s": time.perf_counter() - start,
+    }
+
+
+def cost_row(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
+             objective: Objective | None = None, blocks: int | None = None) -> dict[str, Any]:
+    """XLA's FLOPs and estimated time of one step of ``config`` on ``topology`` with every product
+    counted (``counted_cost``), against the analytic count; with ``blocks``, of the step with every stack
+    cut to that many blocks (a mesh search ranks candidates on it)."""
+    start = time.perf_counter()
+    with stacks_cut_to(blocks):
+        objective = build_objective(config) if objective is None else type(objective)(config)
+        cost = counted_cost(config, devices, objective)
+        analytic_flops = objective.train_flops_per_example() * config.batch_size
+    # Cost analysis describes one device's SPMD program; a v4 chip shows up as two devices.
+    xla_flops = cost["flops"] * len(devices)
+    step_s = cost["optimal_seconds"]
+    return {
         "analytic_flops_per_step": analytic_flops,
         "xla_flops_per_step": xla_flops,
         "xla_over_analytic": xla_flops / analytic_flops,
         "step_s": step_s,
-        "mfu": analytic_flops / (step_s * chips * topology.chip.peak_flops),
+        "mfu": analytic_flops / (step_s * topology.chips * topology.chip.peak_flops),
         "compile_s": time.perf_counter() - start,
     }
+
+
+UNCOSTED = {"analytic_flops_per_step": math.nan, "xla_flops_per_step": math.nan,
+            "xla_over_analytic": math.nan, "step_s": math.nan, "mfu": math.nan, "compile_s": 0.0}
+
+
+def measure(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
+            objective: Objective | None = None) -> dict[str, Any]:
+    """Per-chip memory of one step of ``config`` on ``topology`` (``memory_row``) and its FLOPs and
+    estimated time at the whole depth (``cost_row``), compile time of both."""
+    memory = memory_row(config, topology, devices, objective)
+    cost = cost_row(config, topology, devices, objective)
+    return {**memory, **cost, "compile_s": memory["compile_s"] + cost["compile_s"]}
 
 
 # --- mesh search -------------------------------------------------------------------------------------
@@ -317,14 +351,19 @@ def with_layout(config: ml_collections.ConfigDict, mesh: dict[str, int], remat: 
 
 
 REMAT_LADDER = ("none", "dots", "full")  # less memory, more recompute, left to right
+# A mesh search ranks the candidates that fit by their step with every stack cut to this many blocks, and
+# costs only the fastest at the whole depth: a costing compile takes minutes at 4 blocks of a
+# 1B-parameter model and tens of minutes at 40.
+RANKING_BLOCKS = 4
 
 
 def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
-                mesh: dict[str, int] | None = None,
-                measure_step: Callable[..., dict[str, Any]] = measure) -> dict[str, Any]:
-    """Measures (with ``measure_step``) the given mesh, or every candidate mesh, and keeps the fastest
-    that fits; when none fits at the config's remat policy, tries the next policy of ``REMAT_LADDER``.
-    Says why. Candidates that do not fit are not costed (a given mesh always is)."""
+                mesh: dict[str, int] | None = None, memory: Callable[..., dict[str, Any]] = memory_row,
+                cost: Callable[..., dict[str, Any]] = cost_row) -> dict[str, Any]:
+    """Measures the memory (with ``memory``) of the given mesh, or of every candidate mesh, at the
+    config's remat policy and, when none fits, at the next policies of ``REMAT_LADDER``. Of several that
+    fit, the fastest at ``RANKING_BLOCKS`` blocks is kept; the kept one, if it fits, is costed (with
+    ``cost``) at the whole depth. Says why."""
     if mesh is not None:
         check_mesh(mesh, topology)
         candidates = [mesh]
@@ -340,35 +379,45 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
         for candidate in candidates:
             layout = with_layout(config, candidate, remat)
             validate_config(layout, topology.chips)
-            row = measure_step(layout, topology, devices, cost_unless_fits=mesh is not None)
-            tried.append({**row, "remat": remat})
-        if any(row["fits"] for row in tried):
+            tried.append((layout, {**memory(layout, topology, devices), "remat": remat}))
+        if any(row["fits"] for _, row in tried):
             break
-    fitting = [row for row in tried if row["fits"]]
-    best = min(fitting or tried, key=lambda row: row["step_s"] if row["fits"] else row["total_gib"])
     label = lambda row: f"{row['mesh']} remat={row['remat']}"
-    if fitting:
-        others = ", ".join(f"{label(r)} {1e3 * r['step_s']:.0f} ms" for r in fitting if r is not best)
-        reason = f"fastest of {len(fitting)} that fit" + (f" (others: {others})" if others else "")
+    fitting = [(layout, row) for layout, row in tried if row["fits"]]
+    compile_s = sum(row["compile_s"] for _, row in tried)
+    if len(fitting) > 1:
+        ranked = [(layout, {**row, **cost(layout, topology, devices, blocks=RANKING_BLOCKS)})
+                  for layout, row in fitting]
+        compile_s += sum(row["compile_s"] for _, row in ranked)
+        (layout, best), *others = sorted(ranked, key=lambda pair: pair[1]["step_s"])
+        shown = ", ".join(f"{label(row)} {1e3 * row['step_s']:.1f} ms" for _, row in others)
+        reason = (f"fastest of {len(fitting)} that fit, ranked at {RANKING_BLOCKS} blocks per stack: "
+                  f"{1e3 * best['step_s']:.1f} ms (others: {shown})")
+    elif fitting:
+        (layout, best), = fitting
+        reason = "mesh and remat given" if len(tried) == 1 else f"the only one of {len(tried)} that fits"
     else:
-        others = ", ".join(f"{label(r)} {r['total_gib']:.0f} GiB" for r in tried if r is not best)
-        reason = f"none of {len(tried)} fit; least memory shown" + (f" (others: {others})" if others else "")
-    if len(tried) == 1:
-        reason = "mesh and remat given" if best["fits"] else "does not fit"
-    return {**best, "mesh_reason": reason, "compile_s": sum(row["compile_s"] for row in tried)}
+        layout, best = min(tried, key=lambda pair: pair[1]["total_gib"])
+        others = ", ".join(f"{label(row)} {row['total_gib']:.0f} GiB" for _, row in tried if row is not best)
+        reason = "does not fit" if len(tried) == 1 else f"none of {len(tried)} fit; least memory shown"
+        reason += f" (others: {others})" if others else ""
+    whole = cost(layout, topology, devices) if best["fits"] else UNCOSTED
+    compile_s += whole["compile_s"]
+    return {**best, **whole, "mesh_reason": reason, "compile_s": compile_s}
 
 
-def cached_measure(cache_dir: Path) -> Callable[..., dict[str, Any]]:
-    """``measure``, keeping each candidate's measurement in ``cache_dir``: a mesh search stopped part way
-    (one candidate of a 1B-parameter model takes tens of minutes) resumes at the candidate it was on."""
+def cached(cache_dir: Path, function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``function`` (``memory_row`` or ``cost_row``), keeping each measurement in ``cache_dir``: a mesh
+    search stopped part way (one candidate of a 1B-parameter model takes tens of minutes) resumes at the
+    candidate it was on."""
 
     def measure_once(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
-                     cost_unless_fits: bool = True) -> dict[str, Any]:
-        key = f"{step_key(config)} {topology.name} cost_unless_fits={cost_unless_fits}"
+                     **options: Any) -> dict[str, Any]:
+        key = f"{function.__name__} {step_key(config)} {topology.name} {sorted(options.items())}"
         path = cache_dir / f"step-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
         if (row := read_json(path)) is not None:
             return row
-        row = measure(config, topology, devices, cost_unless_fits=cost_unless_fits)
+        row = function(config, topology, devices, **options)
         write_json_atomic(path, row)
         return row
 
@@ -432,7 +481,8 @@ def plan_runs(runs: Sequence[tuple[str, ml_collections.ConfigDict]], topology: T
             step = {**steps[key], "compile_s": 0.0}
         else:
             devices = devices or topology_devices(topology)
-            step = steps[key] = choose_mesh(config, topology, devices, mesh, cached_measure(cache_dir))
+            step = steps[key] = choose_mesh(config, topology, devices, mesh, cached(cache_dir, memory_row),
+                                               cached(cache_dir, cost_row))
         row = run_row(run_id, config, topology, step)
         write_json_atomic(path, row)
         rows.append({**row, "cached": False})

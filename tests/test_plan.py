@@ -57,29 +57,78 @@ def test_a_batch_no_candidate_mesh_divides_is_refused_before_compiling(tiny_conf
         plan.choose_mesh(config, plan.parse_topology("v5p-64"), devices=[])
 
 
-def test_a_mesh_search_stopped_part_way_resumes_at_the_candidate_it_was_on(tiny_config, tmp_path,
-                                                                           monkeypatch):
-    measured, stop_at = [], [1]
+def mesh_label(config):
+    return ",".join(f"{axis}={config.mesh[axis]}" for axis in plan.MESH_AXES)
 
-    def measure(config, topology, devices, cost_unless_fits=True):
-        if len(measured) in stop_at:
-            raise KeyboardInterrupt  # the session ends while this candidate compiles
-        measured.append(mesh := ",".join(f"{a}={config.mesh[a]}" for a in plan.MESH_AXES))
-        return {"mesh": mesh, "fits": True, "step_s": 1e-3 / config.mesh["fsdp"], "compile_s": 60.0}
 
-    monkeypatch.setattr(plan, "measure", measure)
+def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
+    """Memory and cost measurements that record what was compiled instead of compiling; FSDP over more
+    chips is faster. A compile numbered in ``stop_at`` is interrupted, as when a session ends."""
+    compiled = []
+
+    def record(what):
+        if len(compiled) in stop_at:
+            raise KeyboardInterrupt
+        compiled.append(what)
+
+    def memory_row(config, topology, devices):
+        record(("memory", mesh_label(config)))
+        return {"mesh": mesh_label(config), "fits": fits(config), "total_gib": 100 / config.mesh["fsdp"],
+                "compile_s": 60.0}
+
+    def cost_row(config, topology, devices, blocks=None):
+        record(("cost", mesh_label(config), blocks))
+        return {"step_s": 1e-3 / config.mesh["fsdp"] * (1 if blocks is None else 0.25), "compile_s": 60.0}
+
+    monkeypatch.setattr(plan, "memory_row", memory_row)
+    monkeypatch.setattr(plan, "cost_row", cost_row)
     monkeypatch.setattr(plan, "topology_devices", lambda topology: [])
+    return compiled
+
+
+def test_a_mesh_search_ranks_on_a_shallow_step_and_costs_only_the_fastest_whole(tiny_config, monkeypatch):
+    compiled = fake_compiles(monkeypatch, fits=lambda config: config.mesh["data"] < 32)
+    config, topology = tiny_config("clip", batch_size=64), plan.parse_topology("v5p-64")
+    row = plan.choose_mesh(config, topology, [], memory=plan.memory_row, cost=plan.cost_row)
+
+    fsdp32, fsdp8, data32 = "data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"
+    assert compiled == [("memory", fsdp32), ("memory", fsdp8), ("memory", data32),
+                        ("cost", fsdp32, plan.RANKING_BLOCKS), ("cost", fsdp8, plan.RANKING_BLOCKS),
+                        ("cost", fsdp32, None)]
+    assert row["mesh"] == fsdp32 and row["step_s"] == 1e-3 / 32  # the whole-depth cost is reported
+    assert row["compile_s"] == 6 * 60.0
+    assert row["mesh_reason"] == (f"fastest of 2 that fit, ranked at {plan.RANKING_BLOCKS} blocks per stack: "
+                                  f"0.0 ms (others: {fsdp8} remat=none 0.0 ms)")
+
+
+def test_a_lone_fit_is_costed_once_and_a_search_where_none_fits_is_not_costed(tiny_config, monkeypatch):
+    compiled = fake_compiles(monkeypatch, fits=lambda config: config.model.remat == "full")
+    config, topology = tiny_config("clip", batch_size=64), plan.parse_topology("v5p-64")
+    given = {"data": 1, "fsdp": 32, "tensor": 1}
+    row = plan.choose_mesh(config, topology, [], given, memory=plan.memory_row, cost=plan.cost_row)
+    assert [what[0] for what in compiled] == ["memory"] * 3 + ["cost"]  # remat none, dots, full; one cost
+    assert row["remat"] == "full" and row["mesh_reason"] == "the only one of 3 that fits"
+
+    compiled.clear()
+    row = plan.choose_mesh(config, topology, [], given, memory=lambda *args: {
+        **plan.memory_row(*args), "fits": False}, cost=plan.cost_row)
+    assert [what[0] for what in compiled] == ["memory"] * 3 and math.isnan(row["step_s"])
+    assert row["mesh_reason"].startswith("none of 3 fit; least memory shown")
+
+
+def test_a_mesh_search_stopped_part_way_resumes_at_the_compile_it_was_on(tiny_config, tmp_path, monkeypatch):
+    compiled = fake_compiles(monkeypatch, stop_at=(1,))
     runs, topology = [("clip", tiny_config("clip", batch_size=64))], plan.parse_topology("v5p-64")
     with pytest.raises(KeyboardInterrupt):
         plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
-    assert measured == ["data=1,fsdp=32,tensor=1"]
+    assert compiled == [("memory", "data=1,fsdp=32,tensor=1")]
 
-    stop_at.clear()
+    resumed_compiles = fake_compiles(monkeypatch)
     (resumed,) = plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
-    assert measured == ["data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"]
+    assert ("memory", "data=1,fsdp=32,tensor=1") not in resumed_compiles and len(resumed_compiles) == 6
     (uninterrupted,) = plan.plan_runs(runs, topology, tmp_path / "fresh", progress=False)
     assert {**resumed, "cached": False} == {**uninterrupted, "cached": False}
-    assert resumed["mesh"] == "data=1,fsdp=32,tensor=1" and resumed["compile_s"] == 3 * 60.0
+    assert resumed["mesh"] == "data=1,fsdp=32,tensor=1" and resumed["compile_s"] == 7 * 60.0
 
 
 @needs_libtpu
@@ -136,7 +185,24 @@ def test_a_step_too_large_to_compile_is_reported_as_not_fitting(tiny_config):
     config = tiny_config("igpt", **{"data.image_size": 32, "batch_size": 16384})
     topology = plan.parse_topology("v5e:2x2")
     layout = plan.with_layout(config, {"data": 1, "fsdp": 4, "tensor": 1}, "none")
-    row = plan.measure(layout, topology, plan.topology_devices(topology), cost_unless_fits=False)
+    row = plan.memory_row(layout, topology, plan.topology_devices(topology))
     assert not row["fits"] and row["temporaries_gib"] > row["hbm_gib"] == 16
-    assert row["dominant"] == "temporaries (activations)" and math.isnan(row["step_s"])
-    assert row["analytic_flops_per_step"] > 0
+    assert row["dominant"] == "temporaries (activations)"
+
+
+@needs_libtpu
+def test_a_ranking_cost_is_of_the_step_cut_to_fewer_blocks(tiny_config):
+    """A mesh search ranks candidates on the step with every stack cut to a few blocks: fewer FLOPs by
+    XLA's count and by ours, which still agree, and the sizes are whole again afterwards."""
+    config = tiny_config("clip", size="nano", **{"data.image_size": 8, "batch_size": 32})
+    topology = plan.parse_topology("v5e:2x2")
+    devices = plan.topology_devices(topology)
+    layout = plan.with_layout(config, {"data": 1, "fsdp": 4, "tensor": 1}, "none")
+    whole = plan.cost_row(layout, topology, devices)
+    cut = plan.cost_row(layout, topology, devices, blocks=2)
+
+    assert plan.get_size("nano").depth == 4
+    assert cut["analytic_flops_per_step"] < 0.75 * whole["analytic_flops_per_step"]
+    assert cut["xla_flops_per_step"] < 0.75 * whole["xla_flops_per_step"]
+    assert 0.95 < cut["xla_over_analytic"] < 1.1 and 0.95 < whole["xla_over_analytic"] < 1.1
+    assert 0 < cut["step_s"] < whole["step_s"]
