@@ -6,8 +6,9 @@ state of ``scaling.state``) is lowered with abstract inputs and compiled for tho
 analysis gives the per-chip bytes, and the cost analysis of the same step compiled with every product
 outside loops gives the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
 the steps of its budget, chip-hours, and the implied MFU. Without a mesh, candidate meshes are compiled,
-those that fit are ranked by the cost of a shallow step (``RANKING_BLOCKS``), and the fastest is costed at
-the whole depth. Results are cached per run id, topology and mesh request, and per compile.
+those that fit are ranked by the cost of a shallow step (``RANKING_BLOCKS``), and the close ones are
+costed at the whole depth, the fastest kept. Results are cached per run id, topology and mesh request, and
+per compile.
 """
 
 from __future__ import annotations
@@ -351,10 +352,11 @@ def with_layout(config: ml_collections.ConfigDict, mesh: dict[str, int], remat: 
 
 
 REMAT_LADDER = ("none", "dots", "full")  # less memory, more recompute, left to right
-# A mesh search ranks the candidates that fit by their step with every stack cut to this many blocks, and
-# costs only the fastest at the whole depth: a costing compile takes minutes at 4 blocks of a
-# 1B-parameter model and tens of minutes at 40.
+# A mesh search first costs the candidates that fit with every stack cut to RANKING_BLOCKS blocks (under a
+# minute for a 1B-parameter model, against tens of minutes for its whole depth), and costs at the whole
+# depth only those within RANKING_BAND of the fastest of them: a shallow ranking can invert close calls.
 RANKING_BLOCKS = 4
+RANKING_BAND = 1.10
 
 
 def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
@@ -362,8 +364,8 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
                 cost: Callable[..., dict[str, Any]] = cost_row) -> dict[str, Any]:
     """Measures the memory (with ``memory``) of the given mesh, or of every candidate mesh, at the
     config's remat policy and, when none fits, at the next policies of ``REMAT_LADDER``. Of several that
-    fit, the fastest at ``RANKING_BLOCKS`` blocks is kept; the kept one, if it fits, is costed (with
-    ``cost``) at the whole depth. Says why."""
+    fit, those whose step at ``RANKING_BLOCKS`` blocks is within ``RANKING_BAND`` of the fastest are
+    costed (with ``cost``) at the whole depth, and the fastest of those is kept. Says why."""
     if mesh is not None:
         check_mesh(mesh, topology)
         candidates = [mesh]
@@ -383,26 +385,36 @@ def choose_mesh(config: ml_collections.ConfigDict, topology: Topology, devices: 
         if any(row["fits"] for _, row in tried):
             break
     label = lambda row: f"{row['mesh']} remat={row['remat']}"
-    fitting = [(layout, row) for layout, row in tried if row["fits"]]
     compile_s = sum(row["compile_s"] for _, row in tried)
-    if len(fitting) > 1:
-        ranked = [(layout, {**row, **cost(layout, topology, devices, blocks=RANKING_BLOCKS)})
-                  for layout, row in fitting]
-        compile_s += sum(row["compile_s"] for _, row in ranked)
-        (layout, best), *others = sorted(ranked, key=lambda pair: pair[1]["step_s"])
-        shown = ", ".join(f"{label(row)} {1e3 * row['step_s']:.1f} ms" for _, row in others)
-        reason = (f"fastest of {len(fitting)} that fit, ranked at {RANKING_BLOCKS} blocks per stack: "
-                  f"{1e3 * best['step_s']:.1f} ms (others: {shown})")
-    elif fitting:
-        (layout, best), = fitting
-        reason = "mesh and remat given" if len(tried) == 1 else f"the only one of {len(tried)} that fits"
-    else:
+    fitting = [(layout, row) for layout, row in tried if row["fits"]]
+    if not fitting:
         layout, best = min(tried, key=lambda pair: pair[1]["total_gib"])
         others = ", ".join(f"{label(row)} {row['total_gib']:.0f} GiB" for _, row in tried if row is not best)
         reason = "does not fit" if len(tried) == 1 else f"none of {len(tried)} fit; least memory shown"
         reason += f" (others: {others})" if others else ""
-    whole = cost(layout, topology, devices) if best["fits"] else UNCOSTED
-    compile_s += whole["compile_s"]
+        return {**best, **UNCOSTED, "mesh_reason": reason, "compile_s": compile_s}
+
+    finalists, ranked_out = fitting, []
+    if len(fitting) > 1:
+        shallow = [cost(layout, topology, devices, blocks=RANKING_BLOCKS) for layout, _ in fitting]
+        compile_s += sum(row["compile_s"] for row in shallow)
+        fastest = min(row["step_s"] for row in shallow)
+        slower = [row["step_s"] / fastest for row in shallow]
+        finalists = [pair for pair, ratio in zip(fitting, slower, strict=True) if ratio <= RANKING_BAND]
+        ranked_out = [f"{label(row)} +{100 * (ratio - 1):.0f}%"
+                      for (_, row), ratio in zip(fitting, slower, strict=True) if ratio > RANKING_BAND]
+    costed = [(row, cost(layout, topology, devices)) for layout, row in finalists]
+    compile_s += sum(whole["compile_s"] for _, whole in costed)
+    (best, whole), *others = sorted(costed, key=lambda pair: pair[1]["step_s"])
+    if len(tried) == 1:
+        reason = "mesh and remat given"
+    elif len(fitting) == 1:
+        reason = f"the only one of {len(tried)} that fits"
+    else:
+        reason = f"fastest of {len(fitting)} that fit"
+        reason += "".join(f"; {label(row)} {1e3 * other['step_s']:.1f} ms" for row, other in others)
+        if ranked_out:
+            reason += f"; slower at {RANKING_BLOCKS} blocks: " + ", ".join(ranked_out)
     return {**best, **whole, "mesh_reason": reason, "compile_s": compile_s}
 
 

@@ -61,9 +61,16 @@ def mesh_label(config):
     return ",".join(f"{axis}={config.mesh[axis]}" for axis in plan.MESH_AXES)
 
 
+FSDP32, FSDP8, DATA32 = "data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"
+# Step times (ms) the fake compiles give: FSDP over 32 chips is the fastest at 4 blocks, but within the
+# ranking band of data x FSDP, which is the fastest at the whole depth; pure data parallelism is far behind.
+SHALLOW_MS = {FSDP32: 1.0, FSDP8: 1.05, DATA32: 2.0}
+WHOLE_MS = {FSDP32: 4.0, FSDP8: 3.8, DATA32: 8.0}
+
+
 def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
-    """Memory and cost measurements that record what was compiled instead of compiling; FSDP over more
-    chips is faster. A compile numbered in ``stop_at`` is interrupted, as when a session ends."""
+    """Memory and cost measurements that record what was compiled instead of compiling. A compile
+    numbered in ``stop_at`` is interrupted, as when a session ends."""
     compiled = []
 
     def record(what):
@@ -78,7 +85,8 @@ def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
 
     def cost_row(config, topology, devices, blocks=None):
         record(("cost", mesh_label(config), blocks))
-        return {"step_s": 1e-3 / config.mesh["fsdp"] * (1 if blocks is None else 0.25), "compile_s": 60.0}
+        ms = (WHOLE_MS if blocks is None else SHALLOW_MS)[mesh_label(config)]
+        return {"step_s": ms / 1e3, "compile_s": 60.0}
 
     monkeypatch.setattr(plan, "memory_row", memory_row)
     monkeypatch.setattr(plan, "cost_row", cost_row)
@@ -86,19 +94,20 @@ def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
     return compiled
 
 
-def test_a_mesh_search_ranks_on_a_shallow_step_and_costs_only_the_fastest_whole(tiny_config, monkeypatch):
-    compiled = fake_compiles(monkeypatch, fits=lambda config: config.mesh["data"] < 32)
+def test_a_mesh_search_costs_at_the_whole_depth_only_the_meshes_close_at_4_blocks(tiny_config,
+                                                                                   monkeypatch):
+    compiled = fake_compiles(monkeypatch)
     config, topology = tiny_config("clip", batch_size=64), plan.parse_topology("v5p-64")
     row = plan.choose_mesh(config, topology, [], memory=plan.memory_row, cost=plan.cost_row)
 
-    fsdp32, fsdp8, data32 = "data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"
-    assert compiled == [("memory", fsdp32), ("memory", fsdp8), ("memory", data32),
-                        ("cost", fsdp32, plan.RANKING_BLOCKS), ("cost", fsdp8, plan.RANKING_BLOCKS),
-                        ("cost", fsdp32, None)]
-    assert row["mesh"] == fsdp32 and row["step_s"] == 1e-3 / 32  # the whole-depth cost is reported
-    assert row["compile_s"] == 6 * 60.0
-    assert row["mesh_reason"] == (f"fastest of 2 that fit, ranked at {plan.RANKING_BLOCKS} blocks per stack: "
-                                  f"0.0 ms (others: {fsdp8} remat=none 0.0 ms)")
+    shallow = plan.RANKING_BLOCKS
+    assert compiled == [("memory", FSDP32), ("memory", FSDP8), ("memory", DATA32), ("cost", FSDP32, shallow),
+                        ("cost", FSDP8, shallow), ("cost", DATA32, shallow), ("cost", FSDP32, None),
+                        ("cost", FSDP8, None)]
+    assert row["mesh"] == FSDP8 and row["step_s"] == WHOLE_MS[FSDP8] / 1e3  # settled at the whole depth
+    assert row["compile_s"] == 8 * 60.0
+    assert row["mesh_reason"] == (f"fastest of 3 that fit; {FSDP32} remat=none 4.0 ms; "
+                                  f"slower at 4 blocks: {DATA32} remat=none +100%")
 
 
 def test_a_lone_fit_is_costed_once_and_a_search_where_none_fits_is_not_costed(tiny_config, monkeypatch):
@@ -121,14 +130,14 @@ def test_a_mesh_search_stopped_part_way_resumes_at_the_compile_it_was_on(tiny_co
     runs, topology = [("clip", tiny_config("clip", batch_size=64))], plan.parse_topology("v5p-64")
     with pytest.raises(KeyboardInterrupt):
         plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
-    assert compiled == [("memory", "data=1,fsdp=32,tensor=1")]
+    assert compiled == [("memory", FSDP32)]
 
     resumed_compiles = fake_compiles(monkeypatch)
     (resumed,) = plan.plan_runs(runs, topology, tmp_path / "cache", progress=False)
-    assert ("memory", "data=1,fsdp=32,tensor=1") not in resumed_compiles and len(resumed_compiles) == 6
+    assert ("memory", FSDP32) not in resumed_compiles and len(resumed_compiles) == 7
     (uninterrupted,) = plan.plan_runs(runs, topology, tmp_path / "fresh", progress=False)
     assert {**resumed, "cached": False} == {**uninterrupted, "cached": False}
-    assert resumed["mesh"] == "data=1,fsdp=32,tensor=1" and resumed["compile_s"] == 7 * 60.0
+    assert resumed["mesh"] == FSDP8 and resumed["compile_s"] == 8 * 60.0
 
 
 @needs_libtpu
