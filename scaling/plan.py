@@ -46,7 +46,6 @@ from scaling.workdir import flatten, read_json, write_json_atomic
 GIB = 2**30
 HEADROOM = 0.9  # a run fits when it needs at most this fraction of the chip's HBM
 INSTALL_HINT = 'pip install -e ".[tpu]"'
-COST_KEYS = ("flops", "optimal_seconds")  # of XLA's cost analysis
 # XLA's TPU compiler turns a product sharded with FSDP (a weight gradient and its reduce-scatter, or a
 # product and its all-gather) into a loop over shards, a "windowed einsum", and its cost analysis counts
 # a loop body once: FLOPs and time are read from a compile without them (and without scanned stacks).
