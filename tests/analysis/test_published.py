@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import ROOT
 
@@ -45,3 +46,26 @@ def test_readmes_quote_headlines_of_published_reports():
         for line in readme.read_text().splitlines():
             if " at C = " in line:
                 assert line.lstrip("- ") in reports, f"{readme}: '{line}' is in no published report"
+
+
+def short_mesh(mesh: str) -> str:
+    """``data=1,fsdp=32,tensor=1`` -> ``fsdp=32``: the axes a mesh splits over."""
+    return ",".join(axis for axis in mesh.split(",") if not axis.endswith("=1"))
+
+
+def test_the_published_plan_table_is_what_its_csv_gives():
+    """Each cell of the v5p-64 plan table (mesh, step, XLA over analytic FLOPs, memory per chip, MFU) is the
+    planned run's row, and the total chip-hours is the CSV's."""
+    plans = RESULTS / "tpu_plans"
+    rows = pd.read_csv(plans / "objectives_vs_compute-v5p-64.csv")
+    readme = (plans / "README.md").read_text()
+    sizes = re.search(r"^\| objective \| (.+) \|$", readme, re.MULTILINE)[1].split(" | ")
+    names = {"CLIP": "clip", "captioning": "captioning", "diffusion": "diffusion", "iGPT": "igpt"}
+    for shown, objective in names.items():
+        cells = re.search(rf"^\| {shown} \| (.+) \|$", readme, re.MULTILINE)[1].split(" | ")
+        for size, cell in zip(sizes, cells, strict=True):
+            row = rows[(rows.objective == objective) & (rows["size"] == size)].iloc[0]
+            planned = (f"{short_mesh(row.mesh)} · {1e3 * row.step_s:.1f} ms · {row.xla_over_analytic:.3f} · "
+                       f"{row.total_gib:.2f} GiB · {row.mfu:.3f}")
+            assert cell == planned, (objective, size)
+    assert f"costs {rows.chip_hours.sum():.1f} chip-hours" in readme
