@@ -263,6 +263,11 @@ def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
             memory.generated_code_size_in_bytes)
 
 
+def mesh_name(config: ml_collections.ConfigDict) -> str:
+    """``data=4,fsdp=8,tensor=1``: the config's mesh, as plans show it."""
+    return ",".join(f"{axis}={config.mesh[axis]}" for axis in MESH_AXES)
+
+
 def memory_row(config: ml_collections.ConfigDict, topology: Topology, devices: Sequence[jax.Device],
                objective: Objective | None = None) -> dict[str, Any]:
     """Per-chip memory of one step of ``config`` on ``topology`` as configured, and whether it fits."""
@@ -271,7 +276,7 @@ def memory_row(config: ml_collections.ConfigDict, topology: Topology, devices: S
     total = arguments + temporaries + outputs + code
     hbm_per_device = topology.chip.hbm_bytes * topology.chips / len(devices)
     return {
-        "mesh": ",".join(f"{axis}={config.mesh[axis]}" for axis in MESH_AXES),
+        "mesh": mesh_name(config),
         "arguments_gib": arguments / GIB,
         "temporaries_gib": temporaries / GIB,
         "outputs_gib": outputs / GIB,

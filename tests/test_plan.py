@@ -57,10 +57,6 @@ def test_a_batch_no_candidate_mesh_divides_is_refused_before_compiling(tiny_conf
         plan.choose_mesh(config, plan.parse_topology("v5p-64"), devices=[])
 
 
-def mesh_label(config):
-    return ",".join(f"{axis}={config.mesh[axis]}" for axis in plan.MESH_AXES)
-
-
 FSDP32, FSDP8, DATA32 = "data=1,fsdp=32,tensor=1", "data=4,fsdp=8,tensor=1", "data=32,fsdp=1,tensor=1"
 # Step times (ms) the fake compiles give: FSDP over 32 chips is the fastest at 4 blocks, but within the
 # ranking band of data x FSDP, which is the fastest at the whole depth; pure data parallelism is far behind.
@@ -79,13 +75,13 @@ def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
         compiled.append(what)
 
     def memory_row(config, topology, devices):
-        record(("memory", mesh_label(config)))
-        return {"mesh": mesh_label(config), "fits": fits(config), "total_gib": 100 / config.mesh["fsdp"],
+        record(("memory", plan.mesh_name(config)))
+        return {"mesh": plan.mesh_name(config), "fits": fits(config), "total_gib": 100 / config.mesh["fsdp"],
                 "compile_s": 60.0}
 
     def cost_row(config, topology, devices, blocks=None):
-        record(("cost", mesh_label(config), blocks))
-        ms = (WHOLE_MS if blocks is None else SHALLOW_MS)[mesh_label(config)]
+        record(("cost", plan.mesh_name(config), blocks))
+        ms = (WHOLE_MS if blocks is None else SHALLOW_MS)[plan.mesh_name(config)]
         return {"step_s": ms / 1e3, "compile_s": 60.0}
 
     monkeypatch.setattr(plan, "memory_row", memory_row)
