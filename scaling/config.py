@@ -20,8 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from scaling.data.caption_mix import parse_caption_mix
-from scaling.data.captions import CAPTION_LEVELS
+from scaling.data.captions import CAPTION_LEVELS, parse_caption_mix
 from scaling.errors import ConfigError
 from scaling.models import transformer
 from scaling.models.sizes import LADDER

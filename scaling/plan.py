@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length
 from scaling.models.sizes import LADDER, get_size
 from scaling.objectives import build_objective, validate_config
 from scaling.objectives.base import Objective

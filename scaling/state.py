@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from scaling.errors import UserError
 from scaling.objectives import build_objective
-from scaling.objectives.base import Objective
+from scaling.objectives.base import Objective, Prepared
 from scaling.sharding import state_shardings
 
 Params = dict[str, Any]
@@ -59,9 +59,8 @@ def build_model_state(
     """The model state of ``config`` on ``mesh``; ``objective`` defaults to the registered one that
     ``config.objective`` names. Prepares the objective (its optional ``prepare``) before tracing it."""
     objective = objective or build_objective(config)
-    prepare = getattr(objective, "prepare", None)
-    if prepare is not None:
-        prepare()
+    if isinstance(objective, Prepared):
+        objective.prepare()
     abstract_model = nnx.eval_shape(lambda: objective.init(nnx.Rngs(config.seed)))
     graphdef, abstract_state = nnx.split(abstract_model)
     param_shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh))

@@ -40,7 +40,7 @@ from scaling.data.pipeline import make_eval_iterator, make_train_iterator, resol
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator, milestone_steps
 from scaling.objectives import validate_config
-from scaling.objectives.base import Objective
+from scaling.objectives.base import Objective, SampleWriter
 from scaling.sharding import constrain, make_mesh, shard_batch
 from scaling.state import Checkpoints, ModelState, build_model_state
 from scaling.workdir import (
@@ -397,14 +397,14 @@ SAMPLE_BATCH = 16
 
 def _write_samples(config, setup: TrainSetup, params: Params, files: RunFiles) -> None:
     """Lets the objective write samples for the first test examples into ``workdir/samples``."""
-    write = getattr(setup.state.objective, "write_samples", None)
-    if write is None or not is_writer():
+    objective = setup.state.objective
+    if not isinstance(objective, SampleWriter) or not is_writer():
         return
     batch = next(make_eval_iterator(config.data, "test", batch_size=SAMPLE_BATCH, max_examples=SAMPLE_BATCH))
     model = setup.state.model(jax.device_get(params))
     directory = files.root / "samples"
     directory.mkdir(exist_ok=True)
-    write(model, batch, jax.random.key(config.seed), directory)
+    objective.write_samples(model, batch, jax.random.key(config.seed), directory)
 
 
 def _record_divergence(files, config, step, flops_per_step, metrics, wall_s) -> None:

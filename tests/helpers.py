@@ -10,7 +10,7 @@ import numpy as np
 
 from scaling import train as trainer
 from scaling.config import load_config_file
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length
 from scaling.flops import xla_flops
 from scaling.sharding import make_mesh, shard_batch
 

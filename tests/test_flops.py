@@ -26,15 +26,14 @@ def test_clip_text_compute_follows_the_caption_level():
     compute, not two thirds of it as when every caption was padded to 128 tokens."""
     from helpers import load_experiment
 
-    from scaling import flops
     from scaling.models.sizes import get_size
-    from scaling.objectives.clip import Clip
+    from scaling.objectives.clip import Clip, train_flops
 
     def text_share(level: str) -> float:
         config = load_experiment("clip", "size=s")
         config.data.caption_level = level
         total = Clip(config).train_flops_per_example()
-        image_only = flops.clip_train_flops(
+        image_only = train_flops(
             get_size("s"), get_size("s"), image_size=32, patch=4, text_len=0, embed_dim=384,
             batch_size=config.batch_size,
         )

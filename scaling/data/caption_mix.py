@@ -13,60 +13,11 @@ whatever the training mix; the caption-level evaluation (``eval.caption_levels``
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import numpy as np
 
-from scaling.data.captions import CAPTION_LEVELS, CAPTION_TOKENS
-from scaling.errors import ConfigError
-
-SUM_TOLERANCE = 1e-6
-MIX_EXAMPLE = "descriptive:0.95,short:0.05"
-
-
-def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
-    """``"descriptive:0.95,short:0.05"`` -> ``(("descriptive", 0.95), ("short", 0.05))``; ConfigError for
-    an unknown or repeated level, a proportion that is not a positive number, or proportions that do not
-    sum to 1. ``""`` -> ``()``."""
-    if not text.strip():
-        return ()
-    pairs = []
-    for item in text.split(","):
-        level, sep, proportion = (part.strip() for part in item.partition(":"))
-        if not sep:
-            raise ConfigError(f"data.caption_mix: {item.strip()!r} is not level:proportion; write e.g. "
-                              f"{MIX_EXAMPLE!r}")
-        if level not in CAPTION_LEVELS:
-            raise ConfigError(f"data.caption_mix: unknown caption level {level!r}; choose among "
-                              f"{', '.join(CAPTION_LEVELS)}")
-        try:
-            value = float(proportion)
-        except ValueError:
-            value = math.nan
-        if not value > 0:
-            raise ConfigError(f"data.caption_mix: proportion {proportion!r} of {level} must be a positive "
-                              "number; leave a level out to give it none")
-        pairs.append((level, value))
-    levels = [level for level, _ in pairs]
-    if len(set(levels)) < len(levels):
-        raise ConfigError(f"data.caption_mix: {text!r} names a level twice; give each level once")
-    total = sum(value for _, value in pairs)
-    if abs(total - 1) > SUM_TOLERANCE:
-        raise ConfigError(f"data.caption_mix: proportions of {text!r} sum to {total:g}, not 1; e.g. "
-                          f"{MIX_EXAMPLE!r}")
-    return tuple(pairs)
-
-
-def training_mix(data_config) -> tuple[tuple[str, float], ...]:
-    """The (level, proportion) pairs the training captions come from: the mix, else caption_level alone
-    (also for the config of a run recorded before mixes existed)."""
-    return parse_caption_mix(data_config.get("caption_mix", "")) or ((data_config.caption_level, 1.0),)
-
-
-def longest_caption_tokens(data_config) -> int:
-    """Byte tokens of the longest caption of any level the model trains on."""
-    return max(CAPTION_TOKENS[level] for level, _ in training_mix(data_config))
+from scaling.data.captions import longest_caption_tokens
 
 
 def at_level(data_config, level: str):

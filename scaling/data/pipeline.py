@@ -30,8 +30,8 @@ from absl import flags
 from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
-from scaling.data.caption_mix import MixedCaptions, at_level, longest_caption_tokens, training_mix
-from scaling.data.captions import CAPTION_LEVELS
+from scaling.data.caption_mix import MixedCaptions, at_level
+from scaling.data.captions import CAPTION_LEVELS, caption_length, training_mix
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 from scaling.errors import ConfigError, DataError
 
@@ -151,13 +151,6 @@ def num_examples(data_config, split: str) -> int:
 
 
 # ----------------------------------------------------------------------------- examples
-
-
-def caption_length(data_config) -> int:
-    """Tokens per caption sequence (BOS and EOS included): `data.max_caption_len` if positive, else the
-    byte-token length of the longest scenes caption at `data.caption_level`, or at any level of
-    `data.caption_mix` (a subword tokenizer needs fewer tokens, so it fits too)."""
-    return data_config.max_caption_len or longest_caption_tokens(data_config)
 
 
 def _caption_key(data_config, builder) -> str | None:

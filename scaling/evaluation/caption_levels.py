@@ -1,11 +1,11 @@
 """Held-out caption metrics per caption detail level (``eval.caption_levels``), for eval records.
 
-The first ``eval.caption_examples`` test examples of the training data set are read once with their
-captions at each level, tokenized as long as the model's training captions (a longer caption is cut, as
-the model could read no more of it). An objective that supports this defines
-``caption_outputs(model, images_BHWC, captions, rng) -> {name: [B, ...]}``, ``captions`` mapping each level
-to its (tokens [B, T], mask [B, T]), and returns per-example outputs that ``caption_level_metrics`` reduces
-by name:
+The first ``eval.caption_examples`` test examples of the training data set are read once with their captions
+at each level, tokenized as long as the model's training captions (a longer caption is cut, as the model could
+read no more of it). An objective that supports this is a ``CaptionScorer`` (scaling.objectives.base):
+``caption_outputs(model, images_BHWC, captions, rng) -> {name: [B, ...]}``, ``captions`` mapping each level to
+its (tokens [B, T], mask [B, T]), and returns per-example outputs that ``caption_level_metrics`` reduces by
+name:
 
 - ``image_embedding`` [B, E] and ``text_embedding/<level>`` [B, E] (CLIP): image-to-text and text-to-image
   retrieval among the held-out pairs, ``retrieval_i2t_r1/<level>``, ``retrieval_t2i_r5/<level>``, ...
@@ -39,6 +39,7 @@ from scaling.data.pipeline import make_eval_iterator
 from scaling.errors import ConfigError
 from scaling.evaluation.features import pad_to
 from scaling.evaluation.pixel_reference import with_interval
+from scaling.objectives.base import CaptionScorer
 from scaling.sharding import batch_sharding
 
 RECALL_KS = (1, 5)
@@ -48,9 +49,8 @@ NO_CAPTION = "none"
 
 
 def supports_caption_levels(objective) -> bool:
-    """Whether the objective defines caption_outputs and (if it says) can use it in this config."""
-    return callable(getattr(objective, "caption_outputs", None)) and getattr(
-        objective, "caption_outputs_available", True)
+    """Whether the objective scores held-out captions and can in this config."""
+    return isinstance(objective, CaptionScorer) and objective.caption_outputs_available
 
 
 def mean_interval(values_N: np.ndarray, weights_N: np.ndarray | None = None, *, seed: int = 0,

@@ -33,7 +33,7 @@ from scaling.evaluation.features import BatchFn, make_features_fn, map_split
 from scaling.evaluation.fewshot import DEFAULT_FEWSHOT_SHOTS, fewshot_ridge
 from scaling.evaluation.linear_probe import probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
-from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn, supports_zero_shot
+from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
 from scaling.state import ModelState
 
@@ -204,7 +204,7 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
         predict = evaluation.zero_shot_fn
         predictions, labels = over(lambda p, images, rng: {"prediction": predict(p, images, rng)},
                                    e.test_split, max_test)
-        field = class_score_field(evaluation.state.objective)
+        field = evaluation.state.objective.class_score_field
         record[field] = float(np.mean(predictions["prediction"] == labels))
     if evaluation.caption_levels is not None:
         record.update(evaluation.caption_levels(params))

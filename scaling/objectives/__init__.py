@@ -2,6 +2,19 @@
 
 ``build_objective`` constructs one from the config alone (no data is read: its FLOPs and validation need
 none); ``validate_config`` checks a run config, the shared fields and then the objective's own section.
+
+Adding an objective (``tests/objectives/test_added_objective.py`` adds rotation prediction this way):
+
+1. ``scaling/objectives/<name>.py``: a class deriving from ``base.BaseObjective`` with ``name``, ``init``
+   (backbone from scaling.models plus heads), ``loss``, ``features`` and ``train_flops_per_example``
+   composed from the blocks in scaling.flops; ``validate`` for its own config section, if it has one.
+   What else it can do it declares by also deriving from the optional protocols of ``base``:
+   ``ZeroShotScorer``, ``CaptionScorer``, ``SampleWriter``, ``Prepared`` (reads data before its model is
+   built). The trainer, evaluation and sweeps check those with ``isinstance`` and never branch on names.
+2. ``experiments/<name>.py``: ``get_config(arg)`` from ``scaling.config.base_config("<name>", arg)``.
+3. One line in ``OBJECTIVES`` below.
+4. ``tests/objectives/test_<name>.py``: the loss falls through ``scaling.train.train``, and the FLOP count
+   is within a few percent of XLA's (``tests/test_flops.py``, one parametrized line).
 """
 
 from __future__ import annotations

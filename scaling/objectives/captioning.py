@@ -26,13 +26,13 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length, class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
-from scaling.models.sizes import get_size
+from scaling.models.sizes import Size, get_size
 from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
+from scaling.objectives.base import BaseObjective, CaptionScorer, SampleWriter, ZeroShotScorer
 from scaling.samples import as_rows, image_grid
 
 Array = jax.Array
@@ -111,11 +111,23 @@ def _next_token(model: CaptioningModel, context_BMD: Array, inputs_BL: Array, po
     return jnp.take(logits_BLV, position, axis=1).argmax(-1)
 
 
-class Captioning:
+def train_flops(encoder: Size, decoder: Size, *, image_size: int, patch: int, text_len: int,
+                vocab: int) -> float:
+    """Image encoder, then the decoder over text_len - 1 teacher-forced positions (self-attention,
+    cross-attention with the K/V projections of every encoder token, MLP) and the vocabulary head."""
+    positions = text_len - 1
+    image_encoder = flops.image_tower_forward(encoder, image_size, patch)
+    encoder_tokens = flops.patches(image_size, patch)
+    text_decoder = flops.transformer_forward(decoder, positions, encoder_tokens, encoder.width)
+    head = flops.dense(positions, decoder.width, vocab)
+    return flops.TRAIN_MULTIPLIER * (image_encoder + text_decoder + head)
+
+
+class Captioning(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
     name = "captioning"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.tokenizer = get_tokenizer(config.data.tokenizer)
 
     @staticmethod
@@ -233,7 +245,7 @@ class Captioning:
 
     def train_flops_per_example(self) -> float:
         c = self.config
-        return flops.captioning_train_flops(
+        return train_flops(
             get_size(c.size), get_size(c.captioning.decoder_size or c.size),
             image_size=c.data.image_size, patch=c.model.patch_size, text_len=caption_length(c.data),
             vocab=self.tokenizer.vocab_size,

@@ -19,13 +19,13 @@ import optax
 from flax import nnx
 
 from scaling import flops
-from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length, class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
-from scaling.models.sizes import get_size
+from scaling.models.sizes import Size, get_size
 from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
+from scaling.objectives.base import BaseObjective, CaptionScorer, ZeroShotScorer
 
 Array = jax.Array
 LOSSES = ("softmax", "sigmoid")
@@ -117,11 +117,17 @@ def sigmoid_contrastive_loss(logits_BB: Array) -> Array:
     return -jax.nn.log_sigmoid(signs_BB * logits_BB).sum(axis=1).mean()
 
 
-class Clip:
-    name = "clip"
+def train_flops(image: Size, text: Size, *, image_size: int, patch: int, text_len: int, embed_dim: int,
+                batch_size: int) -> float:
+    """Both towers, both projections, and this example's row of the global similarity matrix."""
+    image_tower = flops.image_tower_forward(image, image_size, patch) + flops.dense(1, image.width, embed_dim)
+    text_tower = flops.transformer_forward(text, text_len) + flops.dense(1, text.width, embed_dim)
+    similarity = flops.dense(1, embed_dim, batch_size)
+    return flops.TRAIN_MULTIPLIER * (image_tower + text_tower + similarity)
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+
+class Clip(BaseObjective, ZeroShotScorer, CaptionScorer):
+    name = "clip"
 
     @staticmethod
     def validate(config: ml_collections.ConfigDict) -> None:
@@ -197,7 +203,7 @@ class Clip:
     def train_flops_per_example(self) -> float:
         c = self.config
         image = get_size(c.size)
-        return flops.clip_train_flops(
+        return train_flops(
             image, get_size(c.clip.text_size or c.size), image_size=c.data.image_size,
             patch=c.model.patch_size, text_len=caption_length(c.data),
             embed_dim=c.clip.embed_dim or image.width, batch_size=c.batch_size,

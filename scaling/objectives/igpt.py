@@ -30,6 +30,7 @@ from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import Stacking, TextTower, pooled_layer_features
+from scaling.objectives.base import BaseObjective, Prepared, SampleWriter
 from scaling.samples import image_grid
 
 Array = jax.Array
@@ -71,11 +72,11 @@ def prepend_start(indices_BL: Array, start_token: int) -> Array:
     return jnp.concatenate([start_B1, indices_BL], axis=1)
 
 
-class Igpt:
+class Igpt(BaseObjective, Prepared, SampleWriter):
     name = "igpt"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         self.start_token = config.igpt.palette_size
         self.palette_V3: np.ndarray | None = None  # float32 [V, 3], V = igpt.palette_size; see prepare
 
@@ -167,8 +168,11 @@ class Igpt:
         np.save(Path(directory) / "palette.npy", self.palette_V3)
 
     def train_flops_per_example(self) -> float:
-        c = self.config
-        return flops.igpt_train_flops(
-            get_size(c.size), image_size=c.data.image_size, palette_size=c.igpt.palette_size
-        )
+        """Causal decoder over the full raster sequence of image_size**2 palette tokens (start token plus
+        all but the last pixel) and the palette head; the embedding gather and the palette lookup (a few
+        elementwise operations per pixel and colour) are left out."""
+        c, size = self.config, get_size(self.config.size)
+        length = c.data.image_size * c.data.image_size
+        return flops.TRAIN_MULTIPLIER * (
+            flops.transformer_forward(size, length) + flops.dense(length, size.width, c.igpt.palette_size))
 

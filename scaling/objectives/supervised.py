@@ -21,6 +21,7 @@ from scaling.data.pipeline import label_classes
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, Stacking, pooled_layer_features
+from scaling.objectives.base import BaseObjective
 
 Array = jax.Array
 
@@ -35,22 +36,15 @@ class SupervisedModel(nnx.Module):
         self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs)
 
 
-class Supervised:
+class Supervised(BaseObjective):
     name = "supervised"
     pretraining = False  # a reference, not one of the objectives a study compares
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
 
     @functools.cached_property
     def num_classes(self) -> int:
         """Classes of data.label, read from the data set's metadata on first use (the model and its FLOPs
         need it; building the objective reads nothing)."""
         return label_classes(self.config.data)
-
-    @staticmethod
-    def validate(config: ml_collections.ConfigDict) -> None:
-        """Every value it reads is checked by the shared validation."""
 
     def init(self, rngs: nnx.Rngs) -> SupervisedModel:
         return SupervisedModel(self.config, self.num_classes, rngs=rngs)
@@ -70,7 +64,5 @@ class Supervised:
     def train_flops_per_example(self) -> float:
         c = self.config
         size = get_size(c.size)
-        patches = (c.data.image_size // c.model.patch_size) ** 2
-        tower = flops.patch_embed_forward(c.data.image_size, c.model.patch_size, size.width)
-        tower += flops.transformer_forward(size, patches)
+        tower = flops.image_tower_forward(size, c.data.image_size, c.model.patch_size)
         return flops.TRAIN_MULTIPLIER * (tower + flops.dense(1, size.width, self.num_classes))

@@ -165,7 +165,7 @@ def available_objectives() -> list[str]:
     """Registered pre-training objectives that have an experiment config file (references such as the
     supervised ceiling, ``pretraining = False``, are left out)."""
     return [name for name in OBJECTIVES if (EXPERIMENTS_DIR / f"{name}.py").is_file()
-            and getattr(get_objective(name), "pretraining", True)]
+            and get_objective(name).pretraining]
 
 
 def grid(objectives: Iterable[str], sizes: Iterable[str], budgets: Iterable[Budget],

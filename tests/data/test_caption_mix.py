@@ -9,8 +9,8 @@ from helpers import load_experiment
 
 from scaling.config import ConfigError, validate
 from scaling.data import pipeline
-from scaling.data.caption_mix import draw_levels, parse_caption_mix
-from scaling.data.captions import CAPTION_TOKENS
+from scaling.data.caption_mix import draw_levels
+from scaling.data.captions import CAPTION_TOKENS, parse_caption_mix
 from scaling.data.tokenizer import ByteTokenizer
 
 

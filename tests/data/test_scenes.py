@@ -146,7 +146,7 @@ def test_default_caption_length_cuts_no_caption_of_any_split():
     """With data.max_caption_len unset, every caption of every level and split encodes whole, and the
     longest one fills the sequence exactly (no length beyond what the data needs)."""
     from scaling.config import base_config
-    from scaling.data.pipeline import caption_length
+    from scaling.data.captions import caption_length
     from scaling.data.tokenizer import ByteTokenizer
 
     texts = {level: [] for level in scenes.CAPTION_LEVELS}

@@ -10,7 +10,7 @@ from PIL import Image
 
 from scaling.data.pipeline import make_train_iterator
 from scaling.errors import ConfigError
-from scaling.evaluation.zero_shot import class_score_field, make_zero_shot_fn
+from scaling.evaluation.zero_shot import make_zero_shot_fn
 from scaling.models.layers import Block
 from scaling.objectives import validate_config
 from scaling.objectives.diffusion import Diffusion
@@ -200,7 +200,7 @@ def test_caption_embedding_does_not_attend_to_padding():
 @pytest.mark.parametrize("condition, field", [("label", "generative_classifier_accuracy"),
                                               ("caption", "zero_shot_accuracy")])
 def test_only_caption_conditioned_classification_is_called_zero_shot(condition, field):
-    assert class_score_field(Diffusion(diffusion_config(condition=condition, num_classes=4))) == field
+    assert Diffusion(diffusion_config(condition=condition, num_classes=4)).class_score_field == field
 
 
 def test_label_conditioned_model_rejects_labels_it_has_no_embedding_for():

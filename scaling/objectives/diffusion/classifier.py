@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length, class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.tokenizer import get_tokenizer
 from scaling.objectives.diffusion.model import DiffusionModel
 

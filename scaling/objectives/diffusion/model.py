@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from scaling.data.pipeline import caption_length
+from scaling.data.captions import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.models.layers import Dense, PatchEmbed, Positions, TokenEmbed, modulate, param
 from scaling.models.sizes import get_size

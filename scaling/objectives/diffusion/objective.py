@@ -19,10 +19,12 @@ import numpy as np
 from flax import nnx
 
 from scaling import flops
-from scaling.data.pipeline import caption_length, label_classes
+from scaling.data.captions import caption_length
+from scaling.data.pipeline import label_classes
 from scaling.errors import ConfigError
 from scaling.models.sizes import get_size
 from scaling.models.transformer import normalize_images, pooled_layer_features
+from scaling.objectives.base import BaseObjective, CaptionScorer, SampleWriter, ZeroShotScorer
 from scaling.objectives.diffusion.classifier import classifier_scores
 from scaling.objectives.diffusion.model import TIMESTEP_FREQUENCIES, DiffusionModel
 from scaling.objectives.diffusion.schedule import (
@@ -76,11 +78,11 @@ def to_uint8(images_BHWC: Array) -> np.ndarray:
     return np.asarray(jnp.round((jnp.clip(images_BHWC, -1, 1) + 1) * 127.5)).astype(np.uint8)
 
 
-class Diffusion:
+class Diffusion(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
     name = "diffusion"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         c = config.diffusion
         self.alpha_bar_Z = noise_schedule(c.schedule, c.num_timesteps)
         self.condition_keys = {"none": (), "label": ("label",),
@@ -269,10 +271,17 @@ class Diffusion:
         image_grid(as_rows(to_uint8(samples_BHWC))).save(Path(directory) / "samples.png")
 
     def train_flops_per_example(self) -> float:
-        c = self.config
-        return flops.diffusion_train_flops(
-            get_size(c.size), image_size=c.data.image_size, patch=c.model.patch_size,
-            frequency_dim=TIMESTEP_FREQUENCIES,
-            text=get_size(c.diffusion.text_size) if c.diffusion.condition == "caption" else None,
-            text_len=caption_length(c.data),
-        )
+        """DiT: patch embedding, the timestep MLP (sinusoids -> width -> width), the optional caption
+        encoder and its projection, the transformer over patches with each block's adaLN-Zero modulation
+        (width -> 6 * width, once per example), the final modulation (width -> 2 * width) and the
+        un-patchify head."""
+        c, size = self.config, get_size(self.config.size)
+        w, patch = size.width, c.model.patch_size
+        forward = flops.image_tower_forward(size, c.data.image_size, patch)
+        forward += size.depth * flops.dense(1, w, 6 * w) + flops.dense(1, w, 2 * w)
+        forward += flops.dense(flops.patches(c.data.image_size, patch), w, patch * patch * 3)
+        forward += flops.dense(1, TIMESTEP_FREQUENCIES, w) + flops.dense(1, w, w)
+        if c.diffusion.condition == "caption":
+            text = get_size(c.diffusion.text_size)
+            forward += flops.transformer_forward(text, caption_length(c.data)) + flops.dense(1, text.width, w)
+        return flops.TRAIN_MULTIPLIER * forward
