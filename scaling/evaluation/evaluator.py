@@ -2,7 +2,8 @@
 
 ``evaluate`` is the one evaluation of a model's parameters: probe features of the probe data set's train
 and test splits go through the linear-probe protocol per layer (``probe_record``: the best layer's
-accuracy with its 95% bootstrap interval over the test examples, ``probe_accuracy_low``/``_high``, and
+accuracy with its 95% bootstrap interval over the test examples, ``probe_accuracy_low``/``_high``, what
+validation chose (``chosen_probe``: layer, diffusion timestep, C and their validation accuracy), and
 few-shot accuracy per layer), each of ``eval.extra_labels`` is probed on the same features into fields
 prefixed with its name (``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...), and an objective
 that scores classes adds its zero-shot (or generative-classifier) accuracy; with ``eval.caption_levels``
@@ -65,6 +66,16 @@ def class_names(data_config) -> tuple[str, ...]:
     return tuple(getattr(feature, "names", ()) or ())
 
 
+def chosen_probe(probes: dict[str, Any]) -> dict[str, Any]:
+    """What validation chose: ``probe_layer``, its diffusion timestep ``probe_timestep`` (layers named
+    ``layer_02/t30``), the regularisation ``probe_C`` and the validation accuracy that chose them."""
+    best = probes["best_layer"]
+    timestep = best.partition("/t")[2]
+    return {"probe_layer": best, **({"probe_timestep": int(timestep)} if timestep.isdigit() else {}),
+            "probe_C": probes["per_layer"][best]["best_C"],
+            "probe_val_accuracy": probes["best_val_accuracy"]}
+
+
 def probe_record(
     train: Features,
     test: Features,
@@ -77,9 +88,9 @@ def probe_record(
     layer is chosen with every training label, which a k-shot result must not lean on."""
     (features_train, labels_train), (features_test, labels_test) = train, test
     probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
-    best = probes["best_layer"]
     record: dict[str, Any] = {
-        **with_interval("probe_accuracy", probes["best_test_accuracy"], len(labels_test)), "probe_layer": best
+        **with_interval("probe_accuracy", probes["best_test_accuracy"], len(labels_test)),
+        **chosen_probe(probes),
     }
     for layer, result in probes["per_layer"].items():
         record[f"probe_accuracy/{layer}"] = result["test_accuracy"]

@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from scaling.evaluation import fewshot, logistic
 from scaling.evaluation import linear_probe as lp
-from scaling.evaluation.evaluator import probe_record
+from scaling.evaluation.evaluator import chosen_probe, probe_record
 from scaling.evaluation.logistic import SolverOptions
 
 
@@ -356,6 +356,15 @@ def test_probe_record_reports_fewshot_per_layer_without_the_full_label_best_laye
     train = ({"pixels": x_train, "noise": noise.normal(size=x_train.shape).astype(np.float32)}, y_train)
     test = ({"pixels": x_test, "noise": noise.normal(size=x_test.shape).astype(np.float32)}, y_test)
     record = probe_record(train, test, shots=(5,))
-    assert record["probe_layer"] == "pixels"
+    assert record["probe_layer"] == "pixels" and "probe_timestep" not in record
+    assert 1e-6 <= record["probe_C"] <= 1e2  # what validation chose, within the grid
+    assert record["probe_val_accuracy"] > 0.7
     assert not any(key.startswith("fewshot") and "/" not in key for key in record)
     assert record["fewshot_5shot/pixels"] > 0.7 > 0.2 > record["fewshot_5shot/noise"]
+
+
+def test_the_record_names_the_timestep_of_a_chosen_diffusion_layer():
+    probes = {"best_layer": "layer_02/t30", "best_val_accuracy": 0.6,
+              "per_layer": {"layer_02/t30": {"best_C": 0.01}}}
+    assert chosen_probe(probes) == {"probe_layer": "layer_02/t30", "probe_timestep": 30, "probe_C": 0.01,
+                                    "probe_val_accuracy": 0.6}
