@@ -1,25 +1,127 @@
-"""Shared fixtures: 8 simulated CPU devices, a small scenes data set built once, tiny configs (helpers that
-are not fixtures live in helpers.py)."""
+"""The test process and shared fixtures: one simulated CPU device (a test marked ``devices(n)`` runs in a
+child process with n), a persistent XLA compilation cache in pytest's cache folder, tiny configs, and what
+is built once per session and shared by the xdist workers: the small scenes set and a tiny finished sweep
+(helpers that are not fixtures live in helpers.py)."""
 
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # where libtpu is installed, tests stay on CPU
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import load_experiment  # noqa: E402
+from helpers import ROOT, load_experiment  # noqa: E402
 
+from scaling.config import load_python_file  # noqa: E402
 from scaling.data.pipeline import ensure_built  # noqa: E402
+from scaling.sweeps.executors import with_device_count  # noqa: E402
+from scaling.sweeps.runner import run_sweep  # noqa: E402
+from scaling.sweeps.spec import Budget, Sweep, grid  # noqa: E402
+
+DATA_DIR_ENV = "SCALING_TEST_DATA_DIR"  # a child process reuses its parent's data set
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "devices(n): runs in a child process with n simulated CPU devices")
+    cache = Path(config.cache.mkdir("xla_cache")) if config.pluginmanager.has_plugin("cacheprovider") \
+        else ROOT / ".pytest_cache" / "d" / "xla_cache"
+    CACHE_ENV["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    for name, value in CACHE_ENV.items():  # for this process and every command a test starts
+        os.environ.setdefault(name, value)
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A ``devices(n)`` test runs in ``python -m pytest <its id>`` with n devices unless this process has
+    them; its failure is the child's report."""
+    marker = pyfuncitem.get_closest_marker("devices")
+    if marker is None or jax.device_count() == marker.args[0]:
+        return None
+    data_dir = pyfuncitem._request.getfixturevalue("data_dir")
+    env = {**os.environ, "XLA_FLAGS": with_device_count(os.environ["XLA_FLAGS"], marker.args[0]),
+           DATA_DIR_ENV: data_dir}
+    basetemp = pyfuncitem._request.getfixturevalue("tmp_path") / "child"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(basetemp),
+         pyfuncitem.nodeid], cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"with {marker.args[0]} devices:\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}",
+                    pytrace=False)
+    return True
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<session temp>/<name>``, made by ``build(path)`` in the first xdist worker that asks for it (the
+    others wait for it), or in this process without xdist."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A TFDS directory holding the small 32x32 scenes set, built once per test session."""
-    directory = tmp_path_factory.mktemp("tfds")
-    config = load_experiment("clip").data
-    config.name, config.data_dir = "scenes/32_small", str(directory)
-    ensure_built(config)
-    return str(directory)
+    if DATA_DIR_ENV in os.environ:
+        return os.environ[DATA_DIR_ENV]
+
+    def build(directory: Path) -> None:
+        config = load_experiment("clip").data
+        config.name, config.data_dir = "scenes/32_small", str(directory)
+        ensure_built(config)
+
+    return str(built_once(tmp_path_factory, "tfds", build))
+
+
+TINY_SWEEP_RUNS = ("plain", "branched", "short")
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, data_dir) -> dict:
+    """A finished sweep of three mu-sized CLIP runs with the quickstart's fields on the small scenes set at
+    16 pixels (a 768-pixel reference probe): 20 warmup-stable-decay steps evaluated at steps 5, 10 and 20,
+    once ``plain`` and once ``branched`` (cool-down branches at 5 and 10), and a ``short`` 10-step cosine
+    run. Gives {"dir": the sweep's folder, "runs": {name: run folder}, "lines": what the runner printed}.
+    Medium captions, unlike the quickstart's short ones, tell the 16 images of a batch apart. Tests copy
+    what they write into."""
+    quickstart = load_python_file(ROOT / "sweeps" / "quickstart.py")
+    fields = {**quickstart.FIELDS, "data.name": "scenes/32_small", "data.data_dir": data_dir,
+              "data.image_size": 16, "data.caption_level": "medium", "batch_size": 16,
+              "checkpoint_every": 10, "log_every": 5,
+              "optim.warmup_steps": 2, "optim.learning_rate": 3e-3, "eval.val_batches": 1,
+              "eval.probe_train_examples": 300, "eval.probe_test_examples": 200}
+    wsd = {**fields, "optim.schedule": "wsd", "eval.num_points": 3, "eval.first_fraction": 0.25}
+    runs = {"plain": grid(["clip"], ["mu"], [Budget.steps(20)],
+                          fields={**wsd, "eval.cooldown_fraction": 0.0}),
+            "branched": grid(["clip"], ["mu"], [Budget.steps(20)], fields=wsd),
+            "short": grid(["clip"], ["mu"], [Budget.steps(10)], fields=fields)}
+    sweep = Sweep("tiny", [run for (run,) in runs.values()])
+
+    def build(root: Path) -> None:
+        lines = []
+        run_sweep(sweep, root, out=lines.append)
+        (root / "runner.out").write_text("\n".join(lines))
+
+    root = built_once(tmp_path_factory, "tiny_sweep", build)
+    return {"dir": root / "tiny", "runs": {name: root / "tiny" / run.run_id for name, (run,) in runs.items()},
+            "lines": (root / "runner.out").read_text().splitlines()}
 
 
 @pytest.fixture

@@ -1,13 +1,21 @@
-"""Test helpers shared by every test file: experiment configs, random batches, the real trainer pieces on
-a chosen mesh, and the matmul operand dtypes of a traced function."""
+"""Test helpers shared by every test file: experiment configs, random batches, the ``scaling`` command in
+this process, the real trainer pieces on a chosen mesh, and the matmul operand dtypes of a traced function."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 
+from scaling import cli
 from scaling import train as trainer
 from scaling.config import load_config_file
 from scaling.data.captions import caption_length
@@ -20,6 +28,54 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_experiment(objective: str, arg: str = "size=mu"):
     """``experiments/<objective>.py``'s get_config(arg), as the CLI would load it."""
     return load_config_file(ROOT / "experiments" / f"{objective}.py", arg)
+
+
+def scaling(*args: str) -> int:
+    """The exit status of ``scaling <args>`` run in this process (what it prints goes to capsys)."""
+    saved, sys.argv = (sys.argv, signal.getsignal(signal.SIGTERM)), ["scaling", *map(str, args)]
+    try:
+        cli.main()
+    except SystemExit as exit:
+        return exit.code or 0
+    finally:  # `scaling sweep` turns SIGTERM into an interrupt
+        sys.argv = saved[0]
+        signal.signal(signal.SIGTERM, saved[1])
+    raise AssertionError("scaling returned without exiting")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (none if it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def kill_when_held(marker: Path, step: int, *args: str, timeout_s: float = 300) -> str:
+    """Runs ``scaling <args>`` in a child process held at ``step`` of a run (see killable.py), SIGKILLs it
+    there and returns what it printed."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "killable.py"), str(marker), str(step),
+                             *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = marker.exists() and proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    output = proc.communicate()[0].decode()
+    assert held, f"the run was not held at step {step}:\n{output[-3000:]}"
+    return output
+
+
+def record_figures(monkeypatch) -> dict[str, Figure]:
+    """{file stem: figure} of every figure scaling.analysis saves from now on (still written to disk)."""
+    from scaling.analysis import caption_detail, figures
+
+    drawn, save = {}, figures.save
+
+    def record(figure, stem):
+        drawn[Path(stem).name] = figure
+        return save(figure, stem)
+
+    for module in (figures, caption_detail):
+        monkeypatch.setattr(module, "save", record)
+    return drawn
 
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:

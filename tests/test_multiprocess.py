@@ -99,6 +99,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.devices(PROCESSES * LOCAL_DEVICES)  # for the one-process reference
 def test_two_processes_run_a_sweep_together_and_only_process_0_writes(tmp_path, data_dir):
     root, port = tmp_path / "runs", free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",

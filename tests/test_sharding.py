@@ -29,6 +29,7 @@ def test_rules_put_params_and_activations_on_different_axes():
     assert logical_to_spec(("vocab", "embed"), (259, 64), mesh) == jax.P(None, "fsdp")
 
 
+@pytest.mark.devices(8)
 def test_eight_devices_match_one_device_and_really_shard():
     config = load_experiment("clip")
     batch = random_batch(config, 16)
@@ -44,3 +45,8 @@ def test_eight_devices_match_one_device_and_really_shard():
     total = sum(x.size for x in jax.tree.leaves(eight["params"]))
     per_device = sum(x.addressable_shards[0].data.size for x in jax.tree.leaves(eight["params"]))
     assert per_device < 0.6 * total
+
+    config.model.scan_layers = True  # a scanned stack agrees too, its layer axis whole on every device
+    _, eight = assert_meshes_agree(config, batch, 1)
+    kernel = eight["params"]["image"]["transformer"]["blocks"]["mlp"]["up"]["kernel"]
+    assert kernel.shape[0] == 2 and kernel.sharding.spec == jax.P(None, "fsdp", "tensor")

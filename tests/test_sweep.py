@@ -1,18 +1,22 @@
+"""Sweeps: run ids, budgets, leases, the runner (failures, SIGKILL and racing reruns, worker processes),
+the compute figure it writes, and pod launch commands."""
+
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT, tiny_fields
+from helpers import ROOT, kill_when_held, read_jsonl, scaling, tiny_fields
+from matplotlib.collections import PathCollection
 
-from scaling.analysis.figures import compute_figure, curve_points
+from scaling.analysis.figures import curve_points, draw_compute
 from scaling.objectives import build_objective
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
@@ -39,21 +43,6 @@ def write_sweep_file(path: Path, name: str, data_dir: str, runs: list[tuple[int,
         f"def get_sweep():\n    return Sweep({name!r}, {runs})\n"
     )
     return path
-
-
-def scaling_sweep(sweep_file: Path, root: Path, *flags: str) -> subprocess.Popen:
-    """``scaling sweep`` in a subprocess on one CPU device; runs with equal programs share compilations."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_COMPILATION_CACHE_DIR": str(root.parent / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "scaling.cli", "sweep", str(sweep_file), "--root", str(root), *flags],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def ended(store: Store, run_id: str) -> list[str]:
@@ -202,7 +191,10 @@ def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(t
     assert points.iloc[-1]["probe_accuracy"] > 0 and points.iloc[-1]["flops"] == points.iloc[0]["flops"] * 2
     assert set(cached.status) == {"completed", "diverged"}
     assert {"budget", "budget_amount", "caption_level", "seed", "size", "step", "loss"} <= set(cached.columns)
-    assert (store.sweep_dir / "compute_vs_probe.png").stat().st_size > 10_000
+    assert (store.sweep_dir / "compute_vs_probe.png").read_bytes().startswith(b"\x89PNG")
+    drawn = np.concatenate([c.get_offsets() for c in draw_compute(cached).axes[0].collections
+                            if isinstance(c, PathCollection)])
+    assert drawn.tolist() == [[points.iloc[-1]["flops"], points.iloc[-1]["probe_accuracy"]]]  # its eval
 
     result = (store.run_dir(good) / "result.json").read_text()
     assert run_sweep(sweep, tmp_path, out=lambda _: None)[FAILED] == 2
@@ -212,41 +204,40 @@ def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(t
     assert (store.run_dir(good) / "result.json").read_text() == result
 
 
-def test_figure_falls_back_to_train_loss_before_any_eval(tmp_path):
+def test_figure_falls_back_to_train_loss_before_any_eval():
     table = pd.DataFrame({"run_id": ["a", "a", "b"], "objective": ["clip", "clip", "igpt"],
                           "size": ["mu", "mu", "micro"], "kind": "train", "step": [5, 10, 5],
                           "flops": [1e9, 2e9, 3e9], "loss": [3.0, 2.5, 4.0]})
-    path = compute_figure(table, tmp_path / "figure.png")
-    assert path.stat().st_size > 10_000
     points, metric, title = curve_points(table)
     assert metric == "loss" and list(points.step) == [10, 5] and "no eval records yet" in title
+    axes = draw_compute(table).axes[0]
+    assert axes.get_title() == title and axes.get_ylabel() == "loss"
+    drawn = sorted(tuple(point) for c in axes.collections if isinstance(c, PathCollection)
+                   for point in c.get_offsets())
+    assert drawn == [(2e9, 2.5), (3e9, 4.0)]  # each run's last train loss
+    assert {line.get_label() for line in axes.get_lines()} >= {"clip", "igpt", "size mu", "size micro"}
 
 
-def test_sigkill_mid_sweep_then_racing_reruns_resume_it_and_run_everything_once(tmp_path, data_dir):
+def test_sigkill_mid_sweep_then_racing_reruns_resume_it_and_run_everything_once(tmp_path, data_dir,
+                                                                                  capsys):
     sweep_file = write_sweep_file(tmp_path / "killed.py", "killed", data_dir,
                                   [(10, ["short"]), (30, ["short"]), (10, ["medium", "descriptive"])])
     sweep, root = load_sweep(sweep_file), tmp_path / "runs"
     store = Store(root, sweep.name)
     run_ids = [run.run_id for run in sweep.runs]
     first, interrupted = run_ids[:2]
-    proc = scaling_sweep(sweep_file, root)
-    deadline = time.monotonic() + 240
     metrics = store.run_dir(interrupted) / "metrics.jsonl"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (store.run_dir(interrupted) / "checkpoints" / "10").is_dir() and any(
-                r["step"] >= 15 for r in read_jsonl(metrics)):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_held(tmp_path / "held", 15, "sweep", sweep_file, "--root", root)  # checkpoint 10 on disk
     before = {r["step"]: r for r in read_jsonl(metrics)}
-    assert max(before) < 30 and [store.state(r) for r in run_ids] == [COMPLETED, LEFT, LEFT, LEFT]
+    assert list(before) == [5, 10, 15] and [store.state(r) for r in run_ids] == [COMPLETED, LEFT, LEFT, LEFT]
     finished_first = (store.run_dir(first) / "result.json").stat()
 
-    racers = [scaling_sweep(sweep_file, root), scaling_sweep(sweep_file, root)]  # started together
-    outputs = [racer.communicate(timeout=300)[0] for racer in racers]
-    assert [racer.returncode for racer in racers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    command = ["sweep", sweep_file, "--root", root]
+    racer = subprocess.Popen([sys.executable, "-m", "scaling.cli", *map(str, command)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert scaling(*command) == 0  # in this process, racing the other for the runs left
+    outputs = [capsys.readouterr().out, racer.communicate(timeout=300)[0]]
+    assert racer.returncode == 0, outputs[1][-2000:]
     assert sorted(p.parent.name for p in root.rglob("result.json")) == sorted(run_ids)
     assert [ended(store, r) for r in run_ids] == [["completed"]] * 4  # no run completed twice
     assert [a["event"] for a in store.attempts(interrupted)] == ["start", "start", "end"]
@@ -326,15 +317,14 @@ def test_pod_commands_are_golden():
                       Options(executor="xpk", root="/mnt/runs", tpu="v5p-64", cluster="c"))
 
 
-def test_cli_prints_the_pod_commands(tmp_path, data_dir):
+def test_cli_prints_the_pod_commands(tmp_path, data_dir, monkeypatch, capsys):
     write_sweep_file(tmp_path / "tiny.py", "tiny", data_dir, [(10, ["short"])])
+    monkeypatch.chdir(tmp_path)
     flags = ["--executor", "xpk", "--tpu", "v5p-64", "--cluster", "my-cluster", "--root", "/mnt/runs",
              "--max-parallel", "1", "--lease-timeout", "60"]
-    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "sweep", "tiny.py", *flags], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert scaling("sweep", "tiny.py", *flags) == 0
     golden = XPK_GOLDEN.replace("sweeps/quickstart.py", "tiny.py").replace("sweep-quickstart", "sweep-tiny")
-    assert proc.stdout.strip() == golden
+    assert capsys.readouterr().out.strip() == golden
 
 
 def test_launch_runs_the_commands_and_waits_for_the_slice(tmp_path, monkeypatch):

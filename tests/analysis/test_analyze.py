@@ -1,13 +1,13 @@
 """``scaling analyze`` and the notebooks: a synthetic results table, a tiny real sweep, and bad input."""
 
-import os
-import subprocess
-import sys
+import runpy
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ROOT
+from helpers import ROOT, record_figures, scaling
+from matplotlib.collections import PolyCollection
 
 from scaling.analysis import figures
 from scaling.analysis.figures import draw_compute
@@ -15,8 +15,6 @@ from scaling.analysis.points import eval_points, load_results
 from scaling.analysis.report import analyze, summary
 from scaling.config import ConfigError
 from scaling.models.sizes import LADDER
-from scaling.sweeps.runner import run_sweep
-from scaling.sweeps.spec import Budget, Sweep, grid
 
 BUDGETS = (1e15, 1e16, 1e17)
 BEST_LOG_FLOPS = {"mu": 15.5, "micro": 16.5}  # each size is compute-optimal around here
@@ -55,11 +53,13 @@ def synthetic_sweep(tmp_path_factory):
     return directory
 
 
-def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
+def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep, monkeypatch):
+    drawn = record_figures(monkeypatch)
     report = analyze([synthetic_sweep], boots=200).read_text()
     out = synthetic_sweep / "analysis"
-    for name in ("frontiers", "layers", "probe_vs_loss", "isoflop"):
-        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.svg").exists()
+    assert set(drawn) == {"frontiers", "layers", "probe_vs_loss", "isoflop"}
+    for name in drawn:
+        assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists()
     assert "| clip | E = a C^-b | a = " in report and "| igpt | E = E_inf + a C^-b | E_inf = " in report
     headline = next(line for line in report.splitlines() if line.startswith("- clip reaches igpt's"))
     ratio = float(headline.split(" at 1/")[1].split(" ")[0])
@@ -78,6 +78,40 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep):
 
     frontier = pd.read_csv(out / "frontier.csv")
     assert set(frontier["point"]) <= {"end_of_schedule", "cooldown_branch"}  # mid-schedule never
+    assert_figures_show_the_table(drawn, frontier, table)
+
+
+def assert_figures_show_the_table(drawn, frontier: pd.DataFrame, table: pd.DataFrame):
+    """Each figure of ``analyze`` draws what it says: frontier points with a law and two bands per fit,
+    layer profiles, probe accuracy against validation loss, and each budget's isoFLOP curve."""
+    axes = drawn["frontiers"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    laws = [label for label in lines if label.startswith(("clip ", "igpt ")) and ": E = " in label]
+    assert "clip power: E = a C^-b" in laws and "igpt saturating: E = E_inf + a C^-b" in laws
+    assert len([c for c in axes.collections if isinstance(c, PolyCollection)]) == 2 * len(laws)
+    for objective, edge in frontier.groupby("objective"):
+        np.testing.assert_allclose(lines[f"{objective} frontier"].get_xydata(), edge[["flops", "error"]])
+
+    profiles = figures.layer_profiles(table)
+    layer_lines = drawn["layers"].axes[0].get_lines()
+    assert sorted(line.get_label() for line in layer_lines) == [
+        "clip micro", "clip mu", "igpt micro", "igpt mu"]
+    for line in layer_lines:
+        objective, size = line.get_label().split()
+        rows = profiles[(profiles["objective"] == objective) & (profiles["size"] == size)]
+        np.testing.assert_allclose(line.get_xydata(), rows[["relative_depth", "accuracy"]])
+
+    evals = table[table["kind"] == "eval"]
+    for panel in drawn["probe_vs_loss"].axes:
+        drawn_points = np.concatenate([c.get_offsets() for c in panel.collections])
+        rows = evals[evals["objective"] == panel.get_title()]
+        assert sorted(map(tuple, drawn_points)) == sorted(zip(rows["val_loss"], rows["probe_accuracy"],
+                                                              strict=True))
+
+    for panel in drawn["isoflop"].axes:
+        curves = [line for line in panel.get_lines() if line.get_linestyle() == "-"]
+        assert [line.get_label() for line in curves] == [f"f{budget:.0e}" for budget in BUDGETS]
+        assert all(len(line.get_xdata()) == 2 for line in curves)  # mu and micro at each budget
 
 
 def test_flat_noisy_frontiers_give_open_intervals_and_say_why(tmp_path):
@@ -95,17 +129,17 @@ def test_flat_noisy_frontiers_give_open_intervals_and_say_why(tmp_path):
     assert "e-" not in lines[0]  # no bound like 7e-81x
 
 
-def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep):
-    env = {**os.environ, "SWEEP_DIR": str(synthetic_sweep), "MPLBACKEND": "Agg"}
+def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep, monkeypatch, capsys):
+    monkeypatch.setenv("SWEEP_DIR", str(synthetic_sweep))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     prints = {"layers.py": "layer_01", "scaling_laws.py": "clip reaches igpt's probe error at 1/"}
     assert sorted(p.name for p in (ROOT / "analysis").glob("*.py")) == sorted(prints)
     for name, expected in prints.items():
         notebook = ROOT / "analysis" / name
         assert notebook.read_text().count("# %%") >= 2, f"{notebook} is not a percent-format notebook"
-        proc = subprocess.run([sys.executable, str(notebook)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert expected in proc.stdout and f"figures in {synthetic_sweep / 'analysis'}" in proc.stdout
+        runpy.run_path(str(notebook), run_name="__main__")
+        printed = capsys.readouterr().out
+        assert expected in printed and f"figures in {synthetic_sweep / 'analysis'}" in printed
 
 
 def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):
@@ -124,37 +158,25 @@ def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):
         analyze([tmp_path])
 
 
-def scaling_analyze(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "scaling.cli", "analyze", *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_analyze_command_on_a_tiny_real_sweep(tmp_path, data_dir):
-    """One CLIP run with WSD cool-down branches at its first two eval points: three honest points."""
-    fields = {"data.name": "scenes/32_small", "data.data_dir": data_dir, "batch_size": 16,
-              "checkpoint_every": 10, "log_every": 5, "optim.warmup_steps": 2, "optim.learning_rate": 3e-3,
-              "optim.schedule": "wsd", "eval.num_points": 3, "eval.first_fraction": 0.25,
-              "eval.probe_train_examples": 128, "eval.probe_test_examples": 64, "eval.zero_shot": False,
-              "eval.val_batches": 1}
-    sweep = Sweep("tiny", grid(["clip"], ["mu"], [Budget.steps(20)], fields=fields))
-    run_sweep(sweep, tmp_path, out=lambda _: None)
+def test_analyze_command_on_a_tiny_real_sweep(tiny_sweep, tmp_path, capsys):
+    """Three CLIP runs, one with WSD cool-down branches at its first two eval points: five honest points."""
     sweep_dir = tmp_path / "tiny"
-
+    shutil.copytree(tiny_sweep["dir"], sweep_dir, ignore=shutil.ignore_patterns("checkpoints"))
     table = load_results([sweep_dir])
-    evals = table[table["kind"] == "eval"]
+    evals = table[table["run_id"] == tiny_sweep["runs"]["branched"].name].query("kind == 'eval'")
     assert list(zip(evals["point"], evals["step"], strict=True)) == [
         ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10), ("cooldown_branch", 10),
         ("end_of_schedule", 20)]
-    proc = scaling_analyze(sweep_dir, "--metric", "val_loss", "--boots", "50")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert scaling("analyze", sweep_dir, "--metric", "val_loss", "--boots", "50") == 0
     report = (sweep_dir / "analysis" / "report.md").read_text()
     assert "| clip | E = a C^-b | a = " in report and "(needs two objectives with fits)" in report
-    assert f"report and figures: {sweep_dir / 'analysis'}" in proc.stdout
+    assert "9 eval points (2 cooldown_branch, 3 end_of_schedule, 4 mid_schedule)" in report
+    assert f"report and figures: {sweep_dir / 'analysis'}" in capsys.readouterr().out
 
-    bad = scaling_analyze(sweep_dir, "--metric", "top5_error")
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert bad.returncode == 2 and len(errors) == 1, bad.stderr[-2000:]
+    assert scaling("analyze", sweep_dir, "--metric", "top5_error") == 2
+    printed = capsys.readouterr()
+    errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in printed.err, printed.err[-2000:]
     assert errors[0].startswith("error: --metric top5_error: not in the results table; choose one of ")
     assert "probe_error" in errors[0] and "val_loss" in errors[0]
 
@@ -196,7 +218,7 @@ def test_layer_profiles_keep_each_feature_variant_on_its_own_depth_axis():
     assert profiles.loc[("diffusion", "t0", "layer_02"), "accuracy"] == pytest.approx(0.2)
 
 
-def test_a_stated_reference_is_drawn_named_and_kept_in_the_command(synthetic_sweep, tmp_path):
+def test_a_stated_reference_is_drawn_named_and_kept_in_the_command(synthetic_sweep, tmp_path, capsys):
     floor = {"raw pixels, 2x2-pooled (data README)": 0.415}
     report = analyze([synthetic_sweep], boots=20, out=tmp_path / "out", references=floor).read_text()
     assert "--reference 'raw pixels, 2x2-pooled (data README)=0.415'`" in report
@@ -207,8 +229,8 @@ def test_a_stated_reference_is_drawn_named_and_kept_in_the_command(synthetic_swe
         (0.415, "raw pixels, 2x2-pooled (data README): 0.415")]
     with pytest.raises(ConfigError, match="--reference: val_loss is not 1 - an accuracy"):
         analyze([synthetic_sweep], metric="val_loss", boots=20, out=tmp_path / "x", references=floor)
-    failed = scaling_analyze(synthetic_sweep, "--out", tmp_path / "y", "--reference", "pixels 0.4")
-    assert failed.returncode == 2 and "--reference 'pixels 0.4': write LABEL=ACCURACY" in failed.stderr
+    assert scaling("analyze", synthetic_sweep, "--out", tmp_path / "y", "--reference", "pixels 0.4") == 2
+    assert "--reference 'pixels 0.4': write LABEL=ACCURACY" in capsys.readouterr().err
 
 
 def test_the_pixel_floor_of_each_probe_seed_is_one_reference_line():

@@ -4,6 +4,7 @@ figures and report lines drawn from a synthetic results table."""
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import record_figures
 
 from scaling.analysis.caption_detail import T_975, caption_detail, caption_points
 from scaling.analysis.points import eval_points
@@ -50,10 +51,25 @@ def test_seeds_average_with_a_student_t_interval_and_mixes_stay_apart():
     assert set(series) == {f"{o}/{mix}" for o in ("clip", "diffusion") for mix in MIXES}
 
 
-def test_figures_csv_and_report_say_where_captions_help(tmp_path):
+def test_figures_csv_and_report_say_where_captions_help(tmp_path, monkeypatch):
+    figures = record_figures(monkeypatch)
     drawn, lines = caption_detail(synthetic_table(), tmp_path)
-    for stem in ("caption_gain_by_noise", "caption_mix_vs_compute"):
-        assert (tmp_path / f"{stem}.png").stat().st_size > 10_000 and (tmp_path / f"{stem}.png") in drawn
+    assert set(figures) == {"caption_gain_by_noise", "caption_mix_vs_compute"}
+    assert {tmp_path / f"{stem}.png" for stem in figures} <= set(drawn)
+    top_row = figures["caption_gain_by_noise"].axes[:len(MIXES)]  # each mix at its largest compute
+    assert [axes.get_title() for axes in top_row] == [f"trained on {mix}, 1e+12 FLOPs"
+                                                      for mix in sorted(MIXES)]
+    scale = {mix: 2.0 if mix == "descriptive" else 1.0 for mix in MIXES}
+    for axes, mix in zip(top_row, sorted(MIXES), strict=True):
+        gain = {bars.get_label(): bars.lines[0].get_ydata() for bars in axes.containers}["eval short vs none"]
+        np.testing.assert_allclose(np.asarray(gain, float), scale[mix] * GAIN + 0.001)  # mean of seeds 0, 1
+    [retrieval] = [axes for axes in figures["caption_mix_vs_compute"].axes
+                   if axes.get_title().startswith("clip") and axes.get_title().endswith("(short)")]
+    curves = {bars.get_label(): bars.lines[0].get_xydata() for bars in retrieval.containers}
+    assert sorted(curves) == sorted(f"{mix} (mu)" for mix in MIXES)
+    for mix in MIXES:  # recall at both budgets, the mean of seeds 0 and 1
+        np.testing.assert_allclose(np.asarray(curves[f"{mix} (mu)"], float), [[1e11, 0.2 * scale[mix] + 0.05],
+                                                           [1e12, 0.2 * scale[mix] + 0.05]])
     assert len(pd.read_csv(tmp_path / "caption_detail.csv"))
     helps = [line for line in lines if line.startswith("- trained on")]
     assert len(helps) == len(MIXES) * 2 and all("most at bucket 3" in line for line in helps)

@@ -168,6 +168,7 @@ def test_validation_rejects_missing_captions_and_bad_fractions():
         validate_config(config, 8)
 
 
+@pytest.mark.devices(8)
 def test_eight_devices_match_one_device():
     config = load_experiment("captioning")
     batch = random_batch(config, 16)

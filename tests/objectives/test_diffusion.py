@@ -149,6 +149,7 @@ def test_training_run_lowers_the_loss_and_reports_every_noise_bucket(tiny_config
     assert samples.shape == (4 * cell + 2, 4 * cell + 2, 3) and samples.std() > 0
 
 
+@pytest.mark.devices(8)
 def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
     # (Epsilon prediction trains in the trainer run above.)
     config = tiny_config("diffusion", total_steps=15, **{

@@ -150,6 +150,7 @@ def test_loss_falls_in_a_short_run_and_the_run_keeps_samples_and_palette(small_c
     np.testing.assert_array_equal(np.load(samples / "palette.npy"), prepared(config).palette_V3)
 
 
+@pytest.mark.devices(8)
 def test_eight_devices_match_one_device(small_config):
     config = small_config()
     batch = random_batch(config, 16)
