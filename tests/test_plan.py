@@ -1,6 +1,10 @@
+"""The planner: TPU slice names, candidate meshes and the mesh search (on fake compiles), and real compiles
+for a TPU slice from this CPU host (with libtpu)."""
+
 import importlib.util
 import math
 
+import jax
 import pytest
 
 from scaling import plan
@@ -9,6 +13,15 @@ from scaling.config import ConfigError
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip install -e ".[tpu]")'
 )
+
+
+@pytest.fixture(autouse=True)
+def without_the_compilation_cache():
+    """Programs compiled for a TPU topology (no TPU client) cannot be read back from the persistent
+    compilation cache: writing them there only costs time."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 @pytest.mark.parametrize(
