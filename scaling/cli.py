@@ -8,9 +8,12 @@ absl rejects a flag or the command raises a ``scaling.errors.UserError`` where i
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from pathlib import Path
 
+import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from scaling import plan
@@ -71,8 +74,18 @@ USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
 
 
 def fail(message: str, status: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if sys.stderr is sys.__stderr__:  # the process's own stderr (not captured): nothing more goes on it
+        silence_stderr()
     sys.exit(status)
+
+
+def silence_stderr() -> None:
+    """Sends what is left of this process's stderr to /dev/null: after the error line, libraries' threads
+    (orbax, tensorstore, asyncio) may still log the same failure as the interpreter stops."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+    os.close(devnull)
 
 
 def train_command(argv: list[str]) -> None:
@@ -140,7 +153,11 @@ COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_comma
 
 
 def run_command(command, argv: list[str]) -> None:
-    logging.set_verbosity(logging.WARNING)
+    # stderr carries the command's own lines: libraries' log lines and TFDS build progress bars stay off
+    # it, and a Python warning is one line, as the command's own warnings are
+    logging.set_verbosity(logging.ERROR)
+    tfds.disable_progress_bar()
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         command(argv)
     except UserError as error:

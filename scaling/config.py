@@ -13,7 +13,8 @@ import ast
 import difflib
 import importlib.util
 import math
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import ml_collections
 
 from scaling.data.captions import CAPTION_LEVELS, parse_caption_mix
-from scaling.errors import ConfigError
+from scaling.errors import ConfigError, UserError
 from scaling.models import transformer
 from scaling.models.sizes import LADDER
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
@@ -135,8 +136,22 @@ def load_python_file(path: str | Path, folder: Path = EXPERIMENTS_DIR) -> Module
         raise ConfigError(f"{path} does not exist; {_shown(folder)}/ holds {known or 'no .py files'}")
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    call_file_code(path, spec.loader.exec_module, module)
     return module
+
+
+def call_file_code(path: str | Path, function: Callable, *args: Any) -> Any:
+    """``function(*args)``, code of the config or sweep file ``path``; an exception it raises that is not a
+    ``UserError`` becomes a ConfigError naming the file, its line and the error."""
+    try:
+        return function(*args)
+    except UserError:
+        raise
+    except Exception as error:
+        lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+                 if Path(frame.filename) == Path(path)]
+        where = f" line {lines[-1]}" if lines else ""
+        raise ConfigError(f"{path}{where}: {type(error).__name__}: {error}; fix that file") from None
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -144,7 +159,7 @@ def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections
     module = load_python_file(path)
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{path} defines no get_config(arg) -> ConfigDict; see {_shown(EXPERIMENTS_DIR)}/")
-    return module.get_config(arg)
+    return call_file_code(path, module.get_config, arg)
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -42,7 +42,8 @@ from scaling.evaluation.evaluator import Evaluator, milestone_steps
 from scaling.objectives import validate_config
 from scaling.objectives.base import Objective, SampleWriter
 from scaling.sharding import constrain, make_mesh, shard_batch
-from scaling.state import Checkpoints, ModelState, build_model_state
+from scaling.signals import InterruptedRunError, deferred_stops, requested
+from scaling.state import Checkpoints, ModelState, build_model_state, recorded_config
 from scaling.workdir import (
     COMPLETED,
     COOLDOWN_BRANCH,
@@ -246,19 +247,20 @@ def _log_points(config: ml_collections.ConfigDict) -> Callable[[int], bool]:
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains (or resumes) the run described by ``config`` in ``workdir``; returns result.json's dict.
 
-    Raises DivergedError (after writing a failure record) when the loss stops being finite.
+    Raises DivergedError (after writing a failure record) when the loss stops being finite, and
+    InterruptedRunError after a SIGTERM or SIGINT, once the step it came in and its checkpoint are done.
     """
     validate_config(config, jax.device_count(), jax.process_count())
     files = RunFiles(workdir)
-    files.create()
-    files.write_config(config)
+    files.check_config(config, recorded_config(files.checkpoint_dir))
     done = files.read_result()
     if done is not None:
         return done
+    files.check_writable()
 
     use_compilation_cache(config.data)
     mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), deferred_stops():
         return _train(config, files, mesh)
 
 
@@ -274,14 +276,15 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
             process_index=jax.process_index(), process_count=jax.process_count(),
         )
         evaluator = Evaluator(config, setup.state)
+        files.write_config(config)  # the run starts: every input has been found
     with clock("compile"):
         params, opt_state = init_state(setup, config.seed)
     with clock("setup"):
         checkpoints = Checkpoints(files.checkpoint_dir, config)
         step, wall_offset = 0, 0.0
-        latest = checkpoints.latest_step()
-        if latest is not None:
-            params, opt_state, data_state, progress = checkpoints.restore(latest, params, opt_state)
+        restored = checkpoints.restore_latest(params, opt_state)
+        if restored is not None:
+            params, opt_state, data_state, progress = restored
             data.set_state(data_state)
             step, wall_offset = progress["step"], progress["wall_s"]
             clock.add(progress.get("seconds", {}))
@@ -335,10 +338,15 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
                     record = evaluator(cooled)
                 files.append_metrics({"kind": "eval", "point": COOLDOWN_BRANCH, **point(step + length),
                                       "cooldown_steps": length, **record})
-            if checkpoint_due:
+            stop = requested()  # a preemption notice: checkpoint this step and end here
+            if checkpoint_due or stop:
                 with clock("checkpoint"):
                     progress = {"step": step, "wall_s": wall(), "seconds": dict(clock.seconds)}
                     checkpoints.save(step, params, opt_state, data.get_state(), progress)
+                stop = requested()  # one that came during the save too
+            if stop and step < config.total_steps:
+                raise InterruptedRunError(f"interrupted by {stop} at step {step}; its checkpoint is in "
+                                          f"{files.checkpoint_dir}: rerun the same command to resume")
         with clock("checkpoint"):
             checkpoints.wait()
     finally:

@@ -20,12 +20,16 @@ from typing import Any
 import jax
 import ml_collections
 
-from scaling.errors import ConfigError
+from scaling.errors import ConfigError, warn
 
 # How a run ended: result.json's ``status`` (completed, diverged) or, for a run that raised, the outcome
 # the sweep records (failed).
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 RUN_STATUSES = (COMPLETED, DIVERGED, FAILED)
+# How an attempt ended without ending its run (attempts.jsonl): stopped by a signal after writing a
+# checkpoint, or its worker process died. A rerun resumes the run.
+INTERRUPTED, DIED = "interrupted", "died"
+ATTEMPT_ENDS = (INTERRUPTED, DIED)
 
 # The kinds of compute point an eval record in metrics.jsonl is (its ``point`` field). Only the honest ones
 # stand for what a run ending at their compute would reach: the end of a schedule, or a cool-down branch.
@@ -93,6 +97,7 @@ class RunFiles:
                               "pass a new path or the folder of an existing run")
         self.config_path = self.root / "config.json"
         self.metrics_path = self.root / "metrics.jsonl"
+        self.corrupt_metrics_path = self.root / "metrics.jsonl.corrupt"
         self.result_path = self.root / "result.json"
         self.checkpoint_dir = self.root / "checkpoints"
 
@@ -103,37 +108,73 @@ class RunFiles:
             raise ConfigError(f"--workdir {self.root} cannot be created ({error.strerror}: "
                               f"{error.filename}); pass a folder path you can write to") from None
 
-    def write_config(self, config: ml_collections.ConfigDict) -> None:
-        """Records the config; refuses a workdir that holds a run of a different config."""
+    def check_writable(self) -> None:
+        """Refuses a workdir (or a run file in it) that this process cannot write, before any work."""
+        for path in (self.root, self.checkpoint_dir, self.metrics_path):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise ConfigError(f"--workdir {self.root}: {path} is not writable; make it writable "
+                                  "or copy the run to a folder you can write to")
+
+    def read_config(self) -> dict[str, Any] | None:
+        """config.json, or None when there is none; one that does not parse is refused."""
+        try:
+            config = read_json(self.config_path)
+        except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            config = error
+        if config is None or isinstance(config, dict):
+            return config
+        raise ConfigError(f"{self.config_path} is not a config ({_short(config)}); move it aside to have it "
+                          "rebuilt from the run's latest checkpoint, or use a new --workdir")
+
+    def check_config(self, config: ml_collections.ConfigDict, recorded: dict[str, Any] | None = None) -> None:
+        """Refuses a workdir whose config.json, or latest checkpoint (``recorded``: the config stored with
+        it), holds a run of a different config than ``config``."""
         new = json.loads(config.to_json())
-        old = read_json(self.config_path)
-        if old is not None:
-            changed = differing_fields(old, new)
+        for source, old in (("config.json", self.read_config()), ("its latest checkpoint", recorded)):
+            changed = [] if old is None else differing_fields(old, new)
             if changed:
                 raise ConfigError(
-                    f"{self.root} holds a run with a different config (fields {', '.join(changed)}); "
-                    "use a new --workdir, or the same config to resume it"
+                    f"{self.root} holds a run with a different config (fields {', '.join(changed)} differ "
+                    f"from {source}); use a new --workdir, or the same config to resume it"
                 )
-        if is_writer():
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        """Creates the workdir and records the config (after ``check_config``) when it is not there yet:
+        a missing config.json is rebuilt, and only once the run is found to start."""
+        new = json.loads(config.to_json())
+        self.create()
+        if is_writer() and self.read_config() != new:
             write_json_atomic(self.config_path, new)
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(line, its record or None when it does not parse as one) for every line of metrics.jsonl."""
         if not self.metrics_path.exists():
             return []
-        records = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill; everything after it is gone too
-        return records
+        return [(line, _record(line)) for line in self.metrics_path.read_text().splitlines()]
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every record of metrics.jsonl; a line that does not parse is skipped (a resume sets it aside)."""
+        return [record for _, record in self._metric_lines() if record is not None]
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
+        """Drops the records past ``last_step`` (logged after the checkpoint a resume starts from, so logged
+        again) and a final line cut short by a kill. Any other line that does not parse is moved to
+        metrics.jsonl.corrupt with a warning; every whole record up to ``last_step`` stays, in order."""
         if not is_writer() or not self.metrics_path.exists():
             return
-        kept = [r for r in self.read_metrics() if r["step"] <= last_step]
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        lines = self._metric_lines()
+        count = len(lines)
+        if lines and lines[-1][1] is None and not self.metrics_path.read_bytes().endswith(b"\n"):
+            lines.pop()  # torn by a kill mid-write
+        kept = [line for line, record in lines if record is not None and record["step"] <= last_step]
+        corrupt = [(number, line) for number, (line, record) in enumerate(lines, 1) if record is None]
+        if corrupt:
+            with self.corrupt_metrics_path.open("a") as f:
+                f.write("".join(line + "\n" for _, line in corrupt))
+            warn(f"{self.metrics_path}: line(s) {', '.join(str(n) for n, _ in corrupt)} do not parse; moved "
+                 f"to {self.corrupt_metrics_path}, every whole record kept")
+        if len(kept) < count:
+            write_atomic(self.metrics_path, "".join(line + "\n" for line in kept).encode())
 
     def last_record(self, kind: str) -> dict[str, Any]:
         """The last metrics record of ``kind`` ("train", "eval"), or {} when there is none."""
@@ -152,6 +193,19 @@ class RunFiles:
 
     def read_result(self) -> dict[str, Any] | None:
         return read_json(self.result_path)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """The metrics record a line holds, or None when it holds none."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def _short(error: BaseException | Any) -> str:
+    return str(error).splitlines()[0][:200] if isinstance(error, BaseException) else type(error).__name__
 
 
 class Stopwatch:

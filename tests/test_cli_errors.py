@@ -1,15 +1,19 @@
-"""Bad input to the ``scaling`` command, as a new user would give it.
+"""Bad input to the ``scaling`` command, as a new user would give it, and bad luck, as a cluster deals it.
 
-Every case must end in one ``error:`` line that names the field or file and the fix, with exit status 2
-(1 for a diverged run), no traceback, and every file already written (the shared run's checkpoints and
-metrics, the case's own files) left as it was. Cases call ``scaling.cli.main`` in this process (a
-subprocess adds only the jax import); two run the real command where the terminal itself is the point.
+Every bad-input case must end in one ``error:`` line that names the field or file and the fix, with exit
+status 2 (1 for a diverged run), nothing else on stderr (no traceback, no line from a library), and every
+file and folder already there (the shared run's checkpoints and metrics, the case's own files) left as it
+was, with none added. Bad luck that can be worked around (a damaged checkpoint, a corrupt metrics line)
+ends in exit 0 and one ``warning:`` line. Cases call ``scaling.cli.main`` in this process (a subprocess adds
+only the jax import); the real command runs where the terminal itself is the point.
 """
 
 import dataclasses
 import hashlib
 import json
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +23,7 @@ from helpers import ROOT
 
 from scaling import cli
 from scaling.data import cifar10_jpeg
+from scaling.sweeps.spec import load_sweep
 
 CLIP = "experiments/clip.py:size=mu"
 RUN = "{world}/run"
@@ -27,6 +32,8 @@ TINY = ["--config.data.name=scenes/32_small", "--config.data.data_dir={data_dir}
         "--config.optim.warmup_steps=1", "--config.eval.num_points=0", "--config.eval.batch_size=16"]
 NEW_RUN = ["train", "--config", CLIP, "--workdir", "{tmp}/new", *TINY]
 SWEEP_FILE = "from scaling.sweeps.spec import Budget, Sweep, grid\n"
+ONE_RUN_SWEEP = ('def get_sweep():\n    return Sweep("one", grid(["clip"], ["mu"], [Budget.steps(4)], '
+                 'fields={fields}))\n')
 DUPLICATE_SWEEP = ('def get_sweep():\n    runs = grid(["clip"], ["mu"], [Budget.steps(4)], fields={fields})\n'
                    '    return Sweep("twice", runs + runs)\n')
 
@@ -56,8 +63,16 @@ class Place:
 
 
 def snapshot(*roots) -> dict[str, str]:
-    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-            for root in roots for path in sorted(root.rglob("*")) if path.is_file()}
+    """Every file (by content) and folder under ``roots``, but the folders a data set build (asked for
+    with ``--config.data.data_dir={tmp}/tfds``) leaves."""
+    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+            for root in roots for path in sorted(root.rglob("*"))
+            if path.is_file() or "tfds" not in path.relative_to(root).parts}
+
+
+def stderr_lines(err: str) -> list[str]:
+    """The lines of stderr, less the training progress bar's."""
+    return [line for line in err.splitlines() if line.strip() and not ("%|" in line and "step" in line)]
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +84,77 @@ def world(tmp_path_factory, data_dir):
     return world
 
 
-def corrupt_latest_checkpoint(place: Place, monkeypatch):
-    """A copy of the shared run without result.json and with its latest checkpoint damaged."""
-    shutil.copytree(place.world / "run", place.tmp / "corrupt")
-    (place.tmp / "corrupt" / "result.json").unlink()
-    for path in (place.tmp / "corrupt" / "checkpoints" / "4" / "params").rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"\0garbage")
+def unfinished_copy(place: Place, name: str = "copy") -> Path:
+    """A copy of the shared run as if killed after its last checkpoint, before result.json."""
+    copy = place.tmp / name
+    shutil.copytree(place.world / "run", copy)
+    (copy / "result.json").unlink()
+    return copy
+
+
+def damage_file(path: Path, offset: int = 100, length: int = 64) -> None:
+    """Flips ``length`` bytes of ``path`` from ``offset`` on."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + length] = bytes(b ^ 0xFF for b in data[offset:offset + length])
+    path.write_bytes(bytes(data))
+
+
+def largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def config_json_deleted(place: Place, monkeypatch):
+    (unfinished_copy(place) / "config.json").unlink()
+
+
+def config_json_edited(place: Place, monkeypatch):
+    path = unfinished_copy(place) / "config.json"
+    config = json.loads(path.read_text())
+    config["optim"]["learning_rate"] = 0.5
+    path.write_text(json.dumps(config))
+
+
+def config_json_unparsable(place: Place, monkeypatch):
+    (unfinished_copy(place) / "config.json").write_text('{"objective": "clip", ')
+
+
+def no_checkpoints(place: Place, monkeypatch):
+    (place.tmp / "copy").mkdir()
+    shutil.copy(place.world / "run" / "config.json", place.tmp / "copy")
+
+
+def truncated_checkpoint(place: Place, monkeypatch):
+    """The latest checkpoint's largest file cut in half, with no manifest (as an older run saved it)."""
+    latest = unfinished_copy(place) / "checkpoints" / "4"
+    (latest / "checksums.json").unlink()
+    path = largest_file(latest / "params")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def missing_orbax_manifest(place: Place, monkeypatch):
+    latest = unfinished_copy(place) / "checkpoints" / "4"
+    (latest / "checksums.json").unlink()
+    (latest / "params" / "manifest.ocdbt").unlink()
+
+
+def results_csv(text: str):
+    def make(place: Place, monkeypatch):
+        (place.tmp / "sweeps").mkdir()
+        (place.tmp / "sweeps" / "results.csv").write_text(text)
+
+    return make
+
+
+def finished_sweep_run_of_another_config(place: Place, monkeypatch):
+    """The sweep file's run, recorded as completed by a run whose config.json has another learning rate."""
+    sweep_file(ONE_RUN_SWEEP)(place, monkeypatch)
+    run = load_sweep(place.tmp / "sweep.py").runs[0]
+    run_dir = place.tmp / "sweeps" / "one" / run.run_id
+    config = json.loads(run.config.to_json())
+    config["optim"]["learning_rate"] = 0.5
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "result.json").write_text(json.dumps({"status": "completed", "step": 4}))
 
 
 def unreadable_cifar(place: Place, monkeypatch):
@@ -98,7 +177,7 @@ def absent_cifar(place: Place, monkeypatch):
 def sweep_file(body: str):
     """A sweep definition; ``{fields}`` in ``body`` becomes fields that point at the scenes data."""
     fields = {"data.name": "scenes/32_small", "data.data_dir": "{data_dir}", "batch_size": 16,
-              "optim.warmup_steps": 1}
+              "optim.warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval.num_points": 0}
 
     def make(place: Place, monkeypatch):
         text = SWEEP_FILE + body.replace("{fields}", repr(fields).replace("{data_dir}", place.data_dir))
@@ -114,6 +193,8 @@ def a_file(place: Place, monkeypatch):
 CIFAR = [*NEW_RUN, "--config.data.name=cifar10_jpeg", "--config.data.data_dir={tmp}/tfds"]
 PROBE = ["probe", "--workdir", RUN, "--max-train=64", "--max-test=32"]
 SWEEP = ["sweep", "{tmp}/sweep.py", "--root", "{tmp}/sweeps"]
+COPY = ["train", "--config", CLIP, "--workdir", "{tmp}/copy", *TINY]
+LR_HALF = "--config.optim.learning_rate=0.5"
 
 # (case, prepare(place, monkeypatch) or None, argv, exit status, what the message must say)
 CASES = [
@@ -154,7 +235,8 @@ CASES = [
      2, ["a_file is a file, but a workdir must be a folder"]),
     ("changed config in a finished run's workdir", None,
      ["train", "--config", CLIP, "--workdir", RUN, *TINY, "--config.optim.learning_rate=0.01"],
-     2, ["holds a run with a different config (fields optim.learning_rate)", "use a new --workdir"]),
+     2, ["holds a run with a different config (fields optim.learning_rate differ from config.json)",
+         "use a new --workdir"]),
     ("unknown data set", None, [*NEW_RUN, "--config.data.name=nonexistent_ds"],
      2, ["no data set 'nonexistent_ds'", "scenes, digits, cifar10_jpeg", "tfds build NAME --data_dir=",
          "data.data_dir"]),
@@ -171,11 +253,20 @@ CASES = [
     ("CIFAR folder that does not exist", absent_cifar, CIFAR, 2, ["(no such folder)", cifar10_jpeg.ENV_VAR]),
     ("unreadable CIFAR tarballs", unreadable_cifar, CIFAR,
      2, ["cifar10-jpeg-", "cannot be read", cifar10_jpeg.ENV_VAR]),
-    ("checkpoint corrupted at its latest step", corrupt_latest_checkpoint,
-     ["train", "--config", CLIP, "--workdir", "{tmp}/corrupt", *TINY],
+    ("probe of a truncated checkpoint", truncated_checkpoint, [*PROBE[:2], "{tmp}/copy"],
      2, ["checkpoints/4 cannot be restored", "move that step's folder aside"]),
-    ("probe of a corrupted checkpoint", corrupt_latest_checkpoint, [*PROBE[:2], "{tmp}/corrupt"],
+    ("probe of a checkpoint without its orbax manifest", missing_orbax_manifest, [*PROBE[:2], "{tmp}/copy"],
      2, ["checkpoints/4 cannot be restored"]),
+    ("probe of a workdir without checkpoints", no_checkpoints, [*PROBE[:2], "{tmp}/copy"],
+     2, ["copy/checkpoints holds no checkpoint; train the run first"]),
+    ("config.json deleted, then another learning rate", config_json_deleted, [*COPY, LR_HALF],
+     2, ["holds a run with a different config (fields optim.learning_rate differ from its latest checkpoint)",
+         "use a new --workdir"]),
+    ("config.json edited to another learning rate", config_json_edited, [*COPY, LR_HALF],
+     2, ["(fields optim.learning_rate differ from its latest checkpoint)"]),
+    ("config.json that does not parse", config_json_unparsable, COPY,
+     2, ["copy/config.json is not a config (", "move it aside to have it rebuilt from the run's latest "
+         "checkpoint"]),
     ("probe of a missing workdir", None, ["probe", "--workdir", "{tmp}/absent"],
      2, ["absent has no config.json", "--workdir of a `scaling train` run"]),
     ("probe of a workdir that is a file", a_file, ["probe", "--workdir", "{tmp}/a_file"],
@@ -191,6 +282,15 @@ CASES = [
     ("sweep field that does not exist", sweep_file(DUPLICATE_SWEEP.replace(
         "fields={fields}", 'fields={"optim.learning_rat": 1.0}')),
      SWEEP, 2, ["optim.learning_rat=1.0 on clip", "did you mean optim.learning_rate?"]),
+    ("sweep file that raises when loaded", sweep_file("1 / 0\n"), SWEEP,
+     2, ["sweep.py line 2: ZeroDivisionError: division by zero; fix that file"]),
+    ("sweep whose finished run has another config", finished_sweep_run_of_another_config, SWEEP,
+     2, ["sweep one:", "holds a run of a different config (fields optim.learning_rate)",
+         "move that folder aside"]),
+    ("empty results.csv", results_csv(""), ["analyze", "{tmp}/sweeps"],
+     2, ["sweeps/results.csv is not a results table (No columns to parse from file)", "delete it"]),
+    ("unrelated results.csv", results_csv("a,b\n1,2\n"), ["analyze", "{tmp}/sweeps"],
+     2, ["sweeps/results.csv is not a results table (no column run_id, kind, step, total_steps)"]),
     ("unknown TPU type", None, ["sweep", "sweeps/quickstart.py", "--root", "{tmp}/pod", "--executor",
                                 "tpu-vm", "--tpu", "v9x-64", "--zone", "us-east5-a"],
      2, ["--tpu 'v9x-64': unknown TPU type", "e.g. v5p-64"]),
@@ -205,22 +305,72 @@ CASES = [
 @pytest.mark.parametrize("prepare, argv, status, says", [case[1:] for case in CASES],
                          ids=[case[0] for case in CASES])
 def test_bad_input_ends_in_one_line_and_leaves_files_alone(prepare, argv, status, says, world, data_dir,
-                                                           tmp_path, monkeypatch, capsys):
+                                                           tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(ROOT)  # where users run the command; every path it writes to is under tmp_path
     place = Place(tmp_path, world, data_dir)
     if prepare is not None:
         prepare(place, monkeypatch)
     before = snapshot(world, tmp_path)
     code = scaling(*place.fill(argv))
-    printed = capsys.readouterr()
-    errors = [line for line in printed.err.splitlines() if line.startswith("error:")]
+    printed = capfd.readouterr()
+    lines = stderr_lines(printed.err)
     assert code == status, printed.err[-3000:]
-    assert "Traceback" not in printed.out + printed.err
-    assert len(errors) == 1, printed.err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), printed.err[-3000:]
     for words in says:
-        assert words in errors[0], errors[0]
+        assert words in lines[0], lines[0]
     after = snapshot(world, tmp_path)
-    assert {path: after.get(path) for path in before} == before, "a file written before was changed"
+    if status == 1:  # a diverged run was asked to train: it adds its files, failure record included
+        after = {path: after.get(path) for path in before}
+    assert after == before, "a file or folder was written, changed or removed"
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+        world, data_dir, tmp_path, monkeypatch, capfd):
+    """64 bytes flipped inside the checkpoint resumed from: caught by its checksums, not restored."""
+    monkeypatch.chdir(ROOT)
+    place = Place(tmp_path, world, data_dir)
+    copy = unfinished_copy(place)
+    damage_file(largest_file(copy / "checkpoints" / "4" / "params"))
+    assert scaling(*place.fill(COPY)) == 0
+    lines = stderr_lines(capfd.readouterr().err)
+    assert len(lines) == 1, lines
+    warning = lines[0]
+    assert warning.startswith("warning: checkpoint 4 is damaged (1 file(s) fail their checksums, e.g. "
+                              "params/")
+    assert warning.endswith(f"moved to {copy}/checkpoints/4.damaged, resuming from step 2")
+    result = json.loads((copy / "result.json").read_text())
+    assert result["final_loss"] == json.loads((world / "run" / "result.json").read_text())["final_loss"]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["2", "4", "4.damaged"]
+
+
+def test_a_checkpoint_without_a_manifest_that_orbax_cannot_read_is_set_aside_too(
+        world, data_dir, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(ROOT)
+    place = Place(tmp_path, world, data_dir)
+    truncated_checkpoint(place, monkeypatch)
+    assert scaling(*place.fill(COPY)) == 0
+    lines = stderr_lines(capfd.readouterr().err)
+    assert len(lines) == 1, lines
+    warning = lines[0]
+    assert warning.startswith("warning: checkpoint 4 is damaged (") and "resuming from step 2" in warning
+    assert (tmp_path / "copy" / "result.json").exists()
+
+
+def test_a_corrupt_metrics_line_is_set_aside_and_every_record_kept(world, data_dir, tmp_path, monkeypatch,
+                                                                    capfd):
+    monkeypatch.chdir(ROOT)
+    place = Place(tmp_path, world, data_dir)
+    metrics = unfinished_copy(place) / "metrics.jsonl"
+    records = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([records[0], '{"kind": "tr', *records[1:]]) + "\n" + '{"kind": "train", "st')
+    assert scaling(*place.fill(COPY)) == 0
+    lines = stderr_lines(capfd.readouterr().err)
+    assert len(lines) == 1, lines
+    warning = lines[0]
+    assert warning == (f"warning: {metrics}: line(s) 2 do not parse; moved to {metrics}.corrupt, every whole "
+                       "record kept")
+    assert metrics.read_text().splitlines() == records  # the torn last line dropped, no record lost
+    assert (tmp_path / "copy" / "metrics.jsonl.corrupt").read_text() == '{"kind": "tr\n'
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -235,3 +385,141 @@ def test_the_terminal_shows_one_error_line(argv, says, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(says), proc.stderr
     assert proc.stdout == "" and not (tmp_path / "w").exists()
+
+
+# --- preemption: real signals at known points ----------------------------------------------------------
+
+PAUSING_CLI = """
+import sys, time
+from scaling import cli, signals, train
+from scaling.evaluation.evaluator import Evaluator
+from scaling.state import Checkpoints
+
+point, count, sys.argv = sys.argv[1], int(sys.argv[2]), ["scaling", *sys.argv[3:]]
+calls = {}
+
+def pause_at(name, function):
+    def paused(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        if name == point and calls[name] == count:
+            print("at", name, flush=True)  # the test sends its signal on this line
+            while signals.requested() is None:
+                time.sleep(0.01)
+        return function(*args, **kwargs)
+    return paused
+
+train.init_state = pause_at("compile", train.init_state)
+train.shard_batch = pause_at("step", train.shard_batch)
+Checkpoints.save = pause_at("checkpoint", Checkpoints.save)
+Evaluator.__call__ = pause_at("evaluation", Evaluator.__call__)
+cli.main()
+"""
+SMALL_EVAL = ["--config.eval.num_points=2", "--config.eval.first_fraction=0.5",
+              "--config.eval.probe_train_examples=64", "--config.eval.probe_test_examples=32",
+              "--config.eval.val_batches=1"]
+
+
+def interrupted_command(argv: list[str], point: str, count: int, signum: int) -> tuple[int, list[str]]:
+    """(exit status, stderr lines) of ``scaling <argv>`` sent ``signum`` in its ``count``-th call at
+    ``point``: while it initialises the model (compile), feeds a step, saves a checkpoint or evaluates."""
+    with subprocess.Popen([sys.executable, "-c", PAUSING_CLI, point, str(count), *argv], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            if f"at {point}\n" in iter(proc.stdout.readline, ""):  # the command's own lines come first
+                proc.send_signal(signum)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    return proc.returncode, stderr_lines(err)
+
+
+@pytest.mark.parametrize("point, count, signum, step", [
+    ("compile", 1, signal.SIGTERM, 1),
+    ("step", 3, signal.SIGINT, 3),
+    ("checkpoint", 1, signal.SIGTERM, 2),
+    ("evaluation", 1, signal.SIGTERM, 2),
+])
+def test_a_stop_signal_checkpoints_the_step_and_a_rerun_ends_as_if_never_stopped(
+        point, count, signum, step, world, data_dir, tmp_path, monkeypatch):
+    """SIGTERM (a preempted VM, a scheduler) or SIGINT (Ctrl-C) at each kind of moment of a run."""
+    monkeypatch.chdir(ROOT)
+    argv = Place(tmp_path, world, data_dir).fill([*NEW_RUN, *(SMALL_EVAL if point == "evaluation" else [])])
+    code, lines = interrupted_command(argv, point, count, signum)
+    name = signal.Signals(signum).name
+    errors = [line for line in lines if not line.startswith("warning: ")]  # e.g. a probe's C on its grid edge
+    assert code == 75 and errors == [f"error: interrupted by {name} at step {step}; its checkpoint is in "
+                                     f"{tmp_path}/new/checkpoints: rerun the same command to resume"], lines
+    assert (tmp_path / "new" / "checkpoints" / str(step) / "checksums.json").is_file()
+    assert not (tmp_path / "new" / "result.json").exists()
+
+    assert scaling(*argv) == 0
+    result = json.loads((tmp_path / "new" / "result.json").read_text())
+    reference = json.loads((world / "run" / "result.json").read_text())
+    assert result["final_loss"] == reference["final_loss"] and result["step"] == 4
+    train_steps = [r["step"] for r in map(json.loads, (tmp_path / "new" / "metrics.jsonl").read_text()
+                                          .splitlines()) if r["kind"] == "train"]
+    assert train_steps == [2, 4]  # nothing twice, nothing lost
+
+
+def test_a_stop_signal_to_the_sweep_runner_checkpoints_its_run_and_releases_it(
+        world, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    place = Place(tmp_path, world, data_dir)
+    sweep_file(ONE_RUN_SWEEP)(place, monkeypatch)
+    code, lines = interrupted_command(place.fill(SWEEP), "checkpoint", 1, signal.SIGTERM)
+    assert code == 75 and lines == ["error: sweep one interrupted by SIGTERM: its runs in flight wrote a "
+                                    "checkpoint and released their leases; rerun the same command to resume"]
+    run_dir, = (tmp_path / "sweeps" / "one").iterdir()
+    attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["event"], a.get("status")) for a in attempts] == [("start", None), ("end", "interrupted")]
+    assert "interrupted by SIGTERM at step 2" in attempts[-1]["reason"]
+    assert not list(run_dir.glob("lease-*")) and not (run_dir / "failure.json").exists()
+
+    assert scaling(*place.fill(SWEEP)) == 0
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+
+
+def limit_file_size() -> None:
+    """As ``ulimit -f 32``: no file may grow past 32 KiB (so the first checkpoint cannot be written)."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def test_a_full_disk_during_a_checkpoint_save_stops_the_run_at_once_with_one_line(world, data_dir, tmp_path):
+    """Orbax, tensorstore and asyncio threads log the failure again as the process stops: the terminal
+    shows the one error line only."""
+    argv = Place(tmp_path, world, data_dir).fill(NEW_RUN)
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_file_size)
+    lines = stderr_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: the checkpoint of step 2 could not be written to {tmp_path}/new/"
+                               "checkpoints (") and "File too large" in lines[0]
+    assert "GiB free there: free space, then rerun the same command" in lines[0]
+    metrics = (tmp_path / "new" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [2]  # stopped at the failed save
+
+
+def read_only(folder: Path) -> list[str]:
+    """A command prefix that mounts ``folder`` read-only for the command alone (in a user namespace)."""
+    return ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder)]
+
+
+@pytest.mark.parametrize("command, finished, status, says", [
+    ("train", True, 0, None),
+    ("train", False, 2, "error: --workdir {copy}: {copy} is not writable; make it writable or copy the run "
+                        "to a folder you can write to"),
+    ("probe", True, 2, "error: --workdir {copy} is not writable, so probe.json cannot be written there"),
+], ids=["finished run", "unfinished run", "probe"])
+def test_a_read_only_workdir(command, finished, status, says, world, data_dir, tmp_path):
+    """As root, only a read-only mount stops a write, so the workdir is mounted read-only for the command."""
+    if subprocess.run([*read_only(tmp_path), "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged read-only bind mounts here (unshare -rm)")
+    place = Place(tmp_path, world, data_dir)
+    copy = unfinished_copy(place) if not finished else Path(shutil.copytree(world / "run", tmp_path / "copy"))
+    argv = place.fill(COPY) if command == "train" else [*PROBE[:2], str(copy), *PROBE[3:]]
+    before = snapshot(tmp_path)
+    proc = subprocess.run([*read_only(copy), sys.executable, "-m", "scaling.cli", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert stderr_lines(proc.stderr) == ([says.format(copy=copy)] if says else []), proc.stderr[-3000:]
+    assert snapshot(tmp_path) == before

@@ -21,7 +21,7 @@ from scaling.objectives import build_objective
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
 from scaling.sweeps.results import build_table, read_table
-from scaling.sweeps.runner import Options, describe, run_sweep
+from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
 from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
 from scaling.train import cooldown_branches
@@ -253,26 +253,90 @@ def test_sigkill_mid_sweep_then_racing_reruns_resume_it_and_run_everything_once(
     assert all(str(root / "killed" / "results.csv") in output for output in outputs)
 
 
+def test_run_ids_hash_the_exact_value_of_a_grid_value_they_show_rounded():
+    lr = {"optim.learning_rate": [1e-3, 2.5e-4, 1.0000001e-3, 1.0000004e-3]}
+    runs = grid(["clip"], ["mu"], [Budget.steps(4)], fields={"optim.warmup_steps": 1}, axes=lr)
+    ids = [run.run_id for run in Sweep("lr", runs).runs]  # no duplicate: every value its own run
+    # values the id shows exactly keep the ids they always had (as published results are keyed by them)
+    assert ids[:2] == ["clip-mu-steps4-s0-learning_rate=0.001-bae8f3",
+                       "clip-mu-steps4-s0-learning_rate=0.00025-bae8f3"]
+    assert [i.rpartition("-")[0] for i in ids[2:]] == ["clip-mu-steps4-s0-learning_rate=0.001"] * 2
+    assert len(set(ids)) == 4
+
+
 def pool_job(config, workdir):
-    """Stands in for training in ProcessPool workers: a crash for seed 1, else a completed result."""
+    """Stands in for training in ProcessPool workers: seed 1's is SIGKILLed, the others complete."""
     if config.seed == 1:
-        os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
     files = RunFiles(workdir)
     files.write_result({"status": "completed", "pid": os.getpid(), "xla_flags": os.environ["XLA_FLAGS"]})
     return {"status": "completed", "reason": ""}
 
 
-def test_process_pool_trains_each_run_in_its_own_process_and_isolates_crashes(tmp_path, data_dir):
+def test_process_pool_trains_each_run_in_its_own_process_and_a_killed_worker_is_resumed(tmp_path, data_dir):
     sweep = Sweep("pool", grid(["clip"], ["mu"], [Budget.steps(10)], seeds=[0, 1, 2],
                                fields=tiny_fields(data_dir)))
-    counts = run_sweep(sweep, tmp_path, ProcessPool(2, devices_per_run=2, job=pool_job), out=lambda _: None,
-                       poll_s=0.05)
-    assert counts == {COMPLETED: 2, FAILED: 1, RUNNING: 0, LEFT: 0}
+    pool = ProcessPool(2, devices_per_run=2, job=pool_job)
+    counts = run_sweep(sweep, tmp_path, pool, out=lambda _: None, poll_s=0.05)
+    assert counts == {COMPLETED: 2, FAILED: 0, RUNNING: 0, LEFT: 1}  # the killed one is left to resume
     store = Store(tmp_path, "pool")
     workers = [RunFiles(store.run_dir(sweep.runs[i].run_id)).read_result() for i in (0, 2)]
     assert len({w["pid"] for w in workers} | {os.getpid()}) == 3
     assert all(w["xla_flags"].endswith("--xla_force_host_platform_device_count=2") for w in workers)
-    assert store.failure_reason(sweep.runs[1].run_id) == "worker process exited with code 3"
+    killed = sweep.runs[1].run_id
+    for _ in range(MAX_DEATHS - 1):  # plain reruns try it again, until its worker has died MAX_DEATHS times
+        run_sweep(Sweep("pool", [sweep.runs[1]]), tmp_path, pool, out=lambda _: None, poll_s=0.05)
+    assert ended(store, killed) == ["died"] * MAX_DEATHS
+    assert store.failure_reason(killed) == (f"worker process exited with code -9; its worker died in "
+                                            f"{MAX_DEATHS} attempts (see attempts.jsonl)")
+
+
+def sleeping_job(config, workdir):
+    """Stands in for a long run: says its pid (atomically) in worker.pid, then sleeps."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / "worker.tmp").write_text(str(os.getpid()))
+    os.replace(Path(workdir) / "worker.tmp", Path(workdir) / "worker.pid")
+    time.sleep(600)
+
+
+ORPHAN_RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_sweep import sleeping_job
+from scaling.sweeps.executors import ProcessPool
+from scaling.sweeps.runner import run_sweep
+from scaling.sweeps.spec import Budget, Sweep, grid
+sweep = Sweep("orphans", grid(["clip"], ["mu"], [Budget.steps(10)], fields={fields!r}))
+run_sweep(sweep, {root!r}, ProcessPool(1, job=sleeping_job), out=print, poll_s=0.05)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_workers_die_with_their_runner(tmp_path, data_dir):
+    script = ORPHAN_RUNNER.format(tests=str(ROOT / "tests"), fields=tiny_fields(data_dir), root=str(tmp_path))
+    runner = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL)
+    pid_files = []
+    deadline = time.monotonic() + 120
+    while not pid_files and runner.poll() is None and time.monotonic() < deadline:
+        pid_files = list(tmp_path.glob("orphans/*/worker.pid"))  # the worker is past its imports, sleeping
+        time.sleep(0.05)
+    assert pid_files, "the worker never started"
+    worker = int(pid_files[0].read_text())
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 2
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    orphaned = running(worker)
+    if orphaned:
+        os.kill(worker, signal.SIGKILL)
+    assert not orphaned, "the worker outlived its runner"
 
 
 # --- pods --------------------------------------------------------------------------------------------

@@ -142,13 +142,14 @@ def test_a_workdir_refuses_a_different_config(finished_run):
         train(changed, workdir)
 
 
-def test_corrupt_checkpoint_is_reported_and_left_in_place(finished_run, tmp_path):
+def test_checkpoints_all_damaged_are_reported_and_left_in_place(finished_run, tmp_path):
+    """With no whole checkpoint to fall back to, nothing is moved and the newest one is named."""
     config, source, _ = finished_run
     workdir = tmp_path / "corrupt"
     shutil.copytree(source, workdir)
     (workdir / "result.json").unlink()
     damaged = 0
-    for path in (workdir / "checkpoints" / "80" / "params").rglob("*"):
+    for path in (workdir / "checkpoints").glob("*/params/**/*"):
         if path.is_file():
             path.write_bytes(b"\0garbage")
             damaged += 1

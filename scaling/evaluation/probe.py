@@ -8,7 +8,7 @@ zero-shot accuracy where the objective supports it.
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from scaling.workdir import RunFiles, write_json_atomic
 
 
 def load_run_config(files: RunFiles) -> ml_collections.ConfigDict:
-    if not files.config_path.exists():
+    config = files.read_config()
+    if config is None:
         raise ConfigError(f"{files.root} has no config.json; pass the --workdir of a `scaling train` run")
-    return ml_collections.ConfigDict(json.loads(files.config_path.read_text()))
+    return ml_collections.ConfigDict(config)
 
 
 def probe_checkpoint(
@@ -39,14 +40,17 @@ def probe_checkpoint(
     """Probes the latest checkpoint in ``workdir`` and writes ``workdir/probe.json``."""
     files = RunFiles(workdir)
     config = load_run_config(files)
+    if not os.access(files.root, os.W_OK):  # found before anything is computed
+        raise ConfigError(f"--workdir {files.root} is not writable, so probe.json cannot be written there; "
+                          "copy the run to a folder you can write to")
+    checkpoints = Checkpoints(files.checkpoint_dir) if files.checkpoint_dir.is_dir() else None
+    step = checkpoints and checkpoints.latest_step()
+    if step is None:
+        raise ConfigError(f"{files.checkpoint_dir} holds no checkpoint; train the run first")
     config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         state = build_model_state(config, mesh)
-        checkpoints = Checkpoints(files.checkpoint_dir, config)
-        step = checkpoints.latest_step()
-        if step is None:
-            raise ConfigError(f"{files.checkpoint_dir} holds no checkpoint; train the run first")
         params = checkpoints.restore_params(step, state.abstract_params)
         checkpoints.close()
         # checks the data set and its labels before any feature is computed

@@ -1,28 +1,34 @@
 """Where a run trains: in this process, in spawned worker processes, or as Ray tasks.
 
 Every executor calls a job, by default ``execute_run(config, workdir)``, which trains (or resumes) the
-run and turns its end into an outcome {"status": one of scaling.workdir.RUN_STATUSES, "reason", "detail"}.
-The runner holds the run's lease and records the outcome; an executor only trains. ``start`` returns a
-handle whose ``poll()`` gives the outcome once the run has ended (None before) and ``cancel()`` stops it.
+run and turns its end into an outcome {"status": one of scaling.workdir.RUN_STATUSES or ATTEMPT_ENDS,
+"reason", "detail"}. The runner holds the run's lease and records the outcome; an executor only trains.
+``start`` returns a handle whose ``poll()`` gives the outcome once the run has ended (None before),
+``interrupt()`` asks the run to checkpoint and stop (its outcome is then ``interrupted``), and ``cancel()``
+kills it. A worker process that dies without an outcome (killed, out of memory) ends as ``died``: the
+run is left to resume, not failed.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 import re
-import threading
-import time
+import signal
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
 import ml_collections
 
+from scaling.signals import InterruptedRunError
 from scaling.sweeps.spec import RunSpec, SweepError
 from scaling.train import DivergedError, train
-from scaling.workdir import DIVERGED, FAILED
+from scaling.workdir import DIED, DIVERGED, FAILED, INTERRUPTED
 
 Outcome = dict[str, str]
 Job = Callable[[ml_collections.ConfigDict, str], Outcome]
@@ -40,6 +46,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
         result = train(config, workdir)
     except DivergedError as error:
         return {"status": DIVERGED, "reason": str(error)}
+    except InterruptedRunError as error:
+        return {"status": INTERRUPTED, "reason": str(error)}
     except Exception as error:  # isolate the failure: the sweep goes on with the other runs
         return failed_outcome(error)
     return {"status": result["status"], "reason": result.get("reason", "")}
@@ -47,6 +55,8 @@ def execute_run(config: ml_collections.ConfigDict, workdir: str) -> Outcome:
 
 class Handle(Protocol):
     def poll(self) -> Outcome | None: ...
+
+    def interrupt(self) -> None: ...
 
     def cancel(self) -> None: ...
 
@@ -68,6 +78,9 @@ class Finished:
 
     def poll(self) -> Outcome:
         return self.outcome
+
+    def interrupt(self) -> None:
+        pass
 
     def cancel(self) -> None:
         pass
@@ -97,43 +110,31 @@ def with_device_count(xla_flags: str, count: int) -> str:
     return " ".join([*kept, f"{DEVICE_COUNT_FLAG}={count}"])
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """A worker whose runner is gone (e.g. SIGKILLed) stops, so a rerun never trains beside it."""
-    while True:
-        time.sleep(1)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def _worker_main(job: Job, config, workdir: str, conn, xla_flags: str | None, parent_pid: int) -> None:
-    if xla_flags is not None:
-        os.environ["XLA_FLAGS"] = xla_flags  # read when this process first touches a device
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    conn.send(job(config, workdir))
-    conn.close()
-
-
 class Spawned:
-    def __init__(self, process, conn):
+    """A worker process (``scaling.sweeps.worker``) and the pipe its outcome comes through."""
+
+    def __init__(self, process: subprocess.Popen, conn: Connection):
         self.process, self.conn = process, conn
 
     def poll(self) -> Outcome | None:
-        alive = self.process.is_alive()
         try:
             if self.conn.poll():
                 outcome = self.conn.recv()
-                self.process.join()
+                self.process.wait()
                 return outcome
-        except EOFError:
-            alive = False
-        if alive:
+        except EOFError:  # the worker is gone without an outcome
+            self.process.wait()
+        if self.process.poll() is None:
             return None
-        self.process.join()
-        return {"status": FAILED, "reason": f"worker process exited with code {self.process.exitcode}"}
+        return {"status": DIED, "reason": f"worker process exited with code {self.process.returncode}"}
+
+    def interrupt(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def cancel(self) -> None:
         self.process.kill()
-        self.process.join()
+        self.process.wait()
 
 
 class ProcessPool:
@@ -147,17 +148,19 @@ class ProcessPool:
         self.job = job
         self.xla_flags = (None if devices_per_run is None
                           else with_device_count(os.environ.get("XLA_FLAGS", ""), devices_per_run))
-        self.context = multiprocessing.get_context("spawn")
 
     def start(self, run: RunSpec, workdir: Path) -> Spawned:
-        receive, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(
-            target=_worker_main, name=f"sweep-{run.run_id}",
-            args=(self.job, run.config, str(workdir), send, self.xla_flags, os.getpid()),
+        receive, send = os.pipe()
+        env = {**os.environ, **({} if self.xla_flags is None else {"XLA_FLAGS": self.xla_flags})}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scaling.sweeps.worker", str(send), str(os.getpid())],
+            stdin=subprocess.PIPE, pass_fds=(send,), env=env,
         )
-        process.start()
-        send.close()
-        return Spawned(process, receive)
+        os.close(send)
+        pickle.dump(sys.path, process.stdin)
+        pickle.dump((self.job, run.config, str(workdir)), process.stdin)
+        process.stdin.close()
+        return Spawned(process, Connection(receive, writable=False))
 
     def close(self) -> None:
         pass
@@ -169,8 +172,11 @@ class ProcessPool:
 class RayTask:
     def __init__(self, ray, ref):
         self.ray, self.ref = ray, ref
+        self.interrupted: Outcome | None = None
 
     def poll(self) -> Outcome | None:
+        if self.interrupted is not None:
+            return self.interrupted
         ready, _ = self.ray.wait([self.ref], timeout=0)
         if not ready:
             return None
@@ -178,6 +184,11 @@ class RayTask:
             return self.ray.get(self.ref)
         except Exception as error:  # the worker crashed more often than max_retries allows
             return failed_outcome(error)
+
+    def interrupt(self) -> None:
+        """Stops the task; the run resumes from its last regular checkpoint when next claimed."""
+        self.cancel()
+        self.interrupted = {"status": INTERRUPTED, "reason": "cancelled on a stop signal"}
 
     def cancel(self) -> None:
         self.ray.cancel(self.ref, force=True)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scaling.errors import ConfigError
 from scaling.sweeps.spec import Budget
 from scaling.sweeps.store import ended_status
 from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json, write_atomic
@@ -87,4 +88,15 @@ def write_table(table: pd.DataFrame, sweep_dir: str | Path) -> Path:
 
 
 def read_table(sweep_dir: str | Path) -> pd.DataFrame:
-    return with_points(pd.read_csv(Path(sweep_dir) / RESULTS_NAME))
+    """The cached results.csv; one that is empty or not a results table is refused."""
+    path = Path(sweep_dir) / RESULTS_NAME
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError) as error:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise ConfigError(f"{path} is not a results table ({str(error).strip()}); delete it, or give the "
+                          "sweep folder whose run folders it was built from") from None
+    missing = [column for column in ("run_id", "kind", "step", "total_steps") if column not in table]
+    if missing:
+        raise ConfigError(f"{path} is not a results table (no column {', '.join(missing)}); delete it, or "
+                          "give the sweep folder whose run folders it was built from")
+    return with_points(table)

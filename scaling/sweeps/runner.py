@@ -1,11 +1,15 @@
 """The sweep runner: claims runs, has an executor train them, records how each ended, reports progress.
 
 A rerun skips finished runs (completed, diverged or failed; ``retry_failed`` clears failure records
-first), resumes interrupted runs from their last checkpoint once their lease is stale (train() resumes),
+first) once their config.json matches the sweep's (a sweep file edited since they ran is refused),
+resumes interrupted runs from their last checkpoint once their lease is stale (train() resumes),
 and leaves runs that another live runner holds alone. Every start and end of an attempt is logged in
-the run's attempts.jsonl. The data sets are built before the first run starts. At the end the results
-table, the compute figure and ``summary.json`` (where this invocation's wall time went and the share of the
-machine's float32 peak its training used; see scaling.sweeps.summary) are written.
+the run's attempts.jsonl. A run whose worker process died (``died``) is resumed by a rerun, and fails only
+once that has happened MAX_DEATHS times. On SIGTERM or SIGINT the runner claims nothing more, its runs in
+flight checkpoint and stop (``interrupted``), their leases are released and it exits with status 75.
+The data sets are built before the first run starts. At the end the results table, the compute figure
+and ``summary.json`` (where this invocation's wall time went and the share of the machine's float32 peak
+its training used; see scaling.sweeps.summary) are written.
 
 On a multi-host TPU slice every host runs the same command; process 0 claims runs and broadcasts which
 one to train next, all processes train it together, and only process 0 writes.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +34,7 @@ from scaling.data.pipeline import ensure_built
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import eval_data_config
 from scaling.objectives import build_objective
+from scaling.signals import InterruptedRunError, deferred_stops, requested
 from scaling.sweeps import pods
 from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
 from scaling.sweeps.results import build_table, write_table
@@ -37,9 +42,10 @@ from scaling.sweeps.spec import Sweep, SweepError, load_sweep
 from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
 from scaling.sweeps.summary import RUNNER_ACTIVITIES, matmul_peak, summarize, summary_line, write_summary
 from scaling.train import cooldown_branches
-from scaling.workdir import Stopwatch, read_json
+from scaling.workdir import DIED, INTERRUPTED, RunFiles, Stopwatch, differing_fields, read_json
 
 Print = Callable[[str], None]
+MAX_DEATHS = 3  # attempts whose worker process died before a run counts as failed
 FIGURE_NAME = "compute_vs_probe.png"
 
 
@@ -71,15 +77,21 @@ def _begin(store: Store, run) -> Path:
 
 
 def _finish(store: Store, run_id: str, generation: int, outcome: dict[str, str]) -> None:
+    """Records how the attempt ended and releases the run. A run whose worker died is left to resume
+    until that has happened MAX_DEATHS times, which fails it."""
+    store.log_attempt(run_id, "end", status=outcome["status"], reason=outcome.get("reason", ""))
+    deaths = sum(a["event"] == "end" and a.get("status") == DIED for a in store.attempts(run_id))
+    if outcome["status"] == DIED and deaths >= MAX_DEATHS:
+        outcome = {"status": FAILED, "reason": f"{outcome['reason']}; its worker died in {deaths} attempts "
+                                               "(see attempts.jsonl)"}
     if outcome["status"] == FAILED:
         store.record_failure(run_id, outcome["reason"], outcome.get("detail", ""))
-    store.log_attempt(run_id, "end", status=outcome["status"], reason=outcome.get("reason", ""))
     store.release(run_id, generation)
 
 
 def _abandon(store: Store, run_id: str, generation: int) -> None:
     """The runner is stopping mid-run: free the run for the next runner, which resumes it."""
-    store.log_attempt(run_id, "end", status="interrupted")
+    store.log_attempt(run_id, "end", status=INTERRUPTED)
     store.release(run_id, generation)
 
 
@@ -89,11 +101,18 @@ def _ended_line(sweep: Sweep, store: Store, run_id: str, outcome: dict[str, str]
 
 
 def _run_here(sweep: Sweep, store: Store, executor: Executor, out: Print, poll_s: float) -> None:
+    """Runs what is left; on a stop signal, claims nothing more, lets the runs in flight checkpoint and
+    stop, records them as interrupted and raises InterruptedRunError."""
     in_flight: dict[str, tuple[int, Handle]] = {}  # run id -> (lease generation, handle)
     ended: set[str] = set()
+    stopping = False
     with Heartbeats(store) as beats:
         try:
             while True:
+                if requested() and not stopping:
+                    stopping = True
+                    for _, handle in in_flight.values():
+                        handle.interrupt()
                 for run_id, (generation, handle) in list(in_flight.items()):
                     if run_id in beats.lost:
                         handle.cancel()
@@ -107,7 +126,7 @@ def _run_here(sweep: Sweep, store: Store, executor: Executor, out: Print, poll_s
                     del in_flight[run_id]
                     beats.drop(run_id)
                     ended.add(run_id)
-                while len(in_flight) < executor.max_parallel:
+                while not stopping and len(in_flight) < executor.max_parallel:
                     claimed = _claim_next(sweep, store, ended | set(in_flight))
                     if claimed is None:
                         break
@@ -121,13 +140,21 @@ def _run_here(sweep: Sweep, store: Store, executor: Executor, out: Print, poll_s
                         _abandon(store, run.run_id, generation)
                         raise
                 if not in_flight:
-                    return
+                    break
                 time.sleep(poll_s)
         finally:
             for run_id, (generation, handle) in in_flight.items():
                 handle.cancel()
                 _abandon(store, run_id, generation)
             executor.close()
+    _raise_if_stopped(sweep)
+
+
+def _raise_if_stopped(sweep: Sweep) -> None:
+    stop = requested()
+    if stop:
+        raise InterruptedRunError(f"sweep {sweep.name} interrupted by {stop}: its runs in flight wrote a "
+                                  "checkpoint and released their leases; rerun the same command to resume")
 
 
 def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
@@ -150,6 +177,7 @@ def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
                 _finish(store, run.run_id, claimed[1], outcome)
                 beats.drop(run.run_id)
                 out(_ended_line(sweep, store, run.run_id, outcome))
+            _raise_if_stopped(sweep)
 
 
 def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, *,
@@ -162,6 +190,7 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
     times loading the sweep file); by default the account starts here."""
     start, clock = account or (time.perf_counter(), runner_stopwatch())
     store = Store(root, sweep.name, lease_timeout_s)
+    check_recorded_configs(sweep, store)
     writer = True
     if multihost:
         writer = jax.process_index() == 0
@@ -187,6 +216,18 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
                    if run.run_id not in done_before and store.state(run.run_id) == COMPLETED]
         write_account(store, trained, clock.seconds, time.perf_counter() - start, out)
     return counts
+
+
+def check_recorded_configs(sweep: Sweep, store: Store) -> None:
+    """Refuses a sweep whose run folders hold runs of other configs (a sweep file edited since they ran),
+    before anything runs: their records would be counted for the sweep's configs."""
+    for run in sweep.runs:
+        recorded = RunFiles(store.run_dir(run.run_id)).read_config()
+        changed = [] if recorded is None else differing_fields(recorded, json.loads(run.config.to_json()))
+        if changed:
+            raise SweepError(f"sweep {sweep.name}: {store.run_dir(run.run_id)} holds a run of a different "
+                             f"config (fields {', '.join(changed)}); restore the sweep file's values, or "
+                             "move that folder aside to run it anew")
 
 
 def runner_stopwatch() -> Stopwatch:
@@ -240,10 +281,6 @@ def describe(sweep: Sweep, store: Store) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What ``scaling sweep`` was asked to do."""
@@ -286,12 +323,12 @@ def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int
     if options.dry_run:
         out(describe(sweep, store))
         return None
-    signal.signal(signal.SIGTERM, _interrupt)  # preemption notices: release leases on the way out
     if options.distributed:
         if options.executor != "local" or options.max_parallel != 1:
             raise SweepError("--distributed runs one run at a time on every host: use --executor local "
                              "--max-parallel 1")
         jax.distributed.initialize()
-    return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
-                     lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,
-                     multihost=options.distributed, out=out, account=(start, clock))
+    with deferred_stops():  # preemption notices: runs checkpoint and release their leases on the way out
+        return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
+                         lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,
+                         multihost=options.distributed, out=out, account=(start, clock))

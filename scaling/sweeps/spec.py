@@ -2,7 +2,9 @@
 
 A sweep file ``sweeps/<name>.py`` defines ``get_sweep() -> Sweep``. A run id shows the fields a reader
 looks for and hashes the rest of the result-changing config, e.g. ``clip-mu-f1e12-s0-3fa2c1`` or
-``clip-mu-f1e12-s0-caption_level=short-3fa2c1``, so the same definition always gives the same ids.
+``clip-mu-f1e12-s0-caption_level=short-3fa2c1``, so the same definition always gives the same ids. A
+grid value shown rounded (``learning_rate=0.001`` for 1.0000004e-3) is hashed exactly too, so two configs
+never share an id; the runner still compares a finished run's config.json with the sweep's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from typing import Any
 import ml_collections
 
 from scaling import config as run_config
-from scaling.config import EXPERIMENTS_DIR, ConfigError, load_config_file, load_python_file
+from scaling.config import (
+    EXPERIMENTS_DIR,
+    ConfigError,
+    call_file_code,
+    load_config_file,
+    load_python_file,
+)
 from scaling.objectives import OBJECTIVES, build_objective, get_objective, validate_config
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
@@ -109,11 +117,21 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", str(text))
 
 
+def _rounded(value: Any) -> bool:
+    """Whether the id shows ``value`` rounded (a number beyond 6 significant digits)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and float(compact_number(value)) != value
+
+
 def make_run_id(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str, Any]) -> str:
-    rest = {k: v for k, v in result_fields(config).items() if k not in (*SHOWN_FIELDS, *labels)}
+    """The shown fields and grid values, then a hash of every other result-changing field and of the
+    exact value of any grid value the id shows rounded, so distinct configs never share an id."""
+    fields = result_fields(config)
+    shown = (*SHOWN_FIELDS, *(label for label, value in labels.items() if not _rounded(value)))
+    rest = {k: v for k, v in fields.items() if k not in shown}
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
-    shown = [f"{field.rpartition('.')[2]}={_slug(value)}" for field, value in labels.items()]
-    return "-".join([config.objective, config.size, budget.label, f"s{config.seed}", *shown, digest])
+    values = [f"{field.rpartition('.')[2]}={_slug(value)}" for field, value in labels.items()]
+    return "-".join([config.objective, config.size, budget.label, f"s{config.seed}", *values, digest])
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
@@ -240,7 +258,7 @@ def load_sweep(path: str | Path) -> Sweep:
 def _sweep_of(module, path: str | Path) -> Sweep:
     if not callable(getattr(module, "get_sweep", None)):
         raise SweepError(f"{path} defines no get_sweep() -> Sweep")
-    sweep = module.get_sweep()
+    sweep = call_file_code(path, module.get_sweep)
     if not isinstance(sweep, Sweep):
         raise SweepError(f"{path}: get_sweep() returned {type(sweep).__name__}, not a Sweep")
     return sweep
@@ -255,6 +273,6 @@ def load_runs(path: str) -> Sweep:
         return _sweep_of(module, file)
     if not callable(getattr(module, "get_config", None)):
         raise SweepError(f"{file} defines neither get_sweep() nor get_config()")
-    config = module.get_config(arg or None)
+    config = call_file_code(file, module.get_config, arg or None)
     run = make_run(config, Budget.steps(config.total_steps))
     return Sweep(run.run_id, (run,))
