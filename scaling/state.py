@@ -232,7 +232,8 @@ class Checkpoints:
 
     def _set_aside(self, step: int) -> Path:
         aside = self.directory / f"{step}.damaged"
-        (self.directory / str(step)).rename(aside)
+        if jax.process_index() == 0:  # the one writer; the other hosts found the same damage
+            (self.directory / str(step)).rename(aside)
         self.manager.reload()
         return aside
 

@@ -523,3 +523,14 @@ def test_a_read_only_workdir(command, finished, status, says, world, data_dir, t
     assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert stderr_lines(proc.stderr) == ([says.format(copy=copy)] if says else []), proc.stderr[-3000:]
     assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_orbax_cannot_read_shows_one_line_in_the_terminal(world, data_dir, tmp_path):
+    """Orbax's asyncio tasks fail again as the process stops; the terminal shows the error line only."""
+    place = Place(tmp_path, world, data_dir)
+    missing_orbax_manifest(place, None)
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", *PROBE[:2], str(tmp_path / "copy")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: checkpoint {tmp_path}/copy/checkpoints/4 cannot be restored (")
