@@ -88,6 +88,21 @@ def silence_stderr() -> None:
     os.close(devnull)
 
 
+def without_closed_loop_callbacks(hook):
+    """``hook`` less "Event loop is closed" errors: tensorstore calls back into the event loop of an orbax
+    read that has already failed (and raised), once per array, and Python prints each as a traceback."""
+    if getattr(hook, "closed_loops_dropped", False):
+        return hook
+
+    def dropping(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            hook(unraisable)
+
+    dropping.closed_loops_dropped = True
+    return dropping
+
+
 def train_command(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; usage: {USAGES['train']}")
@@ -158,6 +173,7 @@ def run_command(command, argv: list[str]) -> None:
     logging.set_verbosity(logging.ERROR)
     tfds.disable_progress_bar()
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    sys.unraisablehook = without_closed_loop_callbacks(sys.unraisablehook)
     try:
         command(argv)
     except UserError as error:

@@ -508,7 +508,8 @@ def read_only(folder: Path) -> list[str]:
     ("train", True, 0, None),
     ("train", False, 2, "error: --workdir {copy}: {copy} is not writable; make it writable or copy the run "
                         "to a folder you can write to"),
-    ("probe", True, 2, "error: --workdir {copy} is not writable, so probe.json cannot be written there"),
+    ("probe", True, 2, "error: --workdir {copy} is not writable, so probe.json cannot be written there; copy "
+                       "the run to a folder you can write to"),
 ], ids=["finished run", "unfinished run", "probe"])
 def test_a_read_only_workdir(command, finished, status, says, world, data_dir, tmp_path):
     """As root, only a read-only mount stops a write, so the workdir is mounted read-only for the command."""
