@@ -4,6 +4,7 @@ the compute figure it writes, and pod launch commands."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
