@@ -91,6 +91,21 @@ def test_causal_text_tower_never_looks_ahead():
     assert not np.allclose(out[:, 10:], out_changed[:, 10:])
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_continuation_of_a_cached_prefix_computes_what_the_whole_sequence_does(scan):
+    size = get_size("mu")
+    tower = TextTower(size, vocab=259, max_len=16, positions="learned", dtype=jnp.float32, rngs=nnx.Rngs(0),
+                      cross_attention_width=size.width, stacking=Stacking(scan=scan))
+    context_GMD = jax.random.normal(jax.random.key(1), (2, 6, size.width))
+    prefix_GP = jax.random.randint(jax.random.key(2), (2, 7), 3, 259)
+    rest_BL = jax.random.randint(jax.random.key(3), (6, 9), 3, 259)  # three continuations per prefix
+    whole_BT = jnp.concatenate([jnp.repeat(prefix_GP, 3, axis=0), rest_BL], axis=1)
+    out_BTD, _ = tower(whole_BT, jnp.repeat(context_GMD, 3, axis=0))
+    prefix_GPD, past = tower.prefix(prefix_GP, context_GMD)
+    np.testing.assert_allclose(prefix_GPD, out_BTD[::3, :7], atol=1e-5)
+    np.testing.assert_allclose(tower.continue_prefix(rest_BL, past, context_GMD), out_BTD[:, 7:], atol=1e-5)
+
+
 def test_unknown_size_names_the_ladder():
     with pytest.raises(ValueError, match="choose one of mu, micro"):
         get_size("huge")

@@ -38,6 +38,7 @@ from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
 from scaling.sharding import shard_batch
 from scaling.state import ModelState
 
+PREDICTION = "class_prediction"  # beside the test split's features: the class-score prediction
 Features = tuple[dict[str, np.ndarray], np.ndarray]  # ({layer: [N, D]}, labels [N])
 
 
@@ -139,8 +140,8 @@ class Evaluation:
     state: ModelState
     config: ml_collections.ConfigDict  # the run's: eval section, seed
     data: ml_collections.ConfigDict  # the probe data set and label
-    features_fn: BatchFn
-    zero_shot_fn: BatchFn | None  # (params, images, rng) -> predicted class ids
+    features_fn: BatchFn  # of the train split
+    test_fn: BatchFn  # of the test split: the features and, with class scores, PREDICTION
     extra_labels: tuple[str, ...]
     pixel_floor: bool
     caption_levels: CaptionLevelEval | None  # eval.caption_levels' held-out caption metrics
@@ -150,6 +151,12 @@ class Evaluated(NamedTuple):
     record: dict[str, Any]
     train_examples: int
     test_examples: int
+
+
+def with_predictions(features_fn: BatchFn, predict_fn: BatchFn) -> BatchFn:
+    """One pass over the test images for the probes and the class scores: the features and, under
+    ``PREDICTION``, the predicted class ids (each function sees the batch's images and rng as alone)."""
+    return jax.jit(lambda p, x, rng: {**features_fn(p, x, rng), PREDICTION: predict_fn(p, x, rng)})
 
 
 def select_layers(features_fn: BatchFn, state: ModelState, data, layers: tuple[str, ...],
@@ -185,10 +192,12 @@ def prepare_evaluation(
     if layers:
         features_fn = select_layers(features_fn, state, data, layers, config.eval.batch_size)
     wanted = names and zero_shot and supports_zero_shot(state.objective)
-    zero_shot_fn = make_zero_shot_fn(state.objective, state.model, names) if wanted else None
+    test_fn = features_fn
+    if wanted:
+        test_fn = with_predictions(features_fn, make_zero_shot_fn(state.objective, state.model, names))
     levels = config.eval.get("caption_levels", ())
     caption_levels = CaptionLevelEval(config, state.objective, state.model, state.mesh) if levels else None
-    return Evaluation(state, config, data, features_fn, zero_shot_fn, extra_labels, pixel_floor,
+    return Evaluation(state, config, data, features_fn, test_fn, extra_labels, pixel_floor,
                       caption_levels)
 
 
@@ -202,7 +211,9 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
                          max_examples=limit, seed=seed)
 
     train = over(evaluation.features_fn, e.train_split, max_train)
-    test = over(evaluation.features_fn, e.test_split, max_test)
+    test_outputs, test_labels = over(evaluation.test_fn, e.test_split, max_test)
+    predictions = test_outputs.pop(PREDICTION, None)
+    test = (test_outputs, test_labels)
     train_examples, test_examples = len(train[1]), len(test[1])
     record = probe_record(train, test, seed=seed)
     if evaluation.pixel_floor:
@@ -211,12 +222,8 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
     if evaluation.extra_labels:
         record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,
                                          train_split=e.train_split, test_split=e.test_split, seed=seed))
-    if evaluation.zero_shot_fn is not None:
-        predict = evaluation.zero_shot_fn
-        predictions, labels = over(lambda p, images, rng: {"prediction": predict(p, images, rng)},
-                                   e.test_split, max_test)
-        field = evaluation.state.objective.class_score_field
-        record[field] = float(np.mean(predictions["prediction"] == labels))
+    if predictions is not None:
+        record[evaluation.state.objective.class_score_field] = float(np.mean(predictions == test_labels))
     if evaluation.caption_levels is not None:
         record.update(evaluation.caption_levels(params))
     return Evaluated(record, train_examples, test_examples)

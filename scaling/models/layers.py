@@ -156,6 +156,18 @@ class LayerNorm(nnx.Module):
 # --- attention and MLP -------------------------------------------------------------------------------
 
 
+KeysValues = tuple[Array, Array]  # self-attention keys and values [B, L, A, Q] of cached positions
+
+
+def shared_rows(x_G: Array, rows: int) -> Array:
+    """``x`` with each of its G rows serving ``rows // G`` consecutive rows of a batch of ``rows``: an image
+    context or a cached prefix computed once for every continuation that reads it."""
+    groups = x_G.shape[0]
+    if rows % groups:
+        raise ValueError(f"{groups} shared rows cannot serve a batch of {rows}")
+    return x_G if groups == rows else jnp.repeat(x_G, rows // groups, axis=0)
+
+
 class Attention(nnx.Module):
     """Multi-head attention; self-attention when ``context_width`` is None, cross-attention otherwise.
 
@@ -182,21 +194,34 @@ class Attention(nnx.Module):
         self.dtype = dtype
         self.scale = head_dim**-0.5
 
-    def project(self, x_BLD: Array, context_BMD: Array | None) -> tuple[Array, Array, Array]:
-        """Queries [B, L, A, Q] of ``x``; keys and values [B, M, A, Q] of ``x`` or of the context."""
+    def project(self, x_BLD: Array, context_GMD: Array | None) -> tuple[Array, Array, Array]:
+        """Queries [B, L, A, Q] of ``x``; keys and values [B, M, A, Q] of ``x`` or of the context. A
+        context of G < B rows is projected once and shared (``shared_rows``)."""
         if self.qkv is not None:
-            if context_BMD is not None:
+            if context_GMD is not None:
                 raise ValueError("this is a self-attention layer; build it with context_width to attend "
                                  "to a context")
             qkv_BL3AQ = self.qkv(x_BLD)
             return qkv_BL3AQ[:, :, 0], qkv_BL3AQ[:, :, 1], qkv_BL3AQ[:, :, 2]
-        if context_BMD is None:
+        if context_GMD is None:
             raise ValueError("this is a cross-attention layer; pass context_BMD")
-        kv_BM2AQ = self.key_value(context_BMD)
+        kv_BM2AQ = shared_rows(self.key_value(context_GMD), x_BLD.shape[0])
         return self.query(x_BLD), kv_BM2AQ[:, :, 0], kv_BM2AQ[:, :, 1]
 
-    def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None):
+    def keys_values(self, x_BLD: Array) -> KeysValues:
+        """Self-attention keys and values [B, L, A, Q] of ``x``: the cache a continuation attends to."""
+        _, k_BLAQ, v_BLAQ = self.project(x_BLD, None)
+        return k_BLAQ, v_BLAQ
+
+    def __call__(self, x_BLD: Array, mask_BLM: Array | None = None, context_BMD: Array | None = None,
+                 past: KeysValues | None = None):
+        """``past``: keys and values [G, P, A, Q] of P earlier positions (G rows shared as in
+        ``shared_rows``), attended before this call's own; ``mask_BLM`` then spans P + L keys."""
         q_BLAQ, k_BMAQ, v_BMAQ = self.project(x_BLD, context_BMD)
+        if past is not None:
+            batch = x_BLD.shape[0]
+            k_BMAQ = jnp.concatenate([shared_rows(past[0], batch), k_BMAQ], axis=1)
+            v_BMAQ = jnp.concatenate([shared_rows(past[1], batch), v_BMAQ], axis=1)
         q_BLAQ = q_BLAQ * self.scale
         if flat_matmuls():  # heads lead the length axes: plain batched matmuls
             heads_first = lambda x: x.transpose(0, 2, 1, 3)
@@ -282,16 +307,22 @@ class Block(nnx.Module):
         params_B6D = self.modulation(jax.nn.silu(condition_BE))
         return tuple(params_B6D[:, i] for i in range(6))
 
+    def keys_values(self, x_BLD: Array, condition_BE: Array | None = None) -> KeysValues:
+        """The self-attention keys and values of this block for its input ``x``."""
+        shift_a, scale_a, *_ = self.adaptive_parameters(condition_BE)
+        return self.attention.keys_values(modulate(self.attention_norm(x_BLD), shift_a, scale_a))
+
     def __call__(
         self,
         x_BLD: Array,
         mask_BLL: Array | None = None,
         context_BMD: Array | None = None,
         condition_BE: Array | None = None,
+        past: KeysValues | None = None,
     ):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaptive_parameters(condition_BE)
         attention_in_BLD = modulate(self.attention_norm(x_BLD), shift_a, scale_a)
-        x_BLD = x_BLD + gate(self.attention(attention_in_BLD, mask_BLL), gate_a)
+        x_BLD = x_BLD + gate(self.attention(attention_in_BLD, mask_BLL, past=past), gate_a)
         if self.cross_attention is not None:
             x_BLD = x_BLD + self.cross_attention(self.cross_norm(x_BLD), None, context_BMD)
         x_BLD = x_BLD + gate(self.mlp(modulate(self.mlp_norm(x_BLD), shift_m, scale_m)), gate_m)
@@ -330,13 +361,15 @@ class Positions(nnx.Module):
             raise ValueError(f"unknown position embedding {kind!r}; use 'learned' or 'sincos'")
         self.grid = grid
 
-    def __call__(self, x_BLD: Array) -> Array:
+    def __call__(self, x_BLD: Array, offset: int = 0) -> Array:
+        """``x`` plus the embeddings of positions ``offset`` to ``offset + L`` (a continuation of a
+        cached prefix of ``offset`` positions; 1-D tables only)."""
         _, length, width = x_BLD.shape
         if self.table is not None:
-            return x_BLD + self.table[...][:length]
+            return x_BLD + self.table[...][offset : offset + length]
         side = int(round(length**0.5))
-        fixed = sincos_positions_2d(side, width) if self.grid else sincos_positions(length, width)
-        return x_BLD + fixed
+        fixed = sincos_positions_2d(side, width) if self.grid else sincos_positions(offset + length, width)
+        return x_BLD + fixed[offset:]
 
 
 class PatchEmbed(nnx.Module):

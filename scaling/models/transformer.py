@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import Block, LayerNorm, PatchEmbed, Positions, TokenEmbed
+from scaling.models.layers import Block, KeysValues, LayerNorm, PatchEmbed, Positions, TokenEmbed
 from scaling.models.sizes import Size
 from scaling.sharding import constrain
 
 Array = jax.Array
+Cache = list[KeysValues] | KeysValues  # per block, or stacked on a leading layers axis when scanned
 
 
 def normalize_images(images_BHWC: Array) -> Array:
@@ -110,24 +111,37 @@ class Transformer(nnx.Module):
         mask_BLL: Array | None = None,
         context_BMD: Array | None = None,
         condition_BE: Array | None = None,
+        past: Cache | None = None,
     ) -> tuple[Array, list[Array]]:
+        """``past`` (``keys_values`` of earlier positions) makes this a continuation of them."""
         x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
         apply = rematerialized(Block.__call__, self.stacking.remat)
         if self.stacking.scan:
 
-            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None), out_axes=(nnx.Carry, 0))
-            def body(x_BLD, block, mask_BLL, context_BMD, condition_BE):
-                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE)
+            @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None, 0), out_axes=(nnx.Carry, 0))
+            def body(x_BLD, block, mask_BLL, context_BMD, condition_BE, past):
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE, past)
                 return x_BLD, x_BLD
 
-            x_BLD, hidden_YBLD = body(x_BLD, self.blocks, mask_BLL, context_BMD, condition_BE)
+            x_BLD, hidden_YBLD = body(x_BLD, self.blocks, mask_BLL, context_BMD, condition_BE, past)
             hidden = list(hidden_YBLD)
         else:
             hidden = []
-            for block in self.blocks:
-                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE)
+            for index, block in enumerate(self.blocks):
+                x_BLD = apply(block, x_BLD, mask_BLL, context_BMD, condition_BE,
+                              None if past is None else past[index])
                 hidden.append(x_BLD)
         return self.final_norm(x_BLD), hidden
+
+    def keys_values(self, x_BLD: Array, hidden: list[Array], condition_BE: Array | None = None) -> Cache:
+        """The self-attention keys and values of every block in a pass whose input was ``x`` and whose
+        block outputs were ``hidden``: the cache a continuation (``past``) attends to."""
+        inputs = [constrain(x_BLD, ("batch", "length", "embed")), *hidden[:-1]]
+        if self.stacking.scan:
+            per_block = nnx.vmap(lambda block, x_BLD: block.keys_values(x_BLD, condition_BE),
+                                 in_axes=(0, 0), out_axes=0)
+            return per_block(self.blocks, jnp.stack(inputs))
+        return [block.keys_values(x, condition_BE) for block, x in zip(self.blocks, inputs, strict=True)]
 
 
 class ImageTower(nnx.Module):
@@ -168,7 +182,8 @@ class TextTower(nnx.Module):
         key_mask_BL: Array | None = None,
     ) -> tuple[Array, list[Array]]:
         """``bidirectional_B`` (bool [B]) lifts a causal tower's mask on the rows where it is set;
-        ``key_mask_BL`` (nonzero on real tokens) keeps every position from attending to padding."""
+        ``key_mask_BL`` (nonzero on real tokens) keeps every position from attending to padding. A
+        context of fewer rows than tokens is shared (``scaling.models.layers.shared_rows``)."""
         x_BLD = self.positions(self.embed(tokens_BL))
         mask_BLL = causal_mask(tokens_BL.shape[1])[None] if self.causal else None
         if mask_BLL is not None and bidirectional_B is not None:
@@ -177,6 +192,26 @@ class TextTower(nnx.Module):
             keys_B1L = key_mask_BL.astype(bool)[:, None, :]
             mask_BLL = keys_B1L if mask_BLL is None else mask_BLL & keys_B1L
         return self.transformer(x_BLD, mask_BLL, context_BMD)
+
+    def prefix(self, tokens_GP: Array, context_GMD: Array | None = None) -> tuple[Array, Cache]:
+        """A causal pass over a prefix: its output [G, P, D] and the cache ``continue_prefix`` reads."""
+        x_GPD = self.positions(self.embed(tokens_GP))
+        out_GPD, hidden = self.transformer(x_GPD, causal_mask(tokens_GP.shape[1])[None], context_GMD)
+        return out_GPD, self.transformer.keys_values(x_GPD, hidden)
+
+    def continue_prefix(self, tokens_BL: Array, past: Cache, context_GMD: Array | None = None) -> Array:
+        """Output [B, L, D] of a causal pass over a prefix (cached for G rows, each shared by B / G
+        consecutive rows, as the context) followed by ``tokens``: the prefix computed once for all."""
+        length, prefix_length = tokens_BL.shape[1], cache_length(past)
+        x_BLD = self.positions(self.embed(tokens_BL), offset=prefix_length)
+        mask_BLM = jnp.concatenate([jnp.ones((length, prefix_length), bool), causal_mask(length)], axis=1)
+        return self.transformer(x_BLD, mask_BLM[None], context_GMD, past=past)[0]
+
+
+def cache_length(past: Cache) -> int:
+    """Positions held in a cache of ``Transformer.keys_values`` (a list per block, or stacked)."""
+    keys = past[0][0] if isinstance(past, list) else past[0]
+    return keys.shape[-3]
 
 
 def pooled_layer_features(hidden: list[Array], mask_BL: Array | None = None) -> dict[str, Array]:

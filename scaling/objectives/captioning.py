@@ -95,6 +95,30 @@ def _log_likelihood(model: CaptioningModel, context_BMD: Array, tokens_BT: Array
     return (log_probs_BL * mask_BT[:, 1:]).sum(axis=1)
 
 
+def shared_prefix_length(tokens_KT: np.ndarray) -> int:
+    """Leading tokens that every row shares, at least BOS and leaving at least one input after it."""
+    differs_T = (tokens_KT != tokens_KT[:1]).any(axis=0)
+    shared = int(np.argmax(differs_T)) if differs_T.any() else tokens_KT.shape[1]
+    return max(1, min(shared, tokens_KT.shape[1] - 2))
+
+
+def _prompt_log_likelihoods(model: CaptioningModel, context_BMD: Array, tokens_KT: np.ndarray,
+                            mask_KT: np.ndarray) -> Array:
+    """[B, K] ``_log_likelihood`` of each of K prompts for each image, the prompts' shared prefix decoded
+    once per image (``TextTower.prefix``) and each prompt only from there on (``continue_prefix``)."""
+    B, K, P = context_BMD.shape[0], tokens_KT.shape[0], shared_prefix_length(tokens_KT)
+    log_probs = lambda out_NLD, targets_NL: -optax.softmax_cross_entropy_with_integer_labels(
+        model.head(out_NLD), targets_NL)
+    prefix_BPD, past = model.decoder.prefix(jnp.broadcast_to(tokens_KT[0, :P], (B, P)), context_BMD)
+    prefix_B = log_probs(prefix_BPD[:, :-1], jnp.broadcast_to(tokens_KT[0, 1:P], (B, P - 1))).sum(axis=1)
+    first_BK = jax.nn.log_softmax(model.head(prefix_BPD[:, -1]))[:, tokens_KT[:, P]] * mask_KT[:, P]
+    inputs_NS = jnp.tile(tokens_KT[:, P:-1], (B, 1))  # N = B * K rows, image-major
+    out_NSD = model.decoder.continue_prefix(inputs_NS, past, context_BMD)
+    rest_N = (log_probs(out_NSD, jnp.tile(tokens_KT[:, P + 1:], (B, 1))) * np.tile(mask_KT[:, P + 1:], (B, 1))
+              ).sum(axis=1)
+    return prefix_B[:, None] + first_BK + rest_N.reshape(B, K)
+
+
 def _masked_mean(x_BL: Array, weights_BL: Array) -> Array:
     return (x_BL * weights_BL).sum() / jnp.maximum(weights_BL.sum(), 1.0)
 
@@ -184,19 +208,18 @@ class Captioning(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
         return outputs
 
     def zero_shot_scores(self, model: CaptioningModel, images_BHWC: Array, class_names, rng: Array) -> Array:
-        """[B, K]: each class's prompt log-likelihood given the image, averaged over templates."""
+        """[B, K]: each class's prompt log-likelihood given the image, averaged over templates. Per image
+        and template, the encoder and the prompts' common prefix run once and each prompt only past it."""
         del rng
-        prompts = class_prompts(class_names, prompt_templates(self.config.data.name))
-        tokenizer = get_tokenizer(self.config.data.tokenizer)
-        longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
-        length = min(longest, caption_length(self.config.data))
-        tokens_UT, mask_UT = tokenize_prompts(tokenizer, prompts, length)
         context_BMD, _ = model.encode(images_BHWC)
-        B, U = context_BMD.shape[0], tokens_UT.shape[0]
-        scores_N = _log_likelihood(
-            model, jnp.repeat(context_BMD, U, axis=0), jnp.tile(tokens_UT, (B, 1)), jnp.tile(mask_UT, (B, 1))
-        )
-        return scores_N.reshape(B, len(class_names), -1).mean(axis=-1)
+        tokenizer, limit = get_tokenizer(self.config.data.tokenizer), caption_length(self.config.data)
+        scores = []
+        for template in prompt_templates(self.config.data.name):
+            prompts = class_prompts(class_names, (template,))
+            longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
+            tokens_KT, mask_KT = tokenize_prompts(tokenizer, prompts, min(longest, limit))
+            scores.append(_prompt_log_likelihoods(model, context_BMD, tokens_KT, mask_KT))
+        return jnp.stack(scores, axis=-1).mean(axis=-1)
 
     def greedy_captions(self, model: CaptioningModel, images_BHWC, max_len: int | None = None) -> np.ndarray:
         """Greedy autoregressive captions [B, max_len]: BOS, tokens, EOS, then padding.

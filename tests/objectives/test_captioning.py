@@ -11,6 +11,7 @@ from helpers import assert_meshes_agree, load_experiment, random_batch, run_step
 from PIL import Image
 
 from scaling import train as trainer
+from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.pipeline import make_eval_iterator
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
@@ -154,6 +155,21 @@ def test_log_likelihood_matches_the_autoregressive_loss_and_features_cover_every
     features = objective.features(model, batch["image"], jax.random.key(0))
     assert sorted(features) == ["layer_01", "layer_02"]
     assert all(f.shape == (4, 32) for f in features.values())
+
+
+def test_zero_shot_scores_are_the_prompts_log_likelihoods_averaged_over_templates():
+    config, objective, model = objective_and_model(parallel_fraction=0.0)
+    config.data.name = "cifar10_jpeg"  # templates whose prompts share a prefix, the class name last
+    classes = ("cat", "dog", "automobile")
+    images = random_batch(config, 3)["image"]
+    scores_BK = objective.zero_shot_scores(model, images, classes, jax.random.key(0))
+    templates = prompt_templates("cifar10_jpeg")
+    tokens_UT, mask_UT = tokenize_prompts(TOKENIZER, class_prompts(classes, templates), 32)
+    for b in range(3):
+        images_UHWC = np.repeat(images[b : b + 1], len(tokens_UT), axis=0)
+        likelihood_U = objective.caption_log_likelihood(model, images_UHWC, tokens_UT, mask_UT)
+        expected_K = np.asarray(likelihood_U).reshape(len(classes), len(templates)).mean(axis=1)
+        np.testing.assert_allclose(scores_BK[b], expected_K, rtol=1e-5)
 
 
 def test_validation_rejects_missing_captions_and_bad_fractions():

@@ -1,0 +1,96 @@
+"""Where a study's wall time goes: a miniature of the CIFAR-10 study and the share of it spent evaluating.
+
+The miniature is ``sweeps/cifar10_objectives.py`` at one size: its fields, its per-objective evaluation
+protocol (zero-shot for CLIP and captioning, diffusion probed at its noise levels, every layer, the
+raw-pixel floor) and its ladder (a warmup-stable-decay run to the top budget with cool-down branches, and
+a second seed at 1/32 of it: two budgets per objective), with the top budget and the probe examples both
+divided by ``--scale`` so that training and evaluation shrink together. It runs in a fresh folder (the
+compilation and pixel-probe caches are shared, as in a study) and prints, from the runs' own accounts,
+the evaluation share of the sweep's wall, each objective's evaluation seconds and every probe and
+zero-shot accuracy, so a change can be checked for both speed and numbers at the same seed.
+
+    python benchmarks/study_eval_share.py [--size mu] [--scale 8] [--objectives clip,igpt] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from scaling.sweeps.runner import run_sweep
+from scaling.sweeps.spec import Sweep, available_objectives, wsd_ladder
+
+ROOT = Path(__file__).resolve().parents[1]
+WARMUP_FRACTION = 0.02  # as the study's
+SHOWN = ("probe_accuracy", "probe_layer", "zero_shot_accuracy", "pixel_probe_accuracy")
+
+
+def study_module():
+    path = ROOT / "sweeps" / "cifar10_objectives.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def miniature(size: str, scale: float, objectives: list[str]) -> Sweep:
+    study = study_module()
+    probe_examples = {key: int(study.FIELDS[key] / scale)
+                      for key in ("eval.probe_train_examples", "eval.probe_test_examples")}
+    fields = lambda objective: {**study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **probe_examples}
+    runs = wsd_ladder(objectives, {size: study.TOP_BUDGETS[size] / scale}, fields, adjust=short_warmup)
+    return Sweep("study_miniature", runs)
+
+
+def short_warmup(config) -> None:
+    """The study's 2% warmup, rounded down: a run of a handful of steps (iGPT's smaller budget) has none."""
+    config.optim.warmup_steps = int(config.total_steps * WARMUP_FRACTION)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def report(sweep_dir: Path, wall_s: float) -> None:
+    summary = read_json(sweep_dir / "summary.json")
+    print(f"wall {wall_s:.0f} s; shares of the sweep's wall: "
+          + ", ".join(f"{name} {share:.3f}" for name, share in summary["shares"].items() if share > 0))
+    print(f"evaluation share: {summary['shares']['eval']:.3f}")
+    print(f"{'run':<44}{'train s':>9}{'eval s':>9}  eval records")
+    for run_dir in sorted(path for path in sweep_dir.iterdir() if (path / "result.json").exists()):
+        seconds = read_json(run_dir / "result.json")["seconds"]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        shown = "; ".join(
+            f"step {r['step']}: " + " ".join(f"{k}={r[k]:.4f}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                                             for k in SHOWN if k in r)
+            for r in evals
+        )
+        print(f"{run_dir.name:<44}{seconds['train']:>9.1f}{seconds['eval']:>9.1f}  {shown}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--size", default="mu")
+    parser.add_argument("--scale", type=float, default=8.0, help="divides the top budget and probe examples")
+    parser.add_argument("--objectives", default=",".join(available_objectives()))
+    parser.add_argument("--keep", default="", help="run in this folder (kept) instead of a temporary one")
+    args = parser.parse_args()
+
+    sweep = miniature(args.size, args.scale, args.objectives.split(","))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.keep or scratch)
+        start = time.perf_counter()
+        counts = run_sweep(sweep, root, out=lambda line: print(line, file=sys.stderr, flush=True))
+        wall_s = time.perf_counter() - start
+        print(f"runs: {counts}")
+        report(root / sweep.name, wall_s)
+
+
+if __name__ == "__main__":
+    main()
