@@ -22,6 +22,8 @@ from scaling.config import load_config
 from scaling.errors import UserError
 from scaling.evaluation.probe import probe_checkpoint
 from scaling.sweeps import runner
+from scaling.sweeps.probes import probe_sweep
+from scaling.sweeps.results import build_table, write_table
 from scaling.sweeps.spec import load_runs
 from scaling.train import train
 from scaling.workdir import FAILED
@@ -61,7 +63,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
              "[--config.<field>=<value>]",
     "probe": "scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] "
-             "[--max-test N]",
+             "[--max-test N] | scaling probe <root>/<sweep> --dataset NAME [--max-train N] [--max-test N]",
     "sweep": "scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] "
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
@@ -114,12 +116,22 @@ def train_command(argv: list[str]) -> None:
 
 
 def probe_command(argv: list[str]) -> None:
+    limits = {"max_train": FLAGS["max-train"].value, "max_test": FLAGS["max-test"].value}
+    if len(argv) == 2 and not FLAGS.workdir:
+        if not FLAGS.dataset or FLAGS.layers:
+            fail(f"a sweep is probed with --dataset and on every layer; usage: {USAGES['probe']}")
+        counts = probe_sweep(argv[1], FLAGS.dataset, **limits)
+        table = write_table(build_table(argv[1]), argv[1])
+        print(f"{FLAGS.dataset} probes: {counts['probed']} probed, {counts['done']} done before, "
+              f"{counts['held']} held by another prober; joined into {table}")
+        return
     if len(argv) > 1 or not FLAGS.workdir:
-        fail(f"--workdir is required and takes no other arguments; usage: {USAGES['probe']}")
-    result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers),
-                              max_train=FLAGS["max-train"].value, max_test=FLAGS["max-test"].value)
+        fail(f"give --workdir or one sweep folder; usage: {USAGES['probe']}")
+    output = Path(FLAGS.workdir) / "probe.json"
+    result = probe_checkpoint(FLAGS.workdir, dataset=FLAGS.dataset, layers=tuple(FLAGS.layers), output=output,
+                              **limits)
     print(f"{result['dataset']}: best layer {result['probe_layer']} at "
-          f"{100 * result['probe_accuracy']:.1f}% test accuracy; wrote {FLAGS.workdir}/probe.json")
+          f"{100 * result['probe_accuracy']:.1f}% test accuracy; wrote {output}")
 
 
 def sweep_command(argv: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""``scaling probe``: evaluate a finished (or interrupted) run's latest checkpoint into ``probe.json``.
+"""``scaling probe``: evaluate a finished (or interrupted) run's latest checkpoint into ``probe.json``
+(over a whole sweep: scaling.sweeps.probes).
 
 Restores the parameters alone into the run's model state (no optimizer) and runs the one evaluation
 (``scaling.evaluation.evaluator.evaluate``): the full linear-probe protocol per layer (regularisation
@@ -36,8 +37,9 @@ def probe_checkpoint(
     layers: tuple[str, ...] = (),
     max_train: int | None = None,
     max_test: int | None = None,
+    output: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Probes the latest checkpoint in ``workdir`` and writes ``workdir/probe.json``."""
+    """The probe record of the latest checkpoint in ``workdir``, also written to ``output`` if given."""
     files = RunFiles(workdir)
     config = load_run_config(files)
     if not os.access(files.root, os.W_OK):  # found before anything is computed
@@ -63,6 +65,6 @@ def probe_checkpoint(
     progress = [r for r in files.read_metrics() if r["step"] == step]
     if progress:
         result["flops"] = progress[-1]["flops"]
-    if jax.process_index() == 0:
-        write_json_atomic(files.root / "probe.json", result)
+    if output is not None and jax.process_index() == 0:
+        write_json_atomic(Path(output), result)
     return result

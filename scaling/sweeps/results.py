@@ -3,13 +3,14 @@
 One row per logged point of every run: the run's fields (id, status, objective, size, seed, budget,
 caption level, ``captions`` trained on: the caption mix or else the level, grid values) followed by the
 metrics.jsonl record (``kind`` "train" or "eval", step, examples, flops, wall_s, and whatever metrics it
-holds). Eval rows say which compute point they are
-(``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before the field existed get it
-from their step). Cached as ``<sweep dir>/results.csv``.
+holds), with probes on other data sets joined at their step (``with_probes``). Eval rows say which
+compute point they are (``point``: end_of_schedule, cooldown_branch or mid_schedule; runs recorded before
+the field existed get it from their step). Cached as ``<sweep dir>/results.csv``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ CONFIG_COLUMNS = {  # column -> dotted config field
 }
 RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "captions", "budget", "budget_unit", "budget_amount")
 POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
+PROBE_KEYS = ("status", "dataset", "step", "flops")  # of a probe job's result: not joined as its fields
+PROBES = "probes"  # a run's probes on other data sets: probes/<data set key>/result.json
+PROBE_RESULT = "result.json"  # written by scaling.sweeps.probes
 
 
 INCOMPLETE = "incomplete"  # the status column of a run that has not ended
@@ -67,13 +71,41 @@ def with_points(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(point=current.where(~((table["kind"] == "eval") & current.isna()), inferred))
 
 
+def dataset_key(dataset: str) -> str:
+    """A data set's name as a folder and column prefix: ``scenes/32`` -> ``scenes_32``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", dataset)
+
+
+def probe_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The completed probe jobs of a run, each its result.json (``dataset`` as asked for it)."""
+    results = (read_json(path) for path in sorted((run_dir / PROBES).glob(f"*/{PROBE_RESULT}")))
+    return [result for result in results if result is not None]
+
+
+def with_probes(records: list[dict[str, Any]], probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's records with the fields of each probe on another data set (scaling.sweeps.probes) joined
+    onto its eval record at the probed step as ``<data set>_<field>``, or onto a new eval record there."""
+    records = [dict(record) for record in records]
+    for probe in probes:
+        prefix = dataset_key(probe["dataset"]) + "_"
+        fields = {f"{prefix}{name}": value for name, value in probe.items() if name not in PROBE_KEYS}
+        at_step = [r for r in records if r.get("kind") == "eval" and r["step"] == probe["step"]]
+        if not at_step:
+            at_step = [{"kind": "eval", "step": probe["step"], "flops": probe.get("flops")}]
+            records.extend(at_step)
+        for record in at_step:
+            record.update(fields)
+    return records
+
+
 def build_table(sweep_dir: str | Path) -> pd.DataFrame:
     run_dirs = sorted(p for p in Path(sweep_dir).glob("*") if p.is_dir())
     rows = []
     for run_dir in run_dirs:
         fields = run_fields(run_dir)
         if fields is not None:
-            rows.extend({**fields, **record} for record in RunFiles(run_dir).read_metrics())
+            records = with_probes(RunFiles(run_dir).read_metrics(), probe_results(run_dir))
+            rows.extend({**fields, **record} for record in records)
     table = pd.DataFrame.from_records(rows, columns=None if rows else [*RUN_COLUMNS, *POINT_COLUMNS])
     table = with_points(table)
     leading = [column for column in (*RUN_COLUMNS, *POINT_COLUMNS) if column in table]
