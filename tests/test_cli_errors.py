@@ -419,15 +419,16 @@ def interrupted_command(argv: list[str], point: str, count: int, signum: int) ->
     return proc.returncode, stderr_lines(err)
 
 
-@pytest.mark.parametrize("point, count, signum, step", [
-    ("compile", 1, signal.SIGTERM, 1),
-    ("step", 3, signal.SIGINT, 3),
-    ("checkpoint", 1, signal.SIGTERM, 2),
-    ("evaluation", 1, signal.SIGTERM, 2),
+@pytest.mark.parametrize("point, count, signum, step, resume", [
+    ("compile", 1, signal.SIGTERM, 1, False),
+    ("step", 3, signal.SIGINT, 3, True),
+    ("checkpoint", 1, signal.SIGTERM, 2, True),
+    ("evaluation", 1, signal.SIGTERM, 2, False),
 ])
 def test_a_stop_signal_checkpoints_the_step_and_a_rerun_ends_as_if_never_stopped(
-        point, count, signum, step, world, data_dir, tmp_path, monkeypatch):
-    """SIGTERM (a preempted VM, a scheduler) or SIGINT (Ctrl-C) at each kind of moment of a run."""
+        point, count, signum, step, resume, world, data_dir, tmp_path, monkeypatch):
+    """SIGTERM (a preempted VM, a scheduler) or SIGINT (Ctrl-C) at each kind of moment of a run; the
+    resume is checked after a step and a checkpoint write (benchmarks/random_kills.py tries many more)."""
     monkeypatch.chdir(ROOT)
     argv = Place(tmp_path, world, data_dir).fill([*NEW_RUN, *(SMALL_EVAL if point == "evaluation" else [])])
     code, lines = interrupted_command(argv, point, count, signum)
@@ -437,7 +438,8 @@ def test_a_stop_signal_checkpoints_the_step_and_a_rerun_ends_as_if_never_stopped
                                      f"{tmp_path}/new/checkpoints: rerun the same command to resume"], lines
     assert (tmp_path / "new" / "checkpoints" / str(step) / "checksums.json").is_file()
     assert not (tmp_path / "new" / "result.json").exists()
-
+    if not resume:
+        return
     assert scaling(*argv) == 0
     result = json.loads((tmp_path / "new" / "result.json").read_text())
     reference = json.loads((world / "run" / "result.json").read_text())
