@@ -20,8 +20,9 @@ import os
 from pathlib import Path
 
 from scaling.analysis import figures
-from scaling.analysis.points import eval_points, frontier, load_results
-from scaling.analysis.report import compare, fit_objectives, headlines
+from scaling.analysis.comparisons import compare_all, fit_objectives
+from scaling.analysis.points import eval_points, floor_errors, frontier, load_results
+from scaling.analysis.report import pairs_table
 
 SWEEP_DIR = Path(os.environ.get("SWEEP_DIR", "runs/quickstart"))
 METRIC, LAYER, LEVEL = "probe_error", "best", 0.9
@@ -30,8 +31,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
 # ## Points and frontiers
-# Honest points are the ends of schedules and WSD cool-down branches; mid-schedule points are drawn hollow
-# and never fitted.
+# Trained points are honest (ends of schedules, WSD cool-down branches), have at least 100 optimizer steps
+# and beat their run's init probe by more than their interval; the others are drawn hollow and never fitted.
 
 # %%
 table = load_results([SWEEP_DIR])
@@ -51,7 +52,7 @@ for objective, laws in fits.items():
 for objective, laws in skipped.items():
     for name, why in laws.items():
         print(f"{objective} {name}: not fitted ({why})")
-for line in headlines(compare(fits), METRIC, LEVEL):
+for line in pairs_table(compare_all(points, fits, floor_errors(table, "probe_accuracy")), LEVEL):
     print(line)
 
 # %% [markdown]

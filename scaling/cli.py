@@ -53,6 +53,8 @@ flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_erro
                     "or a column such as val_loss)")
 flags.DEFINE_string("layer", "best", "analyze: probed layer of probe_error (best, or a name like layer_02)")
 flags.DEFINE_integer("boots", 400, "analyze: bootstrap refits per law and objective")
+flags.DEFINE_integer("min-steps", 100, "analyze: optimizer steps a point needs to enter a frontier or fit")
+flags.DEFINE_integer("seed", 0, "analyze: seed of the bootstrap streams (each objective hashes in its name)")
 flags.DEFINE_string("out", None, "analyze: report and figures folder (default: <first sweep>/analysis)")
 flags.DEFINE_multi_string("reference", [], "analyze: LABEL=ACCURACY, a level stated elsewhere (e.g. a data "
                           "set's published raw-pixel floor) to draw on the figures; repeatable")
@@ -68,7 +70,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
     "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
-               "[--boots N] [--out DIR] [--reference LABEL=ACCURACY ...]",
+               "[--boots N] [--min-steps 100] [--seed 0] [--out DIR] [--reference LABEL=ACCURACY ...]",
     "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
             "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
 }
@@ -152,7 +154,8 @@ def sweep_command(argv: list[str]) -> None:
 def analyze_command(argv: list[str]) -> None:
     if len(argv) < 2:
         fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
-    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots, out=FLAGS.out,
+    report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots,
+                     min_steps=FLAGS["min-steps"].value, seed=FLAGS.seed, out=FLAGS.out,
                      references=parse_references(FLAGS.reference))
     print(f"{summary(report)}\nreport and figures: {report.parent}")
 

@@ -5,7 +5,9 @@ optimizer and its sharded state, the jitted step, resume from the latest complet
 records carrying cumulative training FLOPs, and result.json at the end. It never asks which objective it
 runs.
 
-Every eval record says which kind of compute point it is (``point``): ``end_of_schedule`` at the last step,
+Every eval record says which kind of compute point it is (``point``): ``init`` for the parameters at step 0
+(the run's initialisation baseline, ``scaling.evaluation.init_probe``, at zero training FLOPs),
+``end_of_schedule`` at the last step,
 ``mid_schedule`` before it (a point that understates what a run ending there would reach), and, with the
 warmup-stable-decay schedule, ``cooldown_branch``: at each earlier eval milestone a short linear cool-down
 forked from the live state (its own data stream, copies of the state) is trained, evaluated and discarded,
@@ -39,6 +41,7 @@ from tqdm import tqdm
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator, resolve_data_dir
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator, milestone_steps
+from scaling.evaluation.init_probe import init_probe
 from scaling.objectives import validate_config
 from scaling.objectives.base import Objective, SampleWriter
 from scaling.sharding import constrain, make_mesh, shard_batch
@@ -49,6 +52,7 @@ from scaling.workdir import (
     COOLDOWN_BRANCH,
     DIVERGED,
     END_OF_SCHEDULE,
+    INIT,
     MID_SCHEDULE,
     RunFiles,
     Stopwatch,
@@ -298,6 +302,10 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
     wall = lambda: wall_offset + time.perf_counter() - start
     point = lambda steps: {"step": step, "examples": steps * config.batch_size,
                            "flops": steps * flops_per_step, "wall_s": wall()}
+    if step == 0 and evaluator.evaluation is not None and not files.last_record("eval"):
+        with clock("eval"):  # the baseline every later probe is measured against, cached per initialisation
+            record = init_probe(config, setup.state, params)
+        files.append_metrics({"kind": "eval", "point": INIT, **point(0), **record})
     bar = tqdm(total=config.total_steps, initial=step, disable=not is_writer(), unit="step",
                dynamic_ncols=True)
     first_step = True  # of this attempt: compiles (or loads) the step, so its time counts as compile

@@ -34,6 +34,7 @@ ATTEMPT_ENDS = (INTERRUPTED, DIED)
 # The kinds of compute point an eval record in metrics.jsonl is (its ``point`` field). Only the honest ones
 # stand for what a run ending at their compute would reach: the end of a schedule, or a cool-down branch.
 END_OF_SCHEDULE, MID_SCHEDULE, COOLDOWN_BRANCH = "end_of_schedule", "mid_schedule", "cooldown_branch"
+INIT = "init"  # the parameters at step 0, probed as the baseline of every later point (zero training FLOPs)
 HONEST_POINTS = (END_OF_SCHEDULE, COOLDOWN_BRANCH)
 
 # Fields that change how a run is watched but not what it computes; a resumed run may change them.

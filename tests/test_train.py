@@ -56,7 +56,10 @@ def test_run_leaves_its_files_and_the_loss_falls(finished_run):
 
 def test_probe_points_are_recorded_against_compute(finished_run):
     config, workdir, result = finished_run
-    evals = read_metrics(workdir, kind="eval")
+    init, *evals = read_metrics(workdir, kind="eval")
+    assert (init["point"], init["step"], init["flops"]) == ("init", 0, 0)  # the baseline, at zero compute
+    assert 0 < init["probe_accuracy"] <= 1 and init["probe_C"] > 0
+    assert "zero_shot_accuracy" not in init and "val_loss" not in init
     assert [r["step"] for r in evals] == [20, 80]
     assert [r["point"] for r in evals] == ["mid_schedule", "end_of_schedule"]  # cosine: no cool-downs
     assert result["total_flops"] == result["flops"] and result["cooldown_flops"] == 0
@@ -65,6 +68,7 @@ def test_probe_points_are_recorded_against_compute(finished_run):
         layers = {key for key in record if key.startswith("probe_accuracy/")}
         assert layers == {"probe_accuracy/layer_01", "probe_accuracy/layer_02"}
         assert record["probe_accuracy"] == record[f"probe_accuracy/{record['probe_layer']}"]
+        assert record["probe_C"] > 0 and 0 < record["probe_val_accuracy"] <= 1  # what validation chose
         # a fraction of the probe test examples, scored on every one of them
         tested = config.eval.probe_test_examples
         correct = record["zero_shot_accuracy"] * tested
@@ -181,15 +185,15 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
     assert branched["final_loss"] == plain["final_loss"]
     evals = read_metrics(branched_dir, kind="eval")
     assert [(r["point"], r["step"]) for r in evals] == [
-        ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10), ("cooldown_branch", 10),
-        ("end_of_schedule", 20)]
-    assert [r["step"] for r in read_metrics(plain_dir, kind="eval")] == [5, 10, 20]
+        ("init", 0), ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10),
+        ("cooldown_branch", 10), ("end_of_schedule", 20)]
+    assert [r["step"] for r in read_metrics(plain_dir, kind="eval")] == [0, 5, 10, 20]
     per_step = branched["flops_per_example"] * 16
-    assert evals[1]["flops"] == pytest.approx(6 * per_step) and evals[1]["cooldown_steps"] == 1
-    assert evals[3]["flops"] == pytest.approx(12 * per_step) and evals[3]["cooldown_steps"] == 2
+    assert evals[2]["flops"] == pytest.approx(6 * per_step) and evals[2]["cooldown_steps"] == 1
+    assert evals[4]["flops"] == pytest.approx(12 * per_step) and evals[4]["cooldown_steps"] == 2
     assert branched["cooldown_flops"] == pytest.approx(3 * per_step)
     assert branched["total_flops"] == pytest.approx(branched["flops"] + 3 * per_step)
-    assert evals[3]["val_loss"] != evals[2]["val_loss"]  # the branch evaluates its own, cooled model
+    assert evals[4]["val_loss"] != evals[3]["val_loss"]  # the branch evaluates its own, cooled model
 
 
 @pytest.mark.devices(8)

@@ -1,10 +1,12 @@
 """Figures of a sweep, each saved as PNG and SVG: compute curves, frontiers with fitted laws and their
 intervals, per-layer probes, probe accuracy against validation loss, and isoFLOP curves.
 
-Honest points (end of schedule, cool-down branch) are filled markers; mid-schedule points are hollow and
-never feed a frontier or a fit. Fitted laws are solid over the measured compute and dashed beyond it. The
-compute figure draws each probe accuracy's bootstrap interval as an error bar and the raw-pixel probe of the
-same examples as a dashed reference line with its interval as a band.
+Trained points are filled markers; mid-schedule points and untrained honest points are hollow and never
+feed a frontier or a fit. Fitted laws are solid over the measured compute and dashed beyond it. Every
+accuracy and error figure draws the raw-pixel probe of the same examples as a dashed line with a band over
+its probe seeds' intervals (and stated references, labelled, as dotted lines); the frontier figure draws
+each objective's initialisation baselines as a band of its colour. The compute figure draws each probe
+accuracy's bootstrap interval as an error bar.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from scaling.analysis.fits import Fit
-from scaling.analysis.points import INTERVAL, PIXEL, PROBE
+from scaling.analysis.points import INTERVAL, PIXEL, PROBE, pixel_column
 from scaling.models.sizes import LADDER, get_size, transformer_params
-from scaling.workdir import HONEST_POINTS
+from scaling.workdir import HONEST_POINTS, INIT
 
 MARKERS = "osD^v<>ph*"
 COMPUTE_LABEL = "training compute (FLOPs)"
@@ -79,19 +81,13 @@ def draw_stated_references(axes, references: Mapping[str, float] | None, as_erro
                      linewidth=1.2 + 0.4 * i, label=f"{label}: {accuracy:.3g}")
 
 
-def pixel_column(probe: str) -> str:
-    """The raw-pixel reference column of a probe accuracy column: ``count_probe_accuracy`` ->
-    ``count_pixel_probe_accuracy``."""
-    return probe.removesuffix(PROBE) + PIXEL
-
-
 def draw_compute(table: pd.DataFrame, probe: str = PROBE,
                  references: Mapping[str, float] | None = None) -> Figure:
     """Every run's probe accuracy against compute (a line through its main-run points and one through
     each size's end-of-schedule points, marker = size, hollow = mid-schedule, error bars = bootstrap
     intervals where recorded) over the raw-pixel reference and any stated ``references``
     ({label: accuracy}); before any eval record, final train losses instead."""
-    points, metric, title = curve_points(table, probe)
+    points, metric, title = curve_points(table[table["point"] != INIT] if "point" in table else table, probe)
     figure = Figure(figsize=(9, 4.5), layout="constrained")
     axes = figure.subplots()
     marker, color = _size_markers(points["size"]), _colors(points["objective"])
@@ -113,7 +109,7 @@ def draw_compute(table: pd.DataFrame, probe: str = PROBE,
         for _, series in ends.groupby("size"):  # each size's budgets: the honest curve of its finals
             series = series.sort_values("flops")
             axes.plot(series["flops"], series[metric], color=color[objective], alpha=0.6)
-    _draw_references(axes, points, pixel_column(probe))
+    draw_floor(axes, reference_levels(points, pixel_column(probe)))
     if metric == probe:
         draw_stated_references(axes, references)
     for size, symbol in marker.items():
@@ -150,29 +146,33 @@ def reference_levels(points: pd.DataFrame, pixel: str = PIXEL) -> pd.DataFrame:
             .agg(accuracy=("accuracy", "mean"), low=("low", "min"), high=("high", "max"))[columns])
 
 
-def _draw_references(axes, points: pd.DataFrame, pixel: str) -> None:
-    levels = reference_levels(points, pixel)
+def draw_floor(axes, levels: pd.DataFrame | None, as_error: bool = False) -> None:
+    """The raw-pixel references (``reference_levels``) as dashed lines with their bands, as errors
+    (1 - accuracy) with ``as_error``."""
+    levels = levels if levels is not None else pd.DataFrame(columns=["accuracy", "low", "high"])
+    flip = (lambda a: 1 - a) if as_error else (lambda a: a)
     for _, level in levels.iterrows():
         which = "" if len(levels) == 1 else f" ({level['objectives']})"
-        axes.axhline(level["accuracy"], color="black", linestyle="--", linewidth=1,
+        axes.axhline(flip(level["accuracy"]), color="black", linestyle="--", linewidth=1,
                      label=f"raw pixels{which}")
-        axes.axhspan(level["low"], level["high"], color="black", alpha=0.08, linewidth=0)
+        axes.axhspan(flip(level["low"]), flip(level["high"]), color="black", alpha=0.08, linewidth=0)
 
 
 def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str, dict[str, Fit]],
-                    metric: str, stem: str | Path,
-                    references: Mapping[str, float] | None = None) -> list[Path]:
-    """Error against compute per objective: all points, the honest frontier, fitted laws with bands, and
-    stated reference accuracies as errors."""
-    figure = Figure(figsize=(7.5, 5), layout="constrained")
+                    metric: str, stem: str | Path, references: Mapping[str, float] | None = None,
+                    levels: pd.DataFrame | None = None, inits: pd.DataFrame | None = None) -> list[Path]:
+    """Error against compute per objective: trained points filled, the others hollow, the frontier, fitted
+    laws with bands, each objective's init errors as a band of its colour (lowest to highest over sizes
+    and seeds), the raw-pixel floor ``levels`` and stated reference accuracies, as errors."""
+    figure = Figure(figsize=(11, 5.5), layout="constrained")
     axes = figure.subplots()
     color = _colors(points["objective"])
     for objective, group in points.groupby("objective"):
         c = color[objective]
-        honest = group[group["honest"]]
-        axes.scatter(honest["flops"], honest["error"], color=c, alpha=0.35, s=18)
-        mid = group[~group["honest"]]
-        axes.scatter(mid["flops"], mid["error"], facecolors="none", edgecolors=c, alpha=0.35, s=18)
+        trained = group[group["trained"]]
+        axes.scatter(trained["flops"], trained["error"], color=c, alpha=0.35, s=18)
+        rest = group[~group["trained"]]
+        axes.scatter(rest["flops"], rest["error"], facecolors="none", edgecolors=c, alpha=0.5, s=18)
         edge = frontier[frontier["objective"] == objective]
         axes.plot(edge["flops"], edge["error"], "o", color=c, markersize=6, label=f"{objective} frontier")
         for name, fit in fits.get(objective, {}).items():
@@ -184,8 +184,14 @@ def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str
                 axes.plot(span, estimate, dashes, color=c, linewidth=1.5,
                           label=f"{objective} {name}: {fit.law.formula}" if dashes != "--" else None)
                 axes.fill_between(span, lo, hi, color=c, alpha=0.12, linewidth=0)
+        init = inits[inits["objective"] == objective]["error"] if inits is not None else pd.Series()
+        if len(init):
+            axes.axhspan(init.min(), init.max(), color=c, alpha=0.15, linewidth=0, hatch="//",
+                         label=f"{objective} at init")
+    draw_floor(axes, levels, as_error=True)
     draw_stated_references(axes, references, as_error=True)
-    axes.plot([], [], "o", markerfacecolor="none", color="grey", label="mid-schedule (not fitted)")
+    axes.plot([], [], "o", markerfacecolor="none", color="grey",
+              label="untrained or mid-schedule (not fitted)")
     axes.plot([], [], "--", color="grey", label=f"extrapolation (to {EXTRAPOLATE:g}x measured)")
     axes.set_xscale("log")
     axes.set_yscale("log")
@@ -196,7 +202,7 @@ def frontier_figure(points: pd.DataFrame, frontier: pd.DataFrame, fits: dict[str
     level = next((fit.level for laws in fits.values() for fit in laws.values()), 0.9)
     axes.set_title(f"Compute frontiers and fitted laws (bands: {100 * level:.0f}% bootstrap intervals)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="x-small", ncol=2)
+    axes.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(figure, stem)
 
 
@@ -225,7 +231,8 @@ def layer_profiles(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Probe accuracy against relative depth, one line per objective, size and feature variant."""
+    """Probe accuracy against relative depth, one line per objective, size and feature variant, over the
+    raw-pixel floor."""
     profiles = layer_profiles(table)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -235,6 +242,7 @@ def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     for (objective, size, variant), group in profiles.groupby(["objective", "size", "variant"]):
         axes.plot(group["relative_depth"], group["accuracy"], marker=marker[size], color=color[objective],
                   linestyle=styles[variant], label=" ".join(filter(None, [objective, size, variant])))
+    draw_floor(axes, reference_levels(table[table["kind"] == "eval"]))
     axes.set_xlabel("relative depth of the probed layer (layer / layers)")
     axes.set_ylabel("linear-probe accuracy")
     axes.set_xlim(0, 1.05)
@@ -246,7 +254,8 @@ def layers_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 
 def loss_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Probe accuracy against validation loss, one panel per objective (losses differ across them)."""
+    """Probe accuracy against validation loss, one panel per objective (losses differ across them), over the
+    raw-pixel floor."""
     evals = table[(table["kind"] == "eval") & table[PROBE].notna()]
     evals = evals[evals["val_loss"].notna()] if "val_loss" in evals else evals.iloc[:0]
     objectives = sorted(set(evals["objective"])) or ["(no validation loss recorded)"]
@@ -258,6 +267,7 @@ def loss_figure(table: pd.DataFrame, stem: str | Path) -> list[Path]:
         for size, part in group.groupby("size"):
             axes.scatter(part["val_loss"], part[PROBE], marker=marker[size], color=f"C{i}",
                          label=f"size {size}")
+        draw_floor(axes, reference_levels(group))
         axes.set_title(objective)
         axes.set_xlabel("validation loss (objective's own)")
         axes.grid(True, alpha=0.3)
@@ -288,8 +298,10 @@ def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
                                        "error"])
 
 
-def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path) -> list[Path]:
-    """Error against backbone parameters at each budget, one panel per objective (the isoFLOP view)."""
+def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path,
+                   levels: pd.DataFrame | None = None) -> list[Path]:
+    """Error against backbone parameters at each budget, one panel per objective (the isoFLOP view), over
+    the raw-pixel floor ``levels``."""
     ends = points[points["point"] == "end_of_schedule"].copy()
     ends["params"] = ends["size"].map(backbone_params)
     objectives = sorted(set(ends["objective"])) or ["(no end-of-schedule points)"]
@@ -302,6 +314,7 @@ def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path) -> list[
             curve = group[group["budget"] == budget].groupby("params")["error"].mean()
             axes.plot(curve.index, curve.values, "o-", color=f"C{i}", label=str(budget))
             axes.plot([curve.idxmin()], [curve.min()], "*", color=f"C{i}", markersize=12)
+        draw_floor(axes, levels, as_error=True)
         axes.set_xscale("log")
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_title(objective)

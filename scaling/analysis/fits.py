@@ -3,15 +3,19 @@
 Two laws of error E against training compute C: the power law ``E = a C^-b`` and the saturating law
 ``E = E_inf + a C^-b``. Both are fit in log space (log E against log C) with a Huber loss, minimised by
 L-BFGS (optax, backtracking line search) on a jitted JAX objective from a grid of starts, vmapped over
-starts and bootstrap replicates at once. A bootstrap replicate resamples the points (and, where a run grid
-has several seeds, the seeds), recomputes the frontier when the fit is of a frontier, and refits;
-percentile intervals of the replicates bound every parameter and every prediction.
+starts and bootstrap replicates at once. A bootstrap replicate resamples the points (and the seeds as
+clusters, where every seed spans the frontier), redraws each point's error from its own test-set noise,
+recomputes the frontier when the fit is of a frontier, and refits; percentile intervals of the replicates
+bound every parameter and every prediction. Every fit draws from its own stream (``stream_rng``: the
+user's seed and a stable hash of the series' name), so the replicates of two objectives are independent
+and a multiplier's interval is not narrowed by shared resampling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from collections.abc import Callable
 
 import jax
@@ -30,6 +34,7 @@ ROWS = 256  # bootstrap rows solved per call: one compiled shape serves every ca
 BOOTS = 400
 LEVEL = 0.9
 FLAT_EXPONENT = 0.01  # b below this: 1000x the compute lowers the error by under 7%, a flat frontier
+SEED_SPAN = 2.0  # a seed spans the frontier when it has points within this factor of both its ends
 
 Array = np.ndarray
 
@@ -126,33 +131,53 @@ def _lbfgs(law: Law, theta_P: jax.Array, x_N: jax.Array, y_N: jax.Array, w_N: ja
 
 
 @functools.partial(jax.jit, static_argnames=("law", "delta"))
-def _best_fits(law: Law, starts_SP: jax.Array, x_N: jax.Array, y_N: jax.Array, weights_BN: jax.Array,
+def _best_fits(law: Law, starts_SP: jax.Array, x_N: jax.Array, y_BN: jax.Array, weights_BN: jax.Array,
                delta: float) -> jax.Array:
-    """Fits from every start under every row of weights; each row keeps its lowest-loss start: [B, P].
-    In float32, JAX's default: centred log space keeps every quantity of order 1."""
+    """Fits from every start to every row of (errors, weights); each row keeps its lowest-loss start:
+    [B, P]. In float32, JAX's default: centred log space keeps every quantity of order 1."""
     over_starts = jax.vmap(_lbfgs, in_axes=(None, 0, None, None, None, None))
-    over_rows = jax.vmap(over_starts, in_axes=(None, None, None, None, 0, None))
-    theta_BSP, loss_BS = over_rows(law, starts_SP, x_N, y_N, weights_BN, delta)
+    over_rows = jax.vmap(over_starts, in_axes=(None, None, None, 0, 0, None))
+    theta_BSP, loss_BS = over_rows(law, starts_SP, x_N, y_BN, weights_BN, delta)
     best_B = jnp.argmin(jnp.where(jnp.isfinite(loss_BS), loss_BS, jnp.inf), axis=1)
     return jnp.take_along_axis(theta_BSP, best_B[:, None, None], axis=1)[:, 0]
 
 
 def robust_fit(law: Law, x: Array, y: Array, weights: Array, delta: float = HUBER_DELTA) -> Array:
-    """Huber fits of ``law`` to (x, y) under each row of ``weights`` [B, N]; returns theta [B, P].
+    """Huber fits of ``law`` to (x, y) under each row of ``weights`` [B, N], with ``y`` [N] shared by
+    every row or [B, N] one per row; returns theta [B, P].
 
     Points are padded with zero weight to a power of two (at least 16), and rows with copies of the first
     to a multiple of ``ROWS``, solved ``ROWS`` at a time: the solver compiles once per law and point count
     bucket, not once per call.
     """
     rows, points = weights.shape
+    y_BN = np.broadcast_to(y, weights.shape)
     pad_points = max(16, 1 << (points - 1).bit_length()) - points
-    x_N, y_N = (np.pad(v, (0, pad_points)) for v in (x, y))
-    weights_BN = np.pad(weights, ((0, 0), (0, pad_points)))
-    weights_BN = np.concatenate([weights_BN, np.repeat(weights_BN[:1], -rows % ROWS, axis=0)])
-    starts_SP = law.starts(x, y)
-    chunks = [_best_fits(law, starts_SP, x_N, y_N, chunk_BN, delta) for chunk_BN in np.split(
-        weights_BN, len(weights_BN) // ROWS)]
+
+    def pad(a_BN: Array) -> Array:
+        a_BN = np.pad(a_BN, ((0, 0), (0, pad_points)))
+        return np.concatenate([a_BN, np.repeat(a_BN[:1], -rows % ROWS, axis=0)])
+
+    x_N, y_BN, weights_BN = np.pad(x, (0, pad_points)), pad(y_BN), pad(weights)
+    starts_SP = law.starts(x, y_BN[0, :points])
+    chunks = [_best_fits(law, starts_SP, x_N, y_chunk, w_chunk, delta) for y_chunk, w_chunk in zip(
+        np.split(y_BN, len(y_BN) // ROWS), np.split(weights_BN, len(weights_BN) // ROWS), strict=True)]
     return np.concatenate([np.asarray(theta_BP, float) for theta_BP in chunks])[:rows]
+
+
+def stream_rng(seed: int, name: str) -> np.random.Generator:
+    """The bootstrap stream of the series ``name``: the user's seed and a stable hash of the name (the same
+    in every process, unlike ``hash``), so no two series share replicate draws."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def seeds_span(flops: Array, seeds: Array, frontier: Array) -> bool:
+    """Whether every seed has points within ``SEED_SPAN`` x of both ends of the frontier's compute, the
+    condition for resampling seeds as clusters (a seed with one small run cannot stand in for another)."""
+    low, high = flops[frontier].min(), flops[frontier].max()
+    return len(np.unique(seeds)) > 1 and all(
+        flops[seeds == s].min() <= low * SEED_SPAN and flops[seeds == s].max() >= high / SEED_SPAN
+        for s in np.unique(seeds))
 
 
 def bootstrap_weights(num_points: int, seeds: Array | None, boots: int, rng: np.random.Generator) -> Array:
@@ -177,6 +202,7 @@ class Fit:
     flops: Array  # the points fitted (frontier points when fit to a frontier)
     error: Array
     level: float = LEVEL
+    resampled: str = "points"  # what a replicate resamples, and why not seeds where it does not
 
     def interval(self, values: Array) -> tuple[float, float]:
         low, high = percentile_interval(values[~np.isnan(values)], self.level)
@@ -233,8 +259,12 @@ def percentile_interval(replicates: Array, level: float) -> tuple[Array, Array]:
 
 
 def fit_law(law: Law, flops: Array, error: Array, *, label: str = "points", seeds: Array | None = None,
-            on_frontier: bool = True, boots: int = BOOTS, level: float = LEVEL, seed: int = 0) -> Fit:
-    """Fits ``law`` to the points (or to their lower envelope) with ``boots`` bootstrap refits.
+            error_sd: Array | None = None, on_frontier: bool = True, boots: int = BOOTS, level: float = LEVEL,
+            seed: int = 0, stream: str | None = None) -> Fit:
+    """Fits ``law`` to the points (or to their lower envelope) with ``boots`` bootstrap refits, drawn from
+    the stream of ``stream`` (default ``label``) under ``seed``. Each replicate resamples the points (and
+    the ``seeds`` as clusters when every seed spans the frontier) and redraws each error from a normal of
+    its ``error_sd`` (its test-set noise; none when not given).
 
     Raises ConfigError when there are fewer distinct points than the law has parameters.
     """
@@ -255,14 +285,21 @@ def fit_law(law: Law, flops: Array, error: Array, *, label: str = "points", seed
     x, y = np.log(flops), np.log(error)
     log_c_ref = float(x[chosen].mean())
     x = x - log_c_ref
-    rng = np.random.default_rng(seed)
-    weights = bootstrap_weights(len(flops), seeds, boots, rng)
+    rng = stream_rng(seed, stream or label)
+    clustered = seeds is not None and seeds_span(flops, np.asarray(seeds), chosen)
+    weights = bootstrap_weights(len(flops), seeds if clustered else None, boots, rng)
+    noise = np.zeros(len(flops)) if error_sd is None else np.nan_to_num(np.asarray(error_sd, float))
+    error_BN = np.maximum(error + noise * rng.standard_normal(weights.shape), error.min() / 10)
     if on_frontier:
-        weights = weights * frontier_mask(flops, error, weights)
-    theta, *replicates = robust_fit(law, x, y, np.concatenate([chosen[None], weights]))  # one solve for all
+        weights = weights * frontier_mask(flops, error_BN, weights)
+    y_BN = np.concatenate([y[None], np.log(error_BN)])
+    theta, *replicates = robust_fit(law, x, y_BN, np.concatenate([chosen[None], weights]))  # one solve
     replicates = np.array(replicates)
     distinct = np.array([len(np.unique(flops[row > 0])) for row in weights])
     replicates[distinct < needed] = np.nan
-    if len(np.unique(flops[chosen])) == needed:  # an exact fit: every replicate repeats it, so the
-        replicates[:] = np.nan  # bootstrap cannot tell its uncertainty; its intervals stay open
-    return Fit(law, label, theta, replicates, log_c_ref, flops[chosen], error[chosen], level)
+    if len(np.unique(flops[chosen])) == needed and not noise.any():  # an exact fit: every replicate repeats
+        replicates[:] = np.nan  # it, so the bootstrap cannot tell its uncertainty; its intervals stay open
+    several = seeds is not None and len(np.unique(seeds)) > 1
+    resampled = "points and seeds" if clustered else "points (seeds do not each span the frontier)" \
+        if several else "points (one seed)"
+    return Fit(law, label, theta, replicates, log_c_ref, flops[chosen], error[chosen], level, resampled)

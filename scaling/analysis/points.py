@@ -1,9 +1,12 @@
-"""Compute points of sweeps: loading results tables, choosing the metric, honest points, frontiers.
+"""Compute points of sweeps: loading results tables, choosing the metric, trained points, frontiers.
 
 Points are grouped into series by objective (and caption level, where an objective ran at several). A
 metric is an error (lower is better): ``<name>_error`` is 1 - the table's ``<name>_accuracy`` column
 (``probe_error`` from ``probe_accuracy``, per layer with ``layer``), any other name is a column as it is
-(e.g. ``val_loss``). Only honest points (end of a schedule, or a cool-down branch) make frontiers.
+(e.g. ``val_loss``). Each point carries its test-set noise (``error_sd``, from the accuracy's 95% interval)
+and its run's initialisation baseline (``init_error``, from the run's ``init`` record). Only trained points
+make frontiers: honest (end of a schedule, or a cool-down branch), at least ``min_steps`` optimizer steps,
+and below their run's init error by more than their own 95% interval.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from scaling.config import ConfigError
-from scaling.sweeps.results import RESULTS_NAME, build_table, read_table, write_table
-from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS
+from scaling.sweeps.results import INIT_NAME, RESULTS_NAME, build_table, read_table, write_table
+from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS, INIT
 
 PROBE = "probe_accuracy"
 PIXEL = "pixel_probe_accuracy"  # raw-pixel probe of the same examples (scaling.evaluation.pixel_reference)
 INTERVAL = ("_low", "_high")  # suffixes of an accuracy column's 95% bootstrap interval
+Z95 = 1.96  # half a 95% interval in standard deviations
+MIN_STEPS = 100  # optimizer steps a point needs to count as trained (``--min-steps``)
 POINT_FIELDS = ["sweep", "run_id", "objective", "size", "seed", "budget", "caption_level", "captions",
                 "point", "step", "flops"]
 
@@ -36,6 +41,8 @@ def load_results(sweep_dirs: list[str | Path]) -> pd.DataFrame:
             write_table(table, sweep_dir)
         elif (sweep_dir / RESULTS_NAME).is_file():
             table = read_table(sweep_dir)
+        if (sweep_dir / INIT_NAME).is_file():  # init probes re-created for runs that predate them
+            table = pd.concat([table, pd.read_csv(sweep_dir / INIT_NAME)], ignore_index=True).copy()
         if table.empty or "kind" not in table or not (table["kind"] == "eval").any():
             raise ConfigError(
                 f"{sweep_dir} holds no eval results (no run folders with eval records, no {RESULTS_NAME}); "
@@ -78,13 +85,60 @@ def metric_column(table: pd.DataFrame, metric: str, layer: str = "best") -> tupl
                       f"{', '.join(accuracies + losses) or '(no eval metrics recorded)'}")
 
 
-def eval_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.DataFrame:
-    """One row per eval record: POINT_FIELDS, ``error`` (the metric) and ``honest``."""
-    source, complement = metric_column(table, metric, layer)
-    evals = table[(table["kind"] == "eval") & table[source].notna()]
+def pixel_column(probe: str) -> str:
+    """The raw-pixel reference column of a probe accuracy column: ``count_probe_accuracy`` ->
+    ``count_pixel_probe_accuracy``; ``probe_accuracy/layer_02`` -> ``pixel_probe_accuracy``."""
+    return probe.split("/")[0].removesuffix(PROBE) + PIXEL
+
+
+def floor_errors(table: pd.DataFrame, source: str) -> dict[str, float]:
+    """{series: 1 - the mean raw-pixel accuracy of its probe examples} (empty without a pixel column)."""
+    pixel = pixel_column(source)
+    evals = series(table[(table["kind"] == "eval")])
+    if pixel not in evals:
+        return {}
+    return (1 - evals.groupby("objective")[pixel].mean()).dropna().to_dict()
+
+
+def _with_errors(evals: pd.DataFrame, source: str, complement: bool) -> pd.DataFrame:
+    """POINT_FIELDS of eval rows with ``error`` (the metric) and ``error_sd`` (its test-set noise, from the
+    accuracy's 95% interval; 0 without one)."""
+    low, high = (evals.get(f"{source}{suffix}", pd.Series(np.nan, evals.index)) for suffix in INTERVAL)
     points = evals.reindex(columns=POINT_FIELDS).copy()
     points["error"] = 1.0 - evals[source] if complement else evals[source]
+    points["error_sd"] = ((high - low) / (2 * Z95)).fillna(0.0)
+    return points
+
+
+def init_points(table: pd.DataFrame, metric: str, layer: str = "best") -> pd.DataFrame:
+    """The init records with the metric: POINT_FIELDS, ``error`` and ``error_sd``, one row per run (runs
+    that share an initialisation repeat its record)."""
+    source, complement = metric_column(table, metric, layer)
+    evals = table[(table["kind"] == "eval") & (table["point"] == INIT) & table[source].notna()]
+    return series(_with_errors(evals, source, complement)).reset_index(drop=True)
+
+
+def eval_points(table: pd.DataFrame, metric: str, layer: str = "best", min_steps: int = MIN_STEPS
+                ) -> pd.DataFrame:
+    """One row per eval record but the init ones: POINT_FIELDS, ``error`` and ``error_sd``, ``steps``
+    (optimizer steps, a cool-down branch's included), ``init_error`` (its run's init record; NaN where that
+    lacks the metric, which then goes unchecked), ``has_init`` (whether its run has an init record: without
+    one no point is trained), ``honest`` and ``trained``."""
+    if min_steps < 0:
+        raise ConfigError(f"--min-steps {min_steps}: a number of optimizer steps cannot be negative; give 0 "
+                          f"or more (default {MIN_STEPS})")
+    source, complement = metric_column(table, metric, layer)
+    evals = table[(table["kind"] == "eval") & table[source].notna() & (table["point"] != INIT)]
+    points = _with_errors(evals, source, complement)
+    cooldown = evals.get("cooldown_steps", pd.Series(0, evals.index)).fillna(0)
+    points["steps"] = evals["step"] + cooldown.where(evals["point"] == COOLDOWN_BRANCH, 0)
+    inits = init_points(table, metric, layer)
+    points["init_error"] = points["run_id"].map(inits.groupby("run_id")["error"].first())
     points["honest"] = points["point"].isin(HONEST_POINTS)
+    points["has_init"] = points["run_id"].isin(table[table["point"] == INIT]["run_id"])
+    margin = points["init_error"] - (points["error"] + Z95 * points["error_sd"])
+    above_init = points["has_init"] & (points["init_error"].isna() | (margin > 0))
+    points["trained"] = points["honest"] & (points["steps"] >= min_steps) & above_init
     return series(points).reset_index(drop=True)
 
 
@@ -107,22 +161,25 @@ def series(points: pd.DataFrame) -> pd.DataFrame:
 
 def frontier_mask(flops: np.ndarray, error: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """[B, N] bool: point i is on the lower envelope of the points present (weight > 0) in each row,
-    i.e. no present point at lower or equal compute has lower or equal error (ties: the first)."""
-    order = np.lexsort((error, flops))
-    present = weights[:, order] > 0
-    sorted_error = np.where(present, error[order], np.inf)
+    i.e. no present point at lower or equal compute has lower or equal error (ties: the first).
+    ``error`` is [N], shared by every row, or [B, N], one set of errors per row."""
+    error_BN = np.broadcast_to(error, weights.shape)
+    flops_BN = np.broadcast_to(flops, weights.shape)
+    order = np.lexsort((error_BN, flops_BN))
+    present = np.take_along_axis(weights, order, axis=1) > 0
+    sorted_error = np.where(present, np.take_along_axis(error_BN, order, axis=1), np.inf)
     before = np.concatenate([np.full((len(weights), 1), np.inf),
                              np.minimum.accumulate(sorted_error, axis=1)[:, :-1]], axis=1)
     on = present & (sorted_error < before)
     mask = np.empty_like(on)
-    mask[:, order] = on
+    np.put_along_axis(mask, order, on, axis=1)
     return mask
 
 
 def frontier(points: pd.DataFrame) -> pd.DataFrame:
-    """The honest points on each objective's lower envelope of error against compute."""
+    """The trained points on each objective's lower envelope of error against compute."""
     parts = []
-    for _, group in points[points["honest"]].groupby("objective"):
+    for _, group in points[points["trained"]].groupby("objective"):
         on = frontier_mask(group["flops"].to_numpy(), group["error"].to_numpy(), np.ones((1, len(group))))
         parts.append(group[on[0]])
     return pd.concat(parts).sort_values(["objective", "flops"]) if parts else points.iloc[:0]

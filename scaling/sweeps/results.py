@@ -23,6 +23,7 @@ from scaling.sweeps.store import ended_status
 from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json, write_atomic
 
 RESULTS_NAME = "results.csv"
+INIT_NAME = "init_probes.csv"  # init rows re-created for runs recorded before they had their own
 CONFIG_COLUMNS = {  # column -> dotted config field
     "objective": "objective",
     "size": "size",

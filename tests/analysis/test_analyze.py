@@ -26,22 +26,27 @@ def true_error(objective: str, size: str, flops: float) -> float:
     return 30.0 * (flops * SPEEDUP[objective]) ** -0.12 * (1 + penalty)
 
 
+INIT_ACCURACY = 0.02  # every run's probe at initialisation, far below its trained points
+
+
 def synthetic_table() -> pd.DataFrame:
-    """Rows as scaling.sweeps.results builds them: per run a mid-schedule eval, a cool-down branch and
-    the end of the schedule, with per-layer probes and a validation loss."""
+    """Rows as scaling.sweeps.results builds them: per run its init record, a mid-schedule eval, a
+    cool-down branch and the end of the schedule, with per-layer probes and a validation loss."""
     rng, rows = np.random.default_rng(0), []
     for objective in SPEEDUP:
         for size, budget in ((s, b) for s in BEST_LOG_FLOPS for b in BUDGETS):
             depth, run_id = LADDER[size].depth, f"{objective}-{size}-f{budget:.0e}"
+            run = {"run_id": run_id, "status": "completed", "objective": objective, "size": size, "seed": 0,
+                   "total_steps": 1000, "budget": f"f{budget:.0e}", "kind": "eval"}
+            rows.append({**run, "point": "init", "step": 0, "flops": 0.0, "probe_accuracy": INIT_ACCURACY,
+                         **{f"probe_accuracy/layer_{k:02d}": INIT_ACCURACY for k in range(1, depth + 1)}})
             for point, fraction in (("mid_schedule", 0.25), ("cooldown_branch", 0.3), ("end_of_schedule", 1)):
                 flops = budget * fraction
                 error = true_error(objective, size, flops) * np.exp(rng.normal(0, 0.02))
                 layers = {f"probe_accuracy/layer_{k:02d}": (1 - error) * (1 - 0.1 * abs(k / depth - 0.6))
                           for k in range(1, depth + 1)}
-                branch = {"cooldown_steps": 5, "step": 25} if point == "cooldown_branch" else {}
-                rows.append({"run_id": run_id, "status": "completed", "objective": objective, "size": size,
-                             "seed": 0, "total_steps": 100, "budget": f"f{budget:.0e}", "kind": "eval",
-                             "point": point, "step": int(100 * fraction), "flops": flops, **branch,
+                branch = {"cooldown_steps": 50, "step": 250} if point == "cooldown_branch" else {}
+                rows.append({**run, "point": point, "step": int(1000 * fraction), "flops": flops, **branch,
                              "probe_accuracy": max(layers.values()), **layers, "val_loss": 2 + error})
     return pd.DataFrame(rows)
 
@@ -61,9 +66,11 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep, monkeypatc
     for name in drawn:
         assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists()
     assert "| clip | E = a C^-b | a = " in report and "| igpt | E = E_inf + a C^-b | E_inf = " in report
-    headline = next(line for line in report.splitlines() if line.startswith("- clip reaches igpt's"))
-    ratio = float(headline.split(" at 1/")[1].split(" ")[0])
+    headline = next(line for line in report.splitlines() if line.startswith("| clip | igpt | 1e+17 | 1/"))
+    ratio = float(headline.split(" | 1/")[1].split(" ")[0])
     assert 2.5 < ratio < 6.5, headline  # built with 4
+    assert headline.endswith("| resolved | - | yes |"), headline
+    assert "| clip | igpt | 1/" in report.split("## Sensitivity")[1]  # with micro, then mu, left out
     assert "extrapolated" in report and "| yes |" in report
     spent = 2 * 2 * sum(BUDGETS) * (1 + 0.3 * 5 / 30)  # each run: its budget, and a 5-step branch at 25
     assert f"Training compute spent: {spent:.3g} FLOPs, of which {spent - 4 * sum(BUDGETS):.3g} in " \
@@ -101,7 +108,7 @@ def assert_figures_show_the_table(drawn, frontier: pd.DataFrame, table: pd.DataF
         rows = profiles[(profiles["objective"] == objective) & (profiles["size"] == size)]
         np.testing.assert_allclose(line.get_xydata(), rows[["relative_depth", "accuracy"]])
 
-    evals = table[table["kind"] == "eval"]
+    evals = table[(table["kind"] == "eval") & (table["point"] != "init")]  # init records hold no loss
     for panel in drawn["probe_vs_loss"].axes:
         drawn_points = np.concatenate([c.get_offsets() for c in panel.collections])
         rows = evals[evals["objective"] == panel.get_title()]
@@ -114,25 +121,48 @@ def assert_figures_show_the_table(drawn, frontier: pd.DataFrame, table: pd.DataF
         assert all(len(line.get_xdata()) == 2 for line in curves)  # mu and micro at each budget
 
 
-def test_flat_noisy_frontiers_give_open_intervals_and_say_why(tmp_path):
+def test_flat_noisy_frontiers_are_never_resolved(tmp_path):
     """Probes near chance at every budget: two frontier points per objective, exponents near 0."""
     table = synthetic_table().query("size == 'mu'")
     accuracy = 0.1 + np.random.default_rng(1).normal(0, 0.02, len(table))
-    table = table.assign(**{c: accuracy for c in table if c.startswith("probe_accuracy")})
+    table = table.assign(**{c: np.where(table["point"] == "init", INIT_ACCURACY, accuracy)
+                            for c in table if c.startswith("probe_accuracy")})
     table.to_csv(tmp_path / "results.csv", index=False)
-    lines = summary(analyze([tmp_path], boots=100)).splitlines()
-    assert lines[0].startswith("- clip reaches igpt's probe error at <1/1000 of its compute, 90% CI not "
-                               "determined by these points, at C = "), lines
-    assert lines[1].startswith("- why some intervals are open: clip: only 2 frontier points for a "
-                               "2-parameter law; "), lines
-    assert lines[1].endswith("more budgets (or seeds) would close them")
-    assert "e-" not in lines[0]  # no bound like 7e-81x
+    report = analyze([tmp_path], boots=100, min_steps=0)
+    lines = summary(report).splitlines()
+    assert lines[2].startswith("| clip | igpt | ") and "| resolved |" not in lines[2], lines
+    assert "e-" not in lines[2]  # no bound like 7e-81x
+
+
+def test_points_under_min_steps_or_not_above_init_never_enter_a_fit(tmp_path):
+    """Cool-down branches (300 steps) fall under --min-steps 500; clip micro's init probes as well as its
+    trained points, so none of them is above its init; one igpt run has no init record."""
+    table = synthetic_table()
+    clip_micro_init = table["run_id"].str.startswith("clip-micro") & (table["point"] == "init")
+    table.loc[clip_micro_init, "probe_accuracy"] = 0.9
+    table = table[(table["run_id"] != "igpt-mu-f1e+17") | (table["point"] != "init")]
+    table.to_csv(tmp_path / "results.csv", index=False)
+    points = eval_points(load_results([tmp_path]), "probe_error", min_steps=500)
+    trained = points[points["trained"]]
+    assert set(trained["point"]) == {"end_of_schedule"} and (trained["steps"] == 1000).all()
+    assert not trained["run_id"].str.startswith("clip-micro").any() and len(trained) == 8
+    assert "igpt-mu-f1e+17" not in set(trained["run_id"])
+    report = analyze([tmp_path], boots=20, min_steps=500).read_text()
+    frontier = pd.read_csv(tmp_path / "analysis" / "frontier.csv")
+    assert set(frontier["point"]) == {"end_of_schedule"} and "micro" not in set(
+        frontier[frontier["objective"] == "clip"]["size"])
+    untrained = report.split("## Untrained points")[1].split("##")[0]
+    assert "| clip | micro | 0 | end_of_schedule | 1e+17 | 1000 | " in untrained
+    assert untrained.count("not above init by its interval") == 6  # clip micro's ends and branches
+    assert untrained.count("300 < 500 steps") == 12
+    assert untrained.count("no init record") == 2  # igpt mu's end of schedule and its branch
+    assert "at least 500 optimizer steps (`--min-steps`)" in report and "--min-steps 500" in report
 
 
 def test_notebooks_run_as_scripts_through_the_library(synthetic_sweep, monkeypatch, capsys):
     monkeypatch.setenv("SWEEP_DIR", str(synthetic_sweep))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    prints = {"layers.py": "layer_01", "scaling_laws.py": "clip reaches igpt's probe error at 1/"}
+    prints = {"layers.py": "layer_01", "scaling_laws.py": "| clip | igpt | 1e+17 | 1/"}
     assert sorted(p.name for p in (ROOT / "analysis").glob("*.py")) == sorted(prints)
     for name, expected in prints.items():
         notebook = ROOT / "analysis" / name
@@ -151,11 +181,20 @@ def test_bad_input_is_a_clear_error(synthetic_sweep, tmp_path):
         eval_points(table, "top5_error")
     with pytest.raises(ConfigError, match="--layer layer_07: no such probed layer .* layer_01, layer_02"):
         eval_points(table, "probe_error", "layer_07")
-    few = synthetic_table().query("budget == 'f1e+15' and point == 'end_of_schedule'")
-    few.to_csv(tmp_path / "results.csv", index=False)
-    with pytest.raises(ConfigError, match="no scaling law could be fit: clip: the power law .* has 2 "
-                                          "parameters but only 1 frontier points"):
+    with pytest.raises(ConfigError, match="--min-steps -1: a number of optimizer steps cannot be negative"):
+        analyze([synthetic_sweep], min_steps=-1)
+    synthetic_table().query("point != 'init'").to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(ConfigError, match=r"12 runs in .* have no init record \(e.g. clip-micro-f1e\+15\), "
+                                          "so no point can be shown to be trained; .* `python -m "
+                                          r"scaling.sweeps.init_probes <sweep file> <sweep dir>` re-creates"):
         analyze([tmp_path])
+    few = synthetic_table().query("budget == 'f1e+15' and point in ('end_of_schedule', 'init')")
+    few.to_csv(tmp_path / "results.csv", index=False)
+    report = analyze([tmp_path], boots=20).read_text()
+    assert "No pair of objectives has 3 trained frontier points each (at --min-steps 100): no multiplier " \
+           "is computed." in report
+    assert "| clip | E = a C^-b | not fitted: clip: the power law (E = a C^-b) has 2 parameters but only 1 " \
+           "frontier points" in report
 
 
 def test_analyze_command_on_a_tiny_real_sweep(tiny_sweep, tmp_path, capsys):
@@ -165,12 +204,13 @@ def test_analyze_command_on_a_tiny_real_sweep(tiny_sweep, tmp_path, capsys):
     table = load_results([sweep_dir])
     evals = table[table["run_id"] == tiny_sweep["runs"]["branched"].name].query("kind == 'eval'")
     assert list(zip(evals["point"], evals["step"], strict=True)) == [
-        ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10), ("cooldown_branch", 10),
-        ("end_of_schedule", 20)]
-    assert scaling("analyze", sweep_dir, "--metric", "val_loss", "--boots", "50") == 0
+        ("init", 0), ("mid_schedule", 5), ("cooldown_branch", 5), ("mid_schedule", 10),
+        ("cooldown_branch", 10), ("end_of_schedule", 20)]
+    assert scaling("analyze", sweep_dir, "--metric", "val_loss", "--boots", "50", "--min-steps", "0") == 0
     report = (sweep_dir / "analysis" / "report.md").read_text()
-    assert "| clip | E = a C^-b | a = " in report and "(needs two objectives with fits)" in report
+    assert "| clip | E = a C^-b | a = " in report and "(needs two objectives with 3 trained" in report
     assert "9 eval points (2 cooldown_branch, 3 end_of_schedule, 4 mid_schedule)" in report
+    assert "(not checked: the init records carry no val_loss)" in report  # probes only, at step 0
     assert f"report and figures: {sweep_dir / 'analysis'}" in capsys.readouterr().out
 
     assert scaling("analyze", sweep_dir, "--metric", "top5_error") == 2
@@ -185,7 +225,7 @@ def test_caption_levels_of_one_objective_are_series_of_their_own():
     table = synthetic_table().assign(caption_level="descriptive")
     table.loc[(table["objective"] == "clip") & (table["size"] == "mu"), "caption_level"] = "short"
     counts = eval_points(table, "probe_error")["objective"].value_counts().to_dict()
-    assert counts == {"igpt": 18, "clip/short": 9, "clip/descriptive": 9}
+    assert counts == {"igpt": 18, "clip/short": 9, "clip/descriptive": 9}  # init records apart
 
 
 def test_an_extra_label_is_analysed_over_its_own_pixel_floor(tmp_path):

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scaling.analysis.fits import POWER, SATURATING, fit_law
+from scaling.analysis.comparisons import Comparison
+from scaling.analysis.fits import POWER, SATURATING, bootstrap_weights, fit_law, stream_rng
 from scaling.analysis.multipliers import Multiplier, multiplier
 from scaling.analysis.points import frontier_mask
 from scaling.config import ConfigError
@@ -50,6 +51,40 @@ def test_the_multiplier_of_a_known_compute_ratio_is_recovered_within_its_interva
         assert 0.15 < middle.ratio < 0.4 and not middle.extrapolated and beyond.extrapolated
     assert inside >= 7
     assert middle.headline("probe error", 0.9).startswith("clip reaches igpt's probe error at 1/")
+
+
+def test_each_objective_draws_its_own_bootstrap_stream():
+    """Replicate i of two objectives must not resample the same positions (that couples their errors and
+    narrows every multiplier's interval)."""
+    clip, igpt = (bootstrap_weights(12, None, 50, stream_rng(0, name)) for name in ("run/clip", "run/igpt"))
+    assert (clip != igpt).any(axis=1).all()
+    assert (clip == bootstrap_weights(12, None, 50, stream_rng(0, "run/clip"))).all()  # reproducible
+    assert (clip != bootstrap_weights(12, None, 50, stream_rng(1, "run/clip"))).any()  # --seed changes it
+
+
+def test_two_objectives_from_one_law_are_rarely_called_resolved():
+    """Same law, independent test-set noise on 6 points each: the 90% interval of the multiplier excludes
+    parity in at most 15% of 50 trials (nominally 10%)."""
+    truth, flops, resolved = {"a": 30.0, "b": 0.12}, np.geomspace(1e15, 1e17, 6), 0
+    sd = 0.01 * law_error(truth, flops)  # a few hundred test examples' worth of noise at these errors
+    for trial in range(50):
+        rng = np.random.default_rng(1000 + trial)
+        a, b = (fit_law(POWER, flops, law_error(truth, flops) + rng.normal(0, sd), label=name, error_sd=sd,
+                        on_frontier=False, boots=100, seed=trial) for name in ("a", "b"))
+        (m,) = multiplier(a, b, flops[-1:])
+        resolved += Comparison(("a", "b"), m).status == "resolved"
+    assert resolved <= 0.15 * 50, resolved
+
+
+def test_a_comparison_whose_direction_flips_in_a_sensitivity_case_is_not_robust():
+    m = Multiplier("clip", "igpt", "power", 1e17, 0.25, 0.1, 0.5, False, True)
+    holds = Comparison(("clip", "igpt"), m, sensitivity=(("without mu", 0.3), ("without micro", 0.6)))
+    assert holds.robust and holds.status == "resolved"
+    flips = dataclasses.replace(holds, sensitivity=(("without mu", 0.3), ("without micro", 1.4)))
+    assert not flips.robust and flips.status == "not robust"
+    missing = dataclasses.replace(holds, sensitivity=(("without mu", np.nan),))
+    assert not missing.robust  # a case with too few points cannot show that the direction holds
+    assert dataclasses.replace(holds, multiplier=dataclasses.replace(m, high=1.2)).status == "unresolved"
 
 
 def test_the_frontier_is_the_lower_envelope_and_fits_use_only_it():

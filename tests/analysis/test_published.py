@@ -1,5 +1,6 @@
 """The published studies: every report under docs/results is what ``scaling analyze`` writes from the
-committed results tables, so a report (and the README numbers taken from it) cannot drift from its data."""
+committed results tables (and their re-created init probes), so a report, and the README tables quoted
+from it, cannot drift from its data."""
 
 import re
 import shutil
@@ -10,11 +11,12 @@ import pytest
 from helpers import ROOT
 
 from scaling.analysis.report import REPORT_NAME, analyze, parse_references
-from scaling.sweeps.results import RESULTS_NAME
+from scaling.sweeps.results import INIT_NAME, RESULTS_NAME
 
 RESULTS = ROOT / "docs" / "results"
 COMMAND = re.compile(r"Written by `scaling analyze (?P<sweeps>[^`]+?) --metric (?P<metric>\S+) "
-                     r"--layer (?P<layer>\S+) --boots (?P<boots>\d+)(?P<references>( --reference '[^']+')*)`")
+                     r"--layer (?P<layer>\S+) --boots (?P<boots>\d+) --min-steps (?P<min_steps>\d+) "
+                     r"--seed (?P<seed>\d+)(?P<references>( --reference '[^']+')*)`")
 PUBLISHED = sorted(RESULTS.glob(f"*/*/{REPORT_NAME}"))
 
 
@@ -26,11 +28,13 @@ def rerun(report: Path, tmp_path: Path) -> str:
     sweep_dirs = []
     for name in command["sweeps"].split():
         (tmp_path / name).mkdir()
-        shutil.copy(RESULTS / name / RESULTS_NAME, tmp_path / name / RESULTS_NAME)
+        for table in (RESULTS_NAME, INIT_NAME):
+            shutil.copy(RESULTS / name / table, tmp_path / name / table)
         sweep_dirs.append(tmp_path / name)
     references = parse_references(re.findall(r"--reference '([^']+)'", command["references"]))
     return analyze(sweep_dirs, metric=command["metric"], layer=command["layer"], boots=int(command["boots"]),
-                   out=tmp_path / "analysis", references=references).read_text()
+                   min_steps=int(command["min_steps"]), seed=int(command["seed"]), out=tmp_path / "analysis",
+                   references=references).read_text()
 
 
 @pytest.mark.parametrize("report", PUBLISHED, ids=[str(p.parent.relative_to(RESULTS)) for p in PUBLISHED])
@@ -38,14 +42,24 @@ def test_published_report_is_what_its_results_table_gives(report, tmp_path):
     assert rerun(report, tmp_path) == report.read_text()
 
 
-def test_readmes_quote_headlines_of_published_reports():
-    """Each multiplier the README or a study's README states is a headline of a published report, word for
-    word."""
+def pairs_table(report: Path) -> str:
+    """The headline table of every pair of objectives, as the report writes it."""
+    section = report.read_text().split("## Headlines", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("|"))
+
+
+def test_readmes_quote_every_pair_of_their_reports_whole():
+    """A study's README quotes the whole all-pairs table of each of its reports, and the top README that of
+    each report whose figures it shows: every comparison, favourable or not, not a selection."""
+    top = (ROOT / "README.md").read_text()
+    for report in PUBLISHED:
+        table = pairs_table(report)
+        assert table.count("\n") >= 2, report
+        assert table in (report.parent.parent / "README.md").read_text(), f"{report}: table not quoted whole"
+        if f"{report.parent.relative_to(ROOT)}/" in top:
+            assert table in top, f"README.md shows {report.parent} but does not quote its table whole"
     for readme in [ROOT / "README.md", *RESULTS.glob("*/README.md")]:
-        reports = "".join(p.read_text() for p in PUBLISHED)
-        for line in readme.read_text().splitlines():
-            if " at C = " in line:
-                assert line.lstrip("- ") in reports, f"{readme}: '{line}' is in no published report"
+        assert " at C = " not in readme.read_text(), f"{readme} quotes a single multiplier"
 
 
 def short_mesh(mesh: str) -> str:
