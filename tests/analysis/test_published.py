@@ -37,8 +37,18 @@ def rerun(report: Path, tmp_path: Path) -> str:
                    references=references).read_text()
 
 
+def republished(report: Path) -> bool:
+    """Whether the report's study has its init probes, without which the analysis refuses to run: a study
+    still waiting for them keeps its earlier report, which its README marks as withdrawn."""
+    return (report.parent.parent / INIT_NAME).is_file()
+
+
 @pytest.mark.parametrize("report", PUBLISHED, ids=[str(p.parent.relative_to(RESULTS)) for p in PUBLISHED])
 def test_published_report_is_what_its_results_table_gives(report, tmp_path):
+    if not republished(report):
+        assert "withdrawn" in (report.parent.parent / "README.md").read_text()
+        pytest.skip(f"{report.parent.parent.name}: init probes not yet re-created (python -m "
+                    "scaling.sweeps.init_probes); its README withdraws the earlier report's numbers")
     assert rerun(report, tmp_path) == report.read_text()
 
 
@@ -52,7 +62,7 @@ def test_readmes_quote_every_pair_of_their_reports_whole():
     """A study's README quotes the whole all-pairs table of each of its reports, and the top README that of
     each report whose figures it shows: every comparison, favourable or not, not a selection."""
     top = (ROOT / "README.md").read_text()
-    for report in PUBLISHED:
+    for report in filter(republished, PUBLISHED):
         table = pairs_table(report)
         assert table.count("\n") >= 2, report
         assert table in (report.parent.parent / "README.md").read_text(), f"{report}: table not quoted whole"
