@@ -190,7 +190,7 @@ def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(t
     points = cached[cached.run_id == good]
     assert list(points.kind) == ["eval", "train", "train", "eval"]  # the init probe first
     assert points.iloc[0]["point"] == "init" and points.iloc[0]["flops"] == 0
-    assert points.iloc[-1]["probe_accuracy"] > 0 and points.iloc[-1]["flops"] == points.iloc[0]["flops"] * 2
+    assert points.iloc[-1]["probe_accuracy"] > 0 and points.iloc[-1]["flops"] == points.iloc[1]["flops"] * 2
     assert set(cached.status) == {"completed", "diverged"}
     assert {"budget", "budget_amount", "caption_level", "seed", "size", "step", "loss"} <= set(cached.columns)
     assert (store.sweep_dir / "compute_vs_probe.png").read_bytes().startswith(b"\x89PNG")
