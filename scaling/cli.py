@@ -9,6 +9,7 @@ absl rejects a flag or the command raises a ``scaling.errors.UserError`` where i
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -75,6 +76,24 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
             "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
 }
 USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
+SUMMARIES = {
+    "train": "Train one run, or resume it from its latest checkpoint.",
+    "probe": "Probe a run's checkpoint on a data set with linear probes per layer; writes probe.json.",
+    "sweep": "Run what is left of a sweep (finished runs skipped, interrupted ones resumed), or list it.",
+    "analyze": "Fit scaling laws to sweeps' results; writes a report and figures.",
+    "plan": "Compile each run's train step for a TPU slice: memory per chip, step time, chip-hours.",
+}
+COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists them
+    "train": ("config", "workdir"),
+    "probe": ("workdir", "dataset", "layers", "max-train", "max-test"),
+    "sweep": ("root", "executor", "max-parallel", "dry-run", "launch", "tpu", "zone", "cluster",
+              "distributed", "lease-timeout", "retry-failed"),
+    "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
+    "plan": ("topology", "mesh", "root"),
+}
+HELP_ARGS = ("--help", "-h", "-help", "--helpshort")
+HELP_PREFIX = re.compile(r"^(<[^>]*>: )?\w+: ")  # absl's enum values, then the commands that read it
+QUOTE = "'"
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -209,10 +228,30 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{error}; usage: {USAGES[argv[0].split()[-1]]}")
 
 
+def command_help(command: str) -> str:
+    """``scaling <command> --help``: what the command does, its usage line and its own flags."""
+    lines = [SUMMARIES[command], "", f"usage: {USAGES[command]}", "", "flags:"]
+    for name in COMMAND_FLAGS[command]:
+        flag = FLAGS[name]
+        text = HELP_PREFIX.sub(r"\1", flag.help).split(";\n")[0]  # absl's "repeat this option" suffix
+        default = "" if flag.default in (None, "", []) else f" (default: {flag.default_as_str.strip(QUOTE)})"
+        lines.append(f"  --{name:<15} {text}{default}")
+    if command == "train":
+        lines.append("  --config.<field>=<value>  set any config field, read as the field's type")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] in (*HELP_ARGS, "help"):
+        print(f"{USAGE}\n\n" + "\n".join(f"  {name:<8} {SUMMARIES[name]}" for name in COMMANDS)
+              + "\n\nscaling <command> --help lists a command's flags.")
+        sys.exit(0)
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         fail(USAGE)
     command = sys.argv[1]
+    if any(arg in HELP_ARGS for arg in sys.argv[2:]):
+        print(command_help(command))
+        sys.exit(0)
     FLAGS.unparse_flags()  # main() may run more than once in a process: each run starts from the defaults
     app.run(lambda argv: run_command(COMMANDS[command], argv), argv=absl_argv(command, sys.argv[2:]),
             flags_parser=parse_flags)
