@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
 from scaling import plan
+from scaling.analysis.figures import compute_figure
 from scaling.analysis.report import analyze, parse_references, summary
 from scaling.config import load_config
 from scaling.errors import UserError
@@ -164,7 +165,7 @@ def sweep_command(argv: list[str]) -> None:
         cluster=FLAGS.cluster, distributed=FLAGS.distributed,
         lease_timeout_s=FLAGS["lease-timeout"].value, retry_failed=FLAGS["retry-failed"].value,
     )
-    counts = runner.main(argv[1], options)
+    counts = runner.main(argv[1], options, figure=compute_figure)
     if counts and counts[FAILED]:
         fail(f"{counts[FAILED]} run(s) failed (reasons above; rerun with --retry-failed to try again)",
              status=1)

@@ -18,6 +18,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from helpers import ROOT, load_experiment  # noqa: E402
 
+from scaling.analysis.figures import compute_figure  # noqa: E402
 from scaling.config import load_python_file  # noqa: E402
 from scaling.data.pipeline import ensure_built  # noqa: E402
 from scaling.sweeps.executors import with_device_count  # noqa: E402
@@ -116,7 +117,7 @@ def tiny_sweep(tmp_path_factory, data_dir) -> dict:
 
     def build(root: Path) -> None:
         lines = []
-        run_sweep(sweep, root, out=lines.append)
+        run_sweep(sweep, root, out=lines.append, figure=compute_figure)
         (root / "runner.out").write_text("\n".join(lines))
 
     root = built_once(tmp_path_factory, "tiny_sweep", build)

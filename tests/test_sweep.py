@@ -17,7 +17,7 @@ import pytest
 from helpers import ROOT, kill_when_held, read_jsonl, scaling, tiny_fields
 from matplotlib.collections import PathCollection
 
-from scaling.analysis.figures import curve_points, draw_compute
+from scaling.analysis.figures import compute_figure, curve_points, draw_compute
 from scaling.objectives import build_objective
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
@@ -174,7 +174,7 @@ def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(t
     ])
     good, diverged, raised = (run.run_id for run in sweep.runs)
     lines = []
-    counts = run_sweep(sweep, tmp_path, out=lines.append)  # in this process
+    counts = run_sweep(sweep, tmp_path, out=lines.append, figure=compute_figure)  # in this process
     store = Store(tmp_path, "mixed")
     assert counts == {COMPLETED: 1, FAILED: 2, RUNNING: 0, LEFT: 0}
     assert json.loads((store.run_dir(good) / "result.json").read_text())["status"] == "completed"

@@ -25,7 +25,7 @@ import optax
 import optax.tree_utils as otu
 
 from scaling.analysis.points import frontier_mask
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
 
 HUBER_DELTA = 0.1  # in log error: residuals beyond ~10% count linearly
 ITERATIONS = 50  # L-BFGS steps at most; 2 or 3 parameters converge in 10 to 40

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
 from scaling.sweeps.results import INIT_NAME, RESULTS_NAME, build_table, read_table, write_table
 from scaling.workdir import COOLDOWN_BRANCH, HONEST_POINTS, INIT
 

@@ -32,7 +32,7 @@ from scaling.analysis.points import (
     series,
     spent_compute,
 )
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
 from scaling.workdir import HONEST_POINTS
 
 OUTPUT_DIR = "analysis"

@@ -1,15 +1,16 @@
 """The sweep runner: claims runs, has an executor train them, records how each ended, reports progress.
 
-A rerun skips finished runs (completed, diverged or failed; ``retry_failed`` clears failure records
-first) once their config.json matches the sweep's (a sweep file edited since they ran is refused),
-resumes interrupted runs from their last checkpoint once their lease is stale (train() resumes),
-and leaves runs that another live runner holds alone. Every start and end of an attempt is logged in
-the run's attempts.jsonl. A run whose worker process died (``died``) is resumed by a rerun, and fails only
-once that has happened MAX_DEATHS times. On SIGTERM or SIGINT the runner claims nothing more, its runs in
-flight checkpoint and stop (``interrupted``), their leases are released and it exits with status 75.
-The data sets are built before the first run starts. At the end the results table, the compute figure
-and ``summary.json`` (where this invocation's wall time went and the share of the machine's float32 peak
-its training used; see scaling.sweeps.summary) are written.
+A rerun skips finished runs (completed, diverged or failed; ``retry_failed`` clears failure records first)
+once their config.json matches the sweep's (a sweep file edited since they ran is refused), resumes
+interrupted runs from their last checkpoint once their lease is stale (train() resumes), and leaves runs that
+another live runner holds alone. Every start and end of an attempt is logged in the run's attempts.jsonl. A
+run whose worker process died (``died``) is resumed by a rerun, and fails only once that has happened
+MAX_DEATHS times. On SIGTERM or SIGINT the runner claims nothing more, its runs in flight checkpoint and stop
+(``interrupted``), their leases are released and it exits with status 75. The data sets are built before the
+first run starts. At the end the results table, the compute figure (drawn by the ``figure`` function the
+caller passes, the analysis layer's when the command line runs it, so this layer imports nothing above it) and
+``summary.json`` (where this invocation's wall time went and the share of the machine's float32 peak its
+training used; see scaling.sweeps.summary) are written.
 
 On a multi-host TPU slice every host runs the same command; process 0 claims runs and broadcasts which
 one to train next, all processes train it together, and only process 0 writes.
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 from jax.experimental.multihost_utils import broadcast_one_to_all
 
-from scaling.analysis.figures import compute_figure
 from scaling.data.pipeline import ensure_built
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import eval_data_config
@@ -46,6 +47,7 @@ from scaling.workdir import DIED, INTERRUPTED, RunFiles, Stopwatch, differing_fi
 
 Print = Callable[[str], None]
 MAX_DEATHS = 3  # attempts whose worker process died before a run counts as failed
+Figure = Callable[[pd.DataFrame, Path], Path]  # (results table, path) -> the figure file written
 FIGURE_NAME = "compute_vs_probe.png"
 
 
@@ -183,8 +185,9 @@ def _run_multihost(sweep: Sweep, store: Store, out: Print) -> None:
 def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, *,
               lease_timeout_s: float = LEASE_TIMEOUT_S, retry_failed: bool = False,
               multihost: bool = False, out: Print = print, poll_s: float = 0.5,
-              account: tuple[float, Stopwatch] | None = None) -> dict[str, int]:
-    """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state.
+              account: tuple[float, Stopwatch] | None = None, figure: Figure | None = None) -> dict[str, int]:
+    """Runs what is left of ``sweep`` under ``root``; returns the final count of runs per state. The
+    results table is written at the end, and the compute figure when ``figure`` draws one.
 
     ``account`` is (start time, the runner's stopwatch) when the caller's time counts too (``main``
     times loading the sweep file); by default the account starts here."""
@@ -208,7 +211,7 @@ def run_sweep(sweep: Sweep, root: str | Path, executor: Executor | None = None, 
     if writer:
         out(progress_line(sweep, counts))
         with clock("outputs"):
-            write_outputs(sweep, store, out)
+            write_outputs(store, out, figure)
         for run in sweep.runs:
             if store.state(run.run_id) == FAILED:
                 out(f"  failed: {run.run_id}: {store.failure_reason(run.run_id)}")
@@ -259,12 +262,12 @@ def write_account(store: Store, trained: list[str], runner_seconds: dict[str, fl
     out(f"{summary_line(summary)}\nsummary: {write_summary(summary, store.sweep_dir)}")
 
 
-def write_outputs(sweep: Sweep, store: Store, out: Print) -> None:
-    """The results table (CSV) and, when there are points to draw, the compute figure."""
+def write_outputs(store: Store, out: Print, figure: Figure | None = None) -> None:
+    """The results table (CSV) and, with ``figure`` and points to draw, the compute figure."""
     table = build_table(store.sweep_dir)
     out(f"results table: {write_table(table, store.sweep_dir)} ({len(table)} rows)")
-    if not table.empty:
-        out(f"figure: {compute_figure(table, store.sweep_dir / FIGURE_NAME)}")
+    if figure is not None and not table.empty:
+        out(f"figure: {figure(table, store.sweep_dir / FIGURE_NAME)}")
 
 
 def describe(sweep: Sweep, store: Store) -> str:
@@ -308,8 +311,10 @@ def make_executor(options: Options) -> Executor:
     return InProcess() if options.max_parallel == 1 else ProcessPool(options.max_parallel)
 
 
-def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int] | None:
-    """``scaling sweep``: list, launch on a pod, or run a sweep; returns the final counts if it ran."""
+def main(sweep_path: str, options: Options, out: Print = print,
+         figure: Figure | None = None) -> dict[str, int] | None:
+    """``scaling sweep``: list, launch on a pod, or run a sweep (drawing its compute figure with
+    ``figure``); returns the final counts if it ran."""
     start, clock = time.perf_counter(), runner_stopwatch()
     with clock("load"):  # objectives are built here (for their FLOPs; building one reads no data)
         sweep = load_sweep(sweep_path)
@@ -331,4 +336,4 @@ def main(sweep_path: str, options: Options, out: Print = print) -> dict[str, int
     with deferred_stops():  # preemption notices: runs checkpoint and release their leases on the way out
         return run_sweep(sweep, options.root, None if options.distributed else make_executor(options),
                          lease_timeout_s=options.lease_timeout_s, retry_failed=options.retry_failed,
-                         multihost=options.distributed, out=out, account=(start, clock))
+                         multihost=options.distributed, out=out, account=(start, clock), figure=figure)

@@ -25,11 +25,11 @@ import ml_collections
 from scaling import config as run_config
 from scaling.config import (
     EXPERIMENTS_DIR,
-    ConfigError,
     call_file_code,
     load_config_file,
     load_python_file,
 )
+from scaling.errors import ConfigError
 from scaling.objectives import OBJECTIVES, build_objective, get_objective, validate_config
 from scaling.workdir import OPERATIONAL_FIELDS, flatten
 

@@ -13,7 +13,7 @@ from scaling.analysis import figures
 from scaling.analysis.figures import draw_compute
 from scaling.analysis.points import eval_points, load_results
 from scaling.analysis.report import analyze, summary
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
 from scaling.models.sizes import LADDER
 
 BUDGETS = (1e15, 1e16, 1e17)

@@ -9,7 +9,7 @@ from scaling.analysis.comparisons import Comparison
 from scaling.analysis.fits import POWER, SATURATING, bootstrap_weights, fit_law, stream_rng
 from scaling.analysis.multipliers import Multiplier, multiplier
 from scaling.analysis.points import frontier_mask
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
 
 FLOPS = np.geomspace(1e15, 1e18, 12)
 NOISE = 0.03  # log-normal, per point

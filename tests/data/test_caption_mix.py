@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from helpers import load_experiment
 
-from scaling.config import ConfigError, validate
+from scaling.config import validate
 from scaling.data import pipeline
 from scaling.data.caption_mix import draw_levels
 from scaling.data.captions import CAPTION_TOKENS, parse_caption_mix
 from scaling.data.tokenizer import ByteTokenizer
+from scaling.errors import ConfigError
 
 
 @pytest.fixture

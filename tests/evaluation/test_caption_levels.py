@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from scaling import train as trainer
-from scaling.config import ConfigError
 from scaling.data.pipeline import make_train_iterator
+from scaling.errors import ConfigError
 from scaling.evaluation.caption_levels import (
     CaptionLevelEval,
     caption_level_metrics,

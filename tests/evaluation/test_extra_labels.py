@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers import load_experiment
 
-from scaling.config import ConfigError
 from scaling.data.pipeline import make_eval_iterator, split_labels
+from scaling.errors import ConfigError
 from scaling.evaluation.evaluator import extra_label_record
 
 
