@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import train as trainer
 from scaling.config import load_config_file
+from scaling.data.batch import synthetic_batch
 from scaling.objectives import OBJECTIVES
-from scaling.sharding import make_mesh, shard_batch
+from scaling.step import build_training
 from scaling.sweeps.summary import matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,25 +37,13 @@ def reference_config(objective: str, dtype: str, batch_size: int):
     return config
 
 
-def synthetic_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    size, length = config.data.image_size, config.data.max_caption_len
-    return {
-        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-        "label": rng.integers(0, 4, (batch_size,)).astype(np.int32),
-        "caption_tokens": rng.integers(3, 259, (batch_size, length)).astype(np.int32),
-        "caption_mask": np.ones((batch_size, length), np.int32),
-    }
-
-
 def step_seconds(config, steps: int) -> tuple[float, float]:
     """(seconds per train step after compilation, analytic FLOPs per step)."""
-    mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        params, opt_state = trainer.init_state(setup, config.seed)
-        batch = shard_batch(synthetic_batch(config, config.batch_size), mesh)
-        step_fn = trainer.make_train_step(setup, config.seed)
+    training = build_training(config)
+    with jax.set_mesh(training.mesh):
+        params, opt_state = training.init(config.seed)
+        batch = training.shard(synthetic_batch(config.data, config.batch_size))
+        step_fn = training.step
         rate = np.float32(config.optim.learning_rate)
         params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(0), rate)
         jax.block_until_ready(metrics)
@@ -64,7 +52,7 @@ def step_seconds(config, steps: int) -> tuple[float, float]:
             params, opt_state, metrics = step_fn(params, opt_state, batch, jnp.int32(step), rate)
         jax.block_until_ready(metrics)
         seconds = (time.perf_counter() - start) / steps
-    return seconds, setup.state.objective.train_flops_per_example() * config.batch_size
+    return seconds, training.state.objective.train_flops_per_example() * config.batch_size
 
 
 def main() -> None:

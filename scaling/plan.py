@@ -1,7 +1,7 @@
 """Ahead-of-time planning of runs on TPU slices, from a CPU host.
 
 With libtpu installed, ``jax.experimental.topologies`` gives compile-only devices of a TPU topology. For
-each run the REAL sharded train step (``scaling.train.build_setup`` and ``make_train_step``, on the model
+each run the REAL sharded train step (``scaling.step.build_training``, on the model
 state of ``scaling.state``) is lowered with abstract inputs and compiled for those devices; XLA's memory
 analysis gives the per-chip bytes, and the cost analysis of the same step compiled with every product
 outside loops gives the FLOPs and an estimated step time. From those: whether the run fits the chip's HBM,
@@ -28,19 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-from jax.sharding import Mesh
 from tqdm import tqdm
 
-from scaling import train as trainer
 from scaling.config import ConfigError, parse_arg
-from scaling.data.captions import caption_length
 from scaling.models.sizes import LADDER, get_size
 from scaling.objectives import build_objective, validate_config
 from scaling.objectives.base import Objective
-from scaling.sharding import MESH_AXES, MeshError, batch_sharding, make_mesh, resolve_mesh_shape
+from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 from scaling.state import ModelState
+from scaling.step import build_training
 from scaling.workdir import flatten, read_json, write_json_atomic
 
 GIB = 2**30
@@ -172,42 +169,17 @@ def parse_mesh(text: str) -> dict[str, int]:
 # --- one compile -------------------------------------------------------------------------------------
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch the data pipeline yields, as sharded ShapeDtypeStructs."""
-    size, length, batch = config.data.image_size, caption_length(config.data), config.batch_size
-    shapes = {
-        "image": ((batch, size, size, 3), jnp.uint8),
-        "label": ((batch,), jnp.int32),
-        "caption_tokens": ((batch, length), jnp.int32),
-        "caption_mask": ((batch, length), jnp.int32),
-    }
-    return {
-        key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
-        for key, (shape, dtype) in shapes.items()
-    }
-
-
 def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
                        objective: Objective | None = None,
                        compiler_options: dict[str, Any] | None = None) -> tuple[Any, ModelState]:
     """The run's real train step compiled for ``devices`` (mesh from ``config.mesh``) with XLA's
     ``compiler_options``; returns (compiled executable, the model state it was built on)."""
-    mesh = make_mesh(config.mesh, devices)
     # Outside the mesh context: optax builds the optimizer-state shardings eagerly, and compile-only
     # devices cannot run anything.
-    setup = trainer.build_setup(config, mesh, objective)
-    abstract_opt = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(setup.tx.init, setup.state.abstract_params), setup.opt_shardings,
-    )
-    with jax.set_mesh(mesh):
-        step = trainer.make_train_step(setup, config.seed, config.grad_accum_steps)
-        lowered = step.lower(
-            setup.state.abstract_params, abstract_opt, abstract_batch(config, mesh),
-            jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.float32),
-        )
-        compiled = lowered.compile(compiler_options=compiler_options)
-    return compiled, setup.state
+    training = build_training(config, devices=devices, objective=objective)
+    with jax.set_mesh(training.mesh):
+        compiled = training.step.lower(*training.abstract_args()).compile(compiler_options=compiler_options)
+    return compiled, training.state
 
 
 def step_cost(compiled) -> dict[str, float]:

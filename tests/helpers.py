@@ -16,11 +16,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from scaling import cli
-from scaling import train as trainer
 from scaling.config import load_config_file
-from scaling.data.captions import caption_length
+from scaling.data.batch import synthetic_batch
 from scaling.flops import xla_flops
-from scaling.sharding import make_mesh, shard_batch
+from scaling.schedule import learning_rates
+from scaling.step import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +80,7 @@ def record_figures(monkeypatch) -> dict[str, Figure]:
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A batch of the shape the pipeline yields, with random content."""
-    rng = np.random.default_rng(seed)
-    size, length = config.data.image_size, caption_length(config.data)
-    lengths = rng.integers(min(4, length), max(length, 5), (batch_size, 1))  # all of BOS+EOS if 2
-    mask = (np.arange(length)[None] < lengths).astype(np.int32)
-    return {
-        "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-        "label": rng.integers(0, 4, (batch_size,)).astype(np.int32),
-        "caption_tokens": (rng.integers(3, 259, (batch_size, length)) * mask).astype(np.int32),
-        "caption_mask": mask,
-    }
+    return synthetic_batch(config.data, batch_size, seed)
 
 
 def tiny_fields(data_dir: str, **more) -> dict:
@@ -117,24 +108,22 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
     """Losses of ``steps`` train steps on one fixed batch, plus first-step grads and final state."""
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh_axes)
-    mesh = make_mesh(config.mesh, devices)
-    with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        params, opt_state = trainer.init_state(setup, config.seed)
-        global_batch = shard_batch(batch, mesh)
+    training = build_training(config, devices=devices)
+    with jax.set_mesh(training.mesh):
+        params, opt_state = training.init(config.seed)
+        global_batch = training.shard(batch)
         rng = jax.random.key(0)
 
         def loss_fn(p):
-            return setup.state.objective.loss(setup.state.model(p), global_batch, rng)[0]
+            return training.state.objective.loss(training.state.model(p), global_batch, rng)[0]
 
         first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
         grads = jax.device_get(grads)
-        step_fn = trainer.make_train_step(setup, config.seed)
-        rates = trainer.learning_rates(config.optim, config.total_steps)
+        rates = learning_rates(config.optim, config.total_steps)
         losses = []
         for step in range(steps):
-            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step),
-                                                 rates[step])
+            params, opt_state, metrics = training.step(params, opt_state, global_batch, jnp.int32(step),
+                                                       rates[step])
             losses.append(float(metrics["loss"]))
         return {"first_loss": float(first_loss), "grads": grads, "losses": losses,
                 "params": params, "opt_state": opt_state}
@@ -144,14 +133,10 @@ def step_flops(config, batch_size: int) -> tuple[float, float]:
     """(analytic, XLA cost analysis) training FLOPs of one compiled train step."""
     config.batch_size = batch_size
     config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1})
-    mesh = make_mesh(config.mesh, jax.devices()[:1])
-    with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        params, opt_state = trainer.init_state(setup, 0)
-        batch = shard_batch(random_batch(config, batch_size), mesh)
-        step = trainer.make_train_step(setup, 0)
-        measured = xla_flops(step, params, opt_state, batch, jnp.int32(0), np.float32(1e-3))
-    return setup.state.objective.train_flops_per_example() * batch_size, measured
+    training = build_training(config, devices=jax.devices()[:1])
+    with jax.set_mesh(training.mesh):
+        measured = xla_flops(training.step, *training.abstract_args())
+    return training.state.objective.train_flops_per_example() * batch_size, measured
 
 
 ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}

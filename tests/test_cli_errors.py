@@ -377,9 +377,10 @@ def test_the_terminal_shows_one_error_line(argv, says, tmp_path):
 
 PAUSING_CLI = """
 import sys, time
-from scaling import cli, signals, train
+from scaling import cli, signals
 from scaling.evaluation.evaluator import Evaluator
 from scaling.state import Checkpoints
+from scaling.step import Training
 
 point, count, sys.argv = sys.argv[1], int(sys.argv[2]), ["scaling", *sys.argv[3:]]
 calls = {}
@@ -394,8 +395,8 @@ def pause_at(name, function):
         return function(*args, **kwargs)
     return paused
 
-train.init_state = pause_at("compile", train.init_state)
-train.shard_batch = pause_at("step", train.shard_batch)
+Training.init = pause_at("compile", Training.init)
+Training.shard = pause_at("step", Training.shard)
 Checkpoints.save = pause_at("checkpoint", Checkpoints.save)
 Evaluator.__call__ = pause_at("evaluation", Evaluator.__call__)
 cli.main()

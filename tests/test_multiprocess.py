@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_experiment, random_batch
 
-from scaling.sharding import make_mesh, shard_batch
+from scaling.schedule import learning_rates
+from scaling.step import build_training
 from scaling.sweeps.runner import run_sweep
 from scaling.sweeps.spec import Budget, Sweep, make_run
 from scaling.sweeps.store import Store
-from scaling.train import build_setup, init_state, learning_rates, make_train_step
 
 PROCESSES, LOCAL_DEVICES, BATCH, STEPS = 2, 2, 16, 3
 
@@ -46,15 +46,14 @@ def fixed_batch_losses(config, batch: dict[str, np.ndarray], devices) -> list[fl
 
     Unlike helpers.run_steps, nothing closes over the global batch, which multi-process jit forbids.
     """
-    mesh = make_mesh(config.mesh, devices)
-    with jax.set_mesh(mesh):
-        setup = build_setup(config, mesh)
-        params, opt_state = init_state(setup, config.seed)
-        step_fn, global_batch, losses = make_train_step(setup, config.seed), shard_batch(batch, mesh), []
+    training = build_training(config, devices=devices)
+    with jax.set_mesh(training.mesh):
+        params, opt_state = training.init(config.seed)
+        global_batch, losses = training.shard(batch), []
         rates = learning_rates(config.optim, config.total_steps)
         for step in range(STEPS):
-            params, opt_state, metrics = step_fn(params, opt_state, global_batch, jnp.int32(step),
-                                                 rates[step])
+            params, opt_state, metrics = training.step(params, opt_state, global_batch, jnp.int32(step),
+                                                       rates[step])
             losses.append(float(metrics["loss"]))
     return losses
 

@@ -19,13 +19,13 @@ from matplotlib.collections import PathCollection
 
 from scaling.analysis.figures import compute_figure, curve_points, draw_compute
 from scaling.objectives import build_objective
+from scaling.schedule import cooldown_branches
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
 from scaling.sweeps.results import build_table, read_table
 from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
 from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
-from scaling.train import cooldown_branches
 from scaling.workdir import RunFiles
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")

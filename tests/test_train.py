@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from helpers import kill_when_held, load_experiment, random_batch, read_jsonl, scaling
 
-from scaling import train as trainer
 from scaling.errors import ConfigError
 from scaling.objectives import validate_config
-from scaling.sharding import make_mesh, shard_batch
+from scaling.schedule import cooldown_branches
 from scaling.state import CheckpointError
-from scaling.train import DivergedError, cooldown_branches, train
+from scaling.step import accumulated_value_and_grad, build_training
+from scaling.train import DivergedError, train
 
 
 def read_metrics(workdir, kind="train"):
@@ -199,17 +199,16 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
 @pytest.mark.devices(8)
 def test_gradient_accumulation_matches_the_full_batch(tiny_config):
     config = tiny_config("igpt", **{"data.image_size": 8, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-    mesh = make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        params, _ = trainer.init_state(setup, config.seed)
-        batch = shard_batch(random_batch(config, 16), mesh)
+    training = build_training(config)
+    with jax.set_mesh(training.mesh):
+        params, _ = training.init(config.seed)
+        batch = training.shard(random_batch(config, 16))
 
         def loss_fn(p, b, rng):
-            return setup.state.objective.loss(setup.state.model(p), b, rng)
+            return training.state.objective.loss(training.state.model(p), b, rng)
 
         results = [
-            jax.jit(trainer.accumulated_value_and_grad(loss_fn, count))(params, batch, jax.random.key(0))
+            jax.jit(accumulated_value_and_grad(loss_fn, count))(params, batch, jax.random.key(0))
             for count in (1, 4)
         ]
     (full_loss, _), full_grads = results[0]
@@ -229,13 +228,11 @@ def test_gradient_accumulation_is_refused_where_it_would_change_the_loss(tiny_co
 
 def test_runs_of_any_length_and_schedule_share_one_compiled_step(tiny_config):
     def program(config):
-        mesh = make_mesh(config.mesh)
-        with jax.set_mesh(mesh):
-            setup = trainer.build_setup(config, mesh)
-            params, opt_state = trainer.init_state(setup, config.seed)
-            batch = shard_batch(random_batch(config, config.batch_size), mesh)
-            return trainer.make_train_step(setup, config.seed).lower(
-                params, opt_state, batch, jnp.int32(0), np.float32(1e-3)).as_text()
+        training = build_training(config)
+        with jax.set_mesh(training.mesh):
+            params, opt_state = training.init(config.seed)
+            batch = training.shard(random_batch(config, config.batch_size))
+            return training.step.lower(params, opt_state, batch, jnp.int32(0), np.float32(1e-3)).as_text()
 
     short = program(tiny_config(total_steps=20))
     assert program(tiny_config(total_steps=500, **{"optim.schedule": "wsd"})) == short

@@ -1,8 +1,8 @@
 """Grain input pipelines over TFDS data sources, driven by the config's `data` section.
 
-Owns finding and building data sets (`ensure_built`), the per-example transform into the fixed batch
-layout, and the train and eval iterators. Every batch is a dict of numpy arrays with exactly these
-keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_tokens` int32 [b, T] and
+Owns finding and building data sets (`ensure_built`), the per-example transform into the fixed batch layout,
+and the train and eval iterators. Every batch is a dict of numpy arrays in the layout of scaling.data.batch,
+exactly these keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_tokens` int32 [b, T] and
 `caption_mask` int32 [b, T], with b = batch_size // process_count and T = `caption_length(data)`:
 `data.max_caption_len` when set, else the longest caption of `data.caption_level` or of the levels of
 `data.caption_mix` (so no caption is cut and a short caption is not padded to a descriptive one's length).
@@ -39,7 +39,6 @@ DATA_DIR_ENV = "SCALING_DATA_DIR"
 DEFAULT_DATA_DIR = "~/.cache/scaling/tensorflow_datasets"
 FILE_FORMAT = "array_record"
 BUILT_FROM_CODE = ("scenes", "digits", "cifar10_jpeg")
-BATCH_KEYS = ("image", "label", "caption_tokens", "caption_mask")
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
 

@@ -35,19 +35,12 @@ from scaling.evaluation.fewshot import DEFAULT_FEWSHOT_SHOTS, fewshot_ridge
 from scaling.evaluation.linear_probe import probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
 from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
+from scaling.schedule import eval_steps
 from scaling.sharding import shard_batch
 from scaling.state import ModelState
 
 PREDICTION = "class_prediction"  # beside the test split's features: the class-score prediction
 Features = tuple[dict[str, np.ndarray], np.ndarray]  # ({layer: [N, D]}, labels [N])
-
-
-def milestone_steps(total_steps: int, num_points: int, first_fraction: float) -> tuple[int, ...]:
-    """Steps at training-compute fractions spaced evenly in log space from first_fraction to 1."""
-    if num_points <= 0:
-        return ()
-    fractions = np.geomspace(first_fraction, 1.0, num_points) if num_points > 1 else np.ones(1)
-    return tuple(sorted({max(1, int(round(f * total_steps))) for f in fractions}))
 
 
 def eval_data_config(config: ml_collections.ConfigDict, dataset: str = "") -> ml_collections.ConfigDict:
@@ -234,8 +227,7 @@ class Evaluator:
 
     def __init__(self, config: ml_collections.ConfigDict, state: ModelState):
         self.config, self.state = config, state
-        self.steps = set(milestone_steps(config.total_steps, config.eval.num_points,
-                                         config.eval.first_fraction))
+        self.steps = set(eval_steps(config))
         # the probe data set and labels are checked before training; none is read for a run without evals
         wanted = dict(zero_shot=config.eval.zero_shot, pixel_floor=True)
         self.evaluation = prepare_evaluation(config, state, **wanted) if self.steps else None

@@ -35,6 +35,7 @@ from scaling.data.pipeline import ensure_built
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import eval_data_config
 from scaling.objectives import build_objective
+from scaling.schedule import run_compute
 from scaling.signals import InterruptedRunError, deferred_stops, requested
 from scaling.sweeps import pods
 from scaling.sweeps.executors import Executor, Handle, InProcess, ProcessPool, RayExecutor, execute_run
@@ -42,7 +43,6 @@ from scaling.sweeps.results import build_table, write_table
 from scaling.sweeps.spec import Sweep, SweepError, load_sweep
 from scaling.sweeps.store import COMPLETED, FAILED, LEASE_TIMEOUT_S, LEFT, RUNNING, STATES, Heartbeats, Store
 from scaling.sweeps.summary import RUNNER_ACTIVITIES, matmul_peak, summarize, summary_line, write_summary
-from scaling.train import cooldown_branches
 from scaling.workdir import DIED, INTERRUPTED, RunFiles, Stopwatch, differing_fields, read_json
 
 Print = Callable[[str], None]
@@ -275,11 +275,10 @@ def describe(sweep: Sweep, store: Store) -> str:
     lines = [f"sweep {sweep.name}: {len(sweep.runs)} runs in {store.sweep_dir}"]
     total = 0.0
     for run in sweep.runs:
-        flops = build_objective(run.config).train_flops_per_example() * run.config.batch_size
-        steps = run.config.total_steps + sum(cooldown_branches(run.config).values())
-        total += flops * steps
+        compute = run_compute(run.config, build_objective(run.config).train_flops_per_example())
+        total += compute.total
         lines.append(f"  {run.run_id:<56} {run.config.total_steps:>7} steps "
-                     f"{flops * steps:9.3g} FLOPs  {store.state(run.run_id)}")
+                     f"{compute.total:9.3g} FLOPs  {store.state(run.run_id)}")
     lines.append(f"total {total:.3g} training FLOPs (cool-down branches included)")
     return "\n".join(lines)
 

@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import pytest
 
-from scaling import train as trainer
 from scaling.data.pipeline import make_train_iterator
 from scaling.errors import ConfigError
 from scaling.evaluation.caption_levels import (
@@ -16,7 +15,8 @@ from scaling.evaluation.caption_levels import (
 )
 from scaling.objectives.diffusion import Diffusion
 from scaling.objectives.diffusion.schedule import bucket_timesteps
-from scaling.sharding import make_mesh, shard_batch
+from scaling.schedule import learning_rates
+from scaling.step import build_training
 
 LEVELS = ("short", "medium")
 
@@ -65,15 +65,13 @@ def caption_record(tiny_config, objective: str, steps: int = 20, **fields):
     config = tiny_config(objective, **{"eval.caption_levels": LEVELS, "eval.caption_examples": 32,
                                        "eval.batch_size": 32, "mesh.data": 1, **fields})
     config.data.caption_mix = "medium:0.95,short:0.05"
-    mesh = make_mesh(config.mesh, jax.devices()[:1])
-    with jax.set_mesh(mesh):
-        setup = trainer.build_setup(config, mesh)
-        params, opt_state = trainer.init_state(setup, config.seed)
-        step_fn = trainer.make_train_step(setup, config.seed)
+    training = build_training(config, devices=jax.devices()[:1])
+    with jax.set_mesh(training.mesh):
+        params, opt_state = training.init(config.seed)
         data = make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
-        for step, rate in enumerate(trainer.learning_rates(config.optim, steps)):
-            params, opt_state, _ = step_fn(params, opt_state, shard_batch(next(data), mesh), step, rate)
-        return CaptionLevelEval(config, setup.state.objective, setup.state.model, mesh)(params)
+        for step, rate in enumerate(learning_rates(config.optim, steps)):
+            params, opt_state, _ = training.step(params, opt_state, training.shard(next(data)), step, rate)
+        return CaptionLevelEval(config, training.state.objective, training.state.model, training.mesh)(params)
 
 
 def test_diffusion_records_paired_loss_reduction_per_bucket_and_level(tiny_config):

@@ -11,7 +11,7 @@ from helpers import load_experiment, random_batch
 from scaling.models.layers import Positions, sincos_positions
 from scaling.objectives import build_objective
 from scaling.objectives.clip import sigmoid_contrastive_loss
-from scaling.train import cooldown_rates, learning_rates
+from scaling.schedule import cooldown_rates, learning_rates
 
 
 def objective_and_model(loss: str):
