@@ -29,6 +29,7 @@ from scaling.config import load_config_file
 from scaling.models.layers import Dense
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, Stacking
+from scaling.objectives.base import BaseObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 1000
@@ -43,13 +44,10 @@ class Classifier(nnx.Module):
         self.head = Dense((size.width,), (CLASSES,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
 
-class LinearClassification:
+class LinearClassification(BaseObjective):
     """Supervised ViT classification on ``label``: the reference workload, not a registered objective."""
 
     name = "classification"
-
-    def __init__(self, config):
-        self.config = config
 
     def init(self, rngs: nnx.Rngs) -> Classifier:
         return Classifier(self.config, rngs=rngs)
@@ -63,10 +61,8 @@ class LinearClassification:
 
     def train_flops_per_example(self) -> float:
         c, size = self.config, get_size(self.config.size)
-        patches = (c.data.image_size // c.model.patch_size) ** 2
-        forward = flops.patch_embed_forward(c.data.image_size, c.model.patch_size, size.width)
-        forward += flops.transformer_forward(size, patches) + flops.dense(1, size.width, CLASSES)
-        return flops.TRAIN_MULTIPLIER * forward
+        forward = flops.image_tower_forward(size, c.data.image_size, c.model.patch_size)
+        return flops.TRAIN_MULTIPLIER * (forward + flops.dense(1, size.width, CLASSES))
 
 
 def six_nd(config, objective: LinearClassification) -> float:

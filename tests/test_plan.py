@@ -8,7 +8,8 @@ import jax
 import pytest
 
 from scaling import plan
-from scaling.config import ConfigError
+from scaling.errors import ConfigError
+from scaling.models.sizes import get_size
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip install -e ".[tpu]")'
@@ -57,11 +58,11 @@ def test_missing_libtpu_names_the_install(monkeypatch):
 
 
 def test_candidate_meshes_use_every_chip_and_divide_the_batch():
-    meshes = plan.candidate_meshes(32, 1024, width=1408)
+    meshes = plan.meshes.candidate_meshes(32, 1024, width=1408)
     assert {"data": 1, "fsdp": 32, "tensor": 1} in meshes
     assert {"data": 1, "fsdp": 8, "tensor": 4} in meshes  # tensor parallelism for the widest sizes
     assert all(m["data"] * m["fsdp"] * m["tensor"] == 32 for m in meshes)
-    assert plan.candidate_meshes(32, 48, width=256) == []
+    assert plan.meshes.candidate_meshes(32, 48, width=256) == []
 
 
 def test_a_batch_no_candidate_mesh_divides_is_refused_before_compiling(tiny_config):
@@ -97,9 +98,10 @@ def fake_compiles(monkeypatch, fits=lambda config: True, stop_at=()):
         ms = (WHOLE_MS if blocks is None else SHALLOW_MS)[plan.mesh_name(config)]
         return {"step_s": ms / 1e3, "compile_s": 60.0}
 
-    monkeypatch.setattr(plan, "memory_row", memory_row)
-    monkeypatch.setattr(plan, "cost_row", cost_row)
-    monkeypatch.setattr(plan, "topology_devices", lambda topology: [])
+    for module in (plan, plan.runs):  # what the tests call, and what plan_runs calls
+        monkeypatch.setattr(module, "memory_row", memory_row)
+        monkeypatch.setattr(module, "cost_row", cost_row)
+    monkeypatch.setattr(plan.runs, "topology_devices", lambda topology: [])
     return compiled
 
 
@@ -164,12 +166,12 @@ def test_plan_compiles_the_real_step_for_a_tpu_slice_and_caches_it(tiny_config, 
     assert 0.8 < short["xla_over_analytic"] < 1.5  # the analytic count is XLA's within elementwise work
     assert 0 < short["mfu"] < 1  # the step's time is XLA's estimate: the chips' peak bounds it
     assert short["mfu"] == pytest.approx(
-        short["analytic_flops_per_step"] / (short["step_s"] * 4 * plan.CHIPS["v5e"].peak_flops))
+        short["analytic_flops_per_step"] / (short["step_s"] * 4 * plan.tpus.CHIPS["v5e"].peak_flops))
     assert short["chip_hours"] == pytest.approx(500 * short["step_s"] * 4 / 3600)
     assert long["step_s"] == short["step_s"] and long["compile_s"] == 0 < short["compile_s"]  # one compile
     assert long["chip_hours"] == pytest.approx(2 * short["chip_hours"])
 
-    monkeypatch.setattr(plan, "topology_devices", lambda _: pytest.fail("compiled again"))
+    monkeypatch.setattr(plan.runs, "topology_devices", lambda _: pytest.fail("compiled again"))
     again = plan.plan_runs([("short", config)], topology, tmp_path, mesh, progress=False)
     assert again[0]["cached"] and again[0]["step_s"] == short["step_s"]
 
@@ -213,7 +215,7 @@ def test_a_step_too_large_to_compile_is_reported_as_not_fitting(tiny_config):
 @needs_libtpu
 def test_a_ranking_cost_is_of_the_step_cut_to_fewer_blocks(tiny_config):
     """A mesh search ranks candidates on the step with every stack cut to a few blocks: fewer FLOPs by
-    XLA's count and by ours, which still agree, and the sizes are whole again afterwards."""
+    XLA's count and by ours, which still agree; the config and the size ladder are left whole."""
     config = tiny_config("clip", size="nano", **{"data.image_size": 8, "batch_size": 32})
     topology = plan.parse_topology("v5e:2x2")
     devices = plan.topology_devices(topology)
@@ -221,7 +223,8 @@ def test_a_ranking_cost_is_of_the_step_cut_to_fewer_blocks(tiny_config):
     whole = plan.cost_row(layout, topology, devices)
     cut = plan.cost_row(layout, topology, devices, blocks=2)
 
-    assert plan.get_size("nano").depth == 4
+    assert get_size("nano").depth == 4 and layout.size == "nano"
+    assert plan.compile.with_depth(layout, 2).size == "nano@2" and get_size("nano@2").depth == 2
     assert cut["analytic_flops_per_step"] < 0.75 * whole["analytic_flops_per_step"]
     assert cut["xla_flops_per_step"] < 0.75 * whole["xla_flops_per_step"]
     assert 0.95 < cut["xla_over_analytic"] < 1.1 and 0.95 < whole["xla_over_analytic"] < 1.1

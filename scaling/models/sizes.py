@@ -29,9 +29,18 @@ LADDER: dict[str, Size] = {
 
 
 def get_size(name: str) -> Size:
-    if name not in LADDER:
+    """The size ``name`` of the ladder; ``name@N`` is that size cut to at most N blocks (``cut_to``)."""
+    base, _, blocks = name.partition("@")
+    if base not in LADDER or (blocks and not blocks.isdigit()):
         raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(LADDER)}")
-    return LADDER[name]
+    size = LADDER[base]
+    return dataclasses.replace(size, depth=min(size.depth, int(blocks))) if blocks else size
+
+
+def cut_to(name: str, blocks: int) -> str:
+    """The name of size ``name`` with at most ``blocks`` blocks, e.g. ``"g@4"``: the planner ranks meshes on
+    steps this shallow."""
+    return f"{name.partition('@')[0]}@{blocks}"
 
 
 def block_params(size: Size, cross_attention_width: int = 0) -> int:
