@@ -25,6 +25,7 @@ from scaling.data.captions import CAPTION_LEVELS, parse_caption_mix
 from scaling.errors import ConfigError, UserError
 from scaling.models import transformer
 from scaling.models.sizes import LADDER
+from scaling.schedule import warmup_steps
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
 from scaling.workdir import flatten
 
@@ -76,7 +77,8 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.optim.b2 = 0.95
     c.optim.grad_clip = 1.0
     c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 30
+    c.optim.warmup_steps = 30  # linear warmup, in steps; unused when warmup_examples is set
+    c.optim.warmup_examples = 0  # linear warmup, in training examples (rounded up to whole steps); 0 = steps
     c.optim.decay_fraction = 0.2
     c.optim.final_lr_fraction = 0.0
 
@@ -261,6 +263,21 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_warmup(config: ml_collections.ConfigDict) -> None:
+    optim = config.optim
+    _require(optim.warmup_steps >= 0 and optim.warmup_examples >= 0,
+             "optim.warmup_steps and optim.warmup_examples: must not be negative")
+    _require(
+        optim.warmup_examples == 0 or optim.warmup_steps == 0,
+        f"optim.warmup_examples: {optim.warmup_examples} and optim.warmup_steps: {optim.warmup_steps} both "
+        "set a warmup; set optim.warmup_steps=0 to warm up over examples",
+    )
+    steps = warmup_steps(optim, config.batch_size)
+    given = (f"optim.warmup_examples: {optim.warmup_examples} examples ({steps} steps of {config.batch_size})"
+             if optim.warmup_examples else f"optim.warmup_steps: {steps}")
+    _require(steps < config.total_steps, f"{given} must be below total_steps ({config.total_steps})")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError for values that cannot work whatever the objective; cheap, runs before anything
     is compiled. ``scaling.objectives.validate_config`` adds the objective's own checks."""
@@ -278,11 +295,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         config.optim.schedule in SCHEDULES,
         f"optim.schedule: {config.optim.schedule!r} not in {SCHEDULES}",
     )
-    _require(
-        0 <= config.optim.warmup_steps < config.total_steps,
-        f"optim.warmup_steps: {config.optim.warmup_steps} must be below total_steps "
-        f"({config.total_steps})",
-    )
+    _check_warmup(config)
     _require(config.optim.learning_rate > 0, "optim.learning_rate: must be positive")
     _require(
         0 <= config.eval.cooldown_fraction <= 1,

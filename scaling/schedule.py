@@ -17,9 +17,16 @@ import numpy as np
 import optax
 
 
-def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+def warmup_steps(optim: ml_collections.ConfigDict, batch_size: int) -> int:
+    """Steps of linear warmup: ``optim.warmup_examples`` in whole steps of ``batch_size`` (rounded up) when
+    set, else ``optim.warmup_steps``. Counted in examples, a warmup stays the same length whatever the
+    run's budget, so a short run is not mostly warmup."""
+    return -(-optim.warmup_examples // batch_size) if optim.warmup_examples else optim.warmup_steps
+
+
+def make_schedule(optim: ml_collections.ConfigDict, total_steps: int, batch_size: int) -> optax.Schedule:
     """Linear warmup, then cosine decay or warmup-stable-decay (linear cool-down at the end)."""
-    peak, warmup = optim.learning_rate, optim.warmup_steps
+    peak, warmup = optim.learning_rate, warmup_steps(optim, batch_size)
     final = final_rate(optim)
     if optim.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps, final)
@@ -40,9 +47,9 @@ def final_rate(optim: ml_collections.ConfigDict) -> float:
     return optim.learning_rate * optim.final_lr_fraction
 
 
-def learning_rates(optim: ml_collections.ConfigDict, total_steps: int) -> np.ndarray:
+def learning_rates(optim: ml_collections.ConfigDict, total_steps: int, batch_size: int) -> np.ndarray:
     """The main run's learning rate at every step, float32 [total_steps]."""
-    schedule = make_schedule(optim, total_steps)
+    schedule = make_schedule(optim, total_steps, batch_size)
     return np.asarray(jax.vmap(schedule)(jnp.arange(total_steps)), np.float32)
 
 

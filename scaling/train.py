@@ -127,7 +127,8 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         checkpoints = Checkpoints(files.checkpoint_dir, config)
         params, opt_state, step = run.resume(checkpoints, data, params, opt_state)
         last = files.last_record("train")  # result.json's final_loss also when no step is left to run
-        rates, branches = learning_rates(config.optim, config.total_steps), cooldown_branches(config)
+        rates = learning_rates(config.optim, config.total_steps, config.batch_size)
+        branches = cooldown_branches(config)
     is_log_step = _log_points(config)
     if step == 0:
         run.probe_init(evaluator, training.state, params)
@@ -253,8 +254,8 @@ class _Attempt:
             {"status": DIVERGED, "reason": reason, "objective": c.objective, "size": c.size,
              "step": step, "flops": step * self.compute.flops_per_step, "wall_s": self.wall()}
         )
-        raise DivergedError(f"the run diverged: {reason}; lower optim.learning_rate or raise "
-                            "optim.warmup_steps")
+        raise DivergedError(f"the run diverged: {reason}; lower optim.learning_rate or warm up "
+                            "longer (optim.warmup_examples or optim.warmup_steps)")
 
     def finish(self, step: int, last: dict[str, Any]) -> dict[str, Any]:
         """result.json: the run's compute (cool-down branches included), final loss and time."""

@@ -41,6 +41,10 @@ HONEST_POINTS = (END_OF_SCHEDULE, COOLDOWN_BRANCH)
 OPERATIONAL_FIELDS = (
     "log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count", "data.data_dir",
 )
+# Fields added after runs were published, each with the value that reproduces those runs. A config that
+# holds that value compares (and is identified, see scaling.sweeps.spec.make_run_id) as one written before
+# the field existed, so published run ids and recorded config.json files stay valid.
+LATER_FIELDS = {"optim.warmup_examples": 0}
 
 
 def is_writer() -> bool:
@@ -78,14 +82,18 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def result_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted fields of a config that change results: all but the operational ones and the
+    ``LATER_FIELDS`` that hold the value of runs written before them."""
+    return {name: value for name, value in flatten(config).items()
+            if name not in OPERATIONAL_FIELDS and LATER_FIELDS.get(name, ...) != value}
+
+
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted names of the result-changing fields whose values differ between two configs."""
-    old_flat, new_flat = flatten(old), flatten(new)
-    return sorted(
-        name
-        for name in set(old_flat) | set(new_flat)
-        if name not in OPERATIONAL_FIELDS and old_flat.get(name) != new_flat.get(name)
-    )
+    old_fields, new_fields = result_fields(old), result_fields(new)
+    return sorted(name for name in set(old_fields) | set(new_fields)
+                  if old_fields.get(name) != new_fields.get(name))
 
 
 class RunFiles:

@@ -119,7 +119,7 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
 
         first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
         grads = jax.device_get(grads)
-        rates = learning_rates(config.optim, config.total_steps)
+        rates = learning_rates(config.optim, config.total_steps, config.batch_size)
         losses = []
         for step in range(steps):
             params, opt_state, metrics = training.step(params, opt_state, global_batch, jnp.int32(step),

@@ -50,7 +50,7 @@ def fixed_batch_losses(config, batch: dict[str, np.ndarray], devices) -> list[fl
     with jax.set_mesh(training.mesh):
         params, opt_state = training.init(config.seed)
         global_batch, losses = training.shard(batch), []
-        rates = learning_rates(config.optim, config.total_steps)
+        rates = learning_rates(config.optim, config.total_steps, config.batch_size)
         for step in range(STEPS):
             params, opt_state, metrics = training.step(params, opt_state, global_batch, jnp.int32(step),
                                                        rates[step])

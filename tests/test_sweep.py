@@ -26,7 +26,7 @@ from scaling.sweeps.results import build_table, read_table
 from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
 from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
-from scaling.workdir import RunFiles
+from scaling.workdir import LATER_FIELDS, RunFiles, differing_fields
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
 
@@ -264,6 +264,20 @@ def test_run_ids_hash_the_exact_value_of_a_grid_value_they_show_rounded():
                        "clip-mu-steps4-s0-learning_rate=0.00025-bae8f3"]
     assert [i.rpartition("-")[0] for i in ids[2:]] == ["clip-mu-steps4-s0-learning_rate=0.001"] * 2
     assert len(set(ids)) == 4
+
+
+def test_fields_added_later_leave_published_ids_and_recorded_configs_valid_until_set():
+    published = grid(["clip"], ["mu"], [Budget.steps(4)], fields={"optim.warmup_steps": 1})[0]
+    recorded = json.loads(published.config.to_json())  # a config.json written before the fields existed
+    for field in LATER_FIELDS:
+        section, _, name = field.partition(".")
+        del recorded[section][name]
+    assert differing_fields(recorded, json.loads(published.config.to_json())) == []
+    in_examples = grid(["clip"], ["mu"], [Budget.steps(4)],
+                       fields={"optim.warmup_steps": 0, "optim.warmup_examples": 64})[0]
+    assert differing_fields(recorded, json.loads(in_examples.config.to_json())) == [
+        "optim.warmup_examples", "optim.warmup_steps"]
+    assert in_examples.run_id.rpartition("-")[2] != published.run_id.rpartition("-")[2]
 
 
 def pool_job(config, workdir):

@@ -55,7 +55,8 @@ def run_row(run_id: str, config: ml_collections.ConfigDict, topology: Topology,
 
 
 # Fields that change how long a run is, what it logs or how it is evaluated, not the compiled step.
-NOT_IN_STEP = ("total_steps", "optim.warmup_steps", "checkpoint_every", "log_every", "keep_checkpoints")
+NOT_IN_STEP = ("total_steps", "optim.warmup_steps", "optim.warmup_examples", "checkpoint_every", "log_every",
+               "keep_checkpoints")
 
 
 def step_key(config: ml_collections.ConfigDict) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import ml_collections
 
 from scaling import config as run_config
+from scaling import workdir
 from scaling.config import (
     EXPERIMENTS_DIR,
     call_file_code,
@@ -31,7 +32,6 @@ from scaling.config import (
 )
 from scaling.errors import ConfigError
 from scaling.objectives import OBJECTIVES, build_objective, get_objective, validate_config
-from scaling.workdir import OPERATIONAL_FIELDS, flatten
 
 SWEEPS_DIR = EXPERIMENTS_DIR.parent / "sweeps"
 BUDGET_PREFIXES = {"flops": "f", "steps": "steps", "examples": "ex"}
@@ -107,9 +107,8 @@ class RunSpec:
 
 
 def result_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Dotted config fields that change results (everything but the operational ones)."""
-    flat = flatten(json.loads(config.to_json()))
-    return {name: value for name, value in flat.items() if name not in OPERATIONAL_FIELDS}
+    """Dotted config fields that change results (see scaling.workdir.result_fields)."""
+    return workdir.result_fields(json.loads(config.to_json()))
 
 
 def _slug(value: Any) -> str:

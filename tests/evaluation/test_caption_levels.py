@@ -69,7 +69,7 @@ def caption_record(tiny_config, objective: str, steps: int = 20, **fields):
     with jax.set_mesh(training.mesh):
         params, opt_state = training.init(config.seed)
         data = make_train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
-        for step, rate in enumerate(learning_rates(config.optim, steps)):
+        for step, rate in enumerate(learning_rates(config.optim, steps, config.batch_size)):
             params, opt_state, _ = training.step(params, opt_state, training.shard(next(data)), step, rate)
         return CaptionLevelEval(config, training.state.objective, training.state.model, training.mesh)(params)
 

@@ -67,7 +67,12 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly_and_branches_cool_down
     optim = load_experiment("clip").optim
     optim.update(schedule="wsd", learning_rate=1e-3, warmup_steps=10, decay_fraction=0.2,
                  final_lr_fraction=0.1)
-    rates = learning_rates(optim, 100)  # warmup 0-10, stable 10-80, decay 80-100 to 1e-4
+    rates = learning_rates(optim, 100, 64)  # warmup 0-10, stable 10-80, decay 80-100 to 1e-4
+    in_examples = optim.copy_and_resolve_references()
+    in_examples.update(warmup_steps=0, warmup_examples=580)  # 9.06 steps of 64, so the same 10
+    np.testing.assert_array_equal(learning_rates(in_examples, 100, 64), rates)
+    half_batch = learning_rates(in_examples, 100, 32)  # the same examples: 19 steps of 32
+    np.testing.assert_allclose(half_batch[:20], np.linspace(0, 1e-3, 20), rtol=1e-5)
     np.testing.assert_allclose(rates[[0, 5, 10, 45, 80, 90]], [0, 5e-4, 1e-3, 1e-3, 1e-3, 5.5e-4], rtol=1e-5)
     assert np.all(np.diff(rates[80:]) < 0) and rates[-1] == pytest.approx(1e-4 + 9e-4 / 20, rel=1e-5)
     branch = cooldown_rates(1e-3, 1e-4, 20)  # the same linear decay, forked from the stable phase
