@@ -29,7 +29,7 @@ TINY = ["--config.data.name=scenes/32_small", "--config.data.data_dir={data_dir}
         "--config.total_steps=4", "--config.checkpoint_every=2", "--config.log_every=2",
         "--config.optim.warmup_steps=1", "--config.eval.num_points=0", "--config.eval.batch_size=16"]
 NEW_RUN = ["train", "--config", CLIP, "--workdir", "{tmp}/new", *TINY]
-SWEEP_FILE = "from scaling.sweeps.spec import Budget, Sweep, grid\n"
+SWEEP_FILE = "from scaling.sweeps.spec import Budget, Sweep, grid, log_grid\n"
 ONE_RUN_SWEEP = ('def get_sweep():\n    return Sweep("one", grid(["clip"], ["mu"], [Budget.steps(4)], '
                  'fields={fields}))\n')
 DUPLICATE_SWEEP = ('def get_sweep():\n    runs = grid(["clip"], ["mu"], [Budget.steps(4)], fields={fields})\n'
@@ -268,6 +268,9 @@ CASES = [
     ("sweep field that does not exist", sweep_file(DUPLICATE_SWEEP.replace(
         "fields={fields}", 'fields={"optim.learning_rat": 1.0}')),
      SWEEP, 2, ["optim.learning_rat=1.0 on clip", "did you mean optim.learning_rate?"]),
+    ("sweep learning-rate grid of two points", sweep_file(ONE_RUN_SWEEP.replace(
+        "fields={fields}", 'fields={fields}, axes={"optim.learning_rate": log_grid(1e-3, points=2)}')),
+     SWEEP, 2, ["log_grid(center=0.001, points=2, factor=2.0): a tuning grid needs at least 3 points"]),
     ("sweep file that raises when loaded", sweep_file("1 / 0\n"), SWEEP,
      2, ["sweep.py line 2: ZeroDivisionError: division by zero; fix that file"]),
     ("sweep whose finished run has another config", finished_sweep_run_of_another_config, SWEEP,

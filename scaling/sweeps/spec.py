@@ -174,6 +174,20 @@ def warmup_fraction(fraction: float, at_most: int | None = None) -> Adjust:
     return adjust
 
 
+MIN_TUNING_POINTS = 3  # a quadratic in log learning rate needs three to place its minimum
+
+
+def log_grid(center: float, points: int = 5, factor: float = 2.0) -> tuple[float, ...]:
+    """``points`` values ``factor`` apart, centred in log space on ``center``: a tuning axis such as
+    ``axes={"optim.learning_rate": log_grid(1e-3)}`` (2.5e-4 to 4e-3). Fewer than three points cannot
+    locate an optimum, so they are refused."""
+    if points < MIN_TUNING_POINTS or not factor > 1 or not center > 0:
+        raise SweepError(f"log_grid(center={center}, points={points}, factor={factor}): a tuning grid needs "
+                         f"at least {MIN_TUNING_POINTS} points, a factor above 1 and a positive centre "
+                         "(e.g. log_grid(1e-3, points=5, factor=2))")
+    return tuple(float(f"{center * factor ** (k - (points - 1) / 2):.6g}") for k in range(points))
+
+
 def experiment_config(objective: str, size: str) -> ml_collections.ConfigDict:
     return load_config_file(EXPERIMENTS_DIR / f"{objective}.py", f"size={size}")
 
