@@ -24,6 +24,7 @@ import ml_collections
 from scaling.data.captions import CAPTION_LEVELS, parse_caption_mix
 from scaling.errors import ConfigError, UserError
 from scaling.models import transformer
+from scaling.models.parametrization import PARAMETRIZATIONS
 from scaling.models.sizes import LADDER
 from scaling.schedule import warmup_steps
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
@@ -69,6 +70,8 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.model.positions = "learned"
     c.model.scan_layers = False  # one compiled block looped over stacked parameters (deep models)
     c.model.remat = "none"  # backward-pass recompute: none, full (whole blocks), dots (all but matmuls)
+    c.model.parametrization = "standard"  # or "mup": learning rates transfer across widths
+    c.model.base_width = 32  # the width at which mup equals standard (scaling.models.parametrization)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-3
@@ -287,6 +290,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     for field in ("total_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
         _require(config[field] > 0, f"{field}: must be positive, got {config[field]}")
     _require(config.model.dtype in DTYPES, f"model.dtype: {config.model.dtype!r} not in {DTYPES}")
+    _require(config.model.parametrization in PARAMETRIZATIONS,
+             f"model.parametrization: unknown {config.model.parametrization!r}; choose one of "
+             f"{', '.join(PARAMETRIZATIONS)}")
+    width = LADDER[config.size].width
+    _require(0 < config.model.base_width <= width,
+             f"model.base_width: {config.model.base_width} must be positive and at most the width of size "
+             f"{config.size} ({width}): µP scales from a base width up; use a smaller size's width, e.g. 32")
     _require(
         config.model.remat in REMAT_POLICIES,
         f"model.remat: {config.model.remat!r} not in {REMAT_POLICIES}",

@@ -59,6 +59,7 @@ class ModelState:
     graphdef: nnx.GraphDef
     abstract_params: Params  # ShapeDtypeStructs carrying each parameter's sharding
     param_shardings: Params
+    lr_scales: Params  # each parameter's learning-rate factor (scaling.models.parametrization)
 
     def model(self, params: Params) -> nnx.Module:
         """The objective's model holding ``params``."""
@@ -84,7 +85,9 @@ def build_model_state(
         lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
         nnx.to_pure_dict(abstract_state), param_shardings,
     )
-    return ModelState(objective, mesh, graphdef, abstract_params, param_shardings)
+    lr_scales = nnx.to_pure_dict(jax.tree.map(lambda variable: variable.get_metadata().get("lr_scale", 1.0),
+                                              abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    return ModelState(objective, mesh, graphdef, abstract_params, param_shardings, lr_scales)
 
 
 def _restore_target(tree):

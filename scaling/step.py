@@ -25,16 +25,18 @@ from scaling.sharding import batch_sharding, constrain, make_mesh, shard_batch
 from scaling.state import ModelState, Params, build_model_state
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, lr_scales: Params) -> optax.GradientTransformation:
     """AdamW with global-norm clipping, less its learning rate (the step scales by the rate it is given);
-    matrices decay, vectors and scalars (norms, biases) do not."""
+    matrices decay, vectors and scalars (norms, biases) do not. Each parameter's update is multiplied by
+    its factor in ``lr_scales`` (µP's per-parameter learning rates; all 1 under standard, which adds no
+    transform, so a standard run's optimizer state is what it always was)."""
     o = config.optim
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-    return optax.chain(
-        optax.clip_by_global_norm(o.grad_clip),
-        optax.scale_by_adam(b1=o.b1, b2=o.b2),
-        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
-    )
+    adamw = [optax.clip_by_global_norm(o.grad_clip), optax.scale_by_adam(b1=o.b1, b2=o.b2),
+             optax.add_decayed_weights(o.weight_decay, mask=decay_mask)]
+    if any(scale != 1.0 for scale in jax.tree.leaves(lr_scales)):
+        adamw.append(optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, lr_scales)))
+    return optax.chain(*adamw)
 
 
 def microbatches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
@@ -153,7 +155,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: Mesh | None = None, 
     and the jitted step. Builds nothing on devices, so compile-only devices work too."""
     mesh = mesh or make_mesh(config.mesh, devices)
     state = build_model_state(config, mesh, objective)
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, state.lr_scales)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.abstract_params)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_shardings = optax.tree_map_params(

@@ -10,6 +10,8 @@ from scaling.objectives import validate_config
     ("size", "huge", "size: unknown 'huge'"),
     ("batch_size", 12, "batch_size: 12 is not divisible by the 8 batch shards .*multiple of 8"),
     ("model.dtype", "float16", "model.dtype"),
+    ("model.parametrization", "mu-p", "model.parametrization: unknown 'mu-p'; choose one of standard, mup"),
+    ("model.base_width", 64, r"model.base_width: 64 must be positive and at most the width of size mu \(32"),
     ("model.patch_size", 5, "does not divide data.image_size"),
     ("data.caption_level", "none", "CLIP needs captions"),
     ("mesh.data", 3, "multiply to 3 but there are 8 devices; set one axis to -1"),

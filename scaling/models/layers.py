@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scaling.models.parametrization import INPUT, STANDARD, Parametrization, Scaling
 from scaling.sharding import constrain, traced_platform
 
 Array = jax.Array
@@ -92,7 +93,8 @@ class Dense(nnx.Module):
     On CPU the product runs as one [..., prod(in)] x [prod(in), prod(out)] matmul (see flat_matmuls).
     With ``fused`` true, several projections share the product: each slice of the first output axis is
     initialised as a Dense of its own would be (one draw each, in order), so a fused projection starts
-    where its separate ones would.
+    where its separate ones would. ``scaling`` (see scaling.models.parametrization) multiplies the initial
+    standard deviation and tags the kernel with its learning-rate factor (``lr_scale`` metadata).
     """
 
     def __init__(
@@ -107,18 +109,19 @@ class Dense(nnx.Module):
         zero_init: bool = False,
         out_dtype=jnp.float32,
         fused: bool = False,
+        scaling: Scaling = INPUT,
     ):
         fan_in = int(np.prod(in_shape))
         init = (
             nnx.initializers.zeros
             if zero_init
-            else nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+            else nnx.initializers.variance_scaling(scaling.init**2, "fan_in", "truncated_normal")
         )
         parts, part_shape = (out_shape[0], out_shape[1:]) if fused else (1, out_shape)
         draws = [init(rngs.params(), (fan_in, int(np.prod(part_shape))), jnp.float32).reshape(
             *in_shape, *part_shape) for _ in range(parts)]
         kernel = jnp.stack(draws, axis=len(in_shape)) if fused else draws[0]
-        self.kernel = nnx.Param(kernel, axes=axes)
+        self.kernel = nnx.Param(kernel, axes=axes, lr_scale=scaling.lr)
         self.bias = zeros_param(out_shape, axes[len(in_shape) :]) if use_bias else None
         self.dtype, self.out_dtype = dtype, out_dtype
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
@@ -177,11 +180,13 @@ class Attention(nnx.Module):
     in the compute dtype and the softmax runs in float32 inside its fusion.
     """
 
-    def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs, context_width: int | None = None):
+    def __init__(self, width: int, heads: int, *, dtype, rngs: nnx.Rngs, context_width: int | None = None,
+                 parametrization: Parametrization = STANDARD):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         head_dim = width // heads
-        projection = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype)
+        projection = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype,
+                             scaling=parametrization.hidden(width))
         if context_width is None:
             self.qkv = projection((width,), (3, heads, head_dim), ("embed", None, "heads", "kv"), fused=True)
             self.query = self.key_value = None
@@ -189,10 +194,11 @@ class Attention(nnx.Module):
             self.qkv = None
             self.query = projection((width,), (heads, head_dim), ("embed", "heads", "kv"))
             self.key_value = projection((context_width,), (2, heads, head_dim),
-                                        ("embed", None, "heads", "kv"), fused=True)
+                                        ("embed", None, "heads", "kv"), fused=True,
+                                        scaling=parametrization.hidden(context_width))
         self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"))
         self.dtype = dtype
-        self.scale = head_dim**-0.5
+        self.scale = parametrization.attention_scale(head_dim, width)
 
     def project(self, x_BLD: Array, context_GMD: Array | None) -> tuple[Array, Array, Array]:
         """Queries [B, L, A, Q] of ``x``; keys and values [B, M, A, Q] of ``x`` or of the context. A
@@ -242,9 +248,11 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs):
-        self.up = Dense((width,), (hidden,), ("embed", "mlp"), dtype=dtype, rngs=rngs, out_dtype=dtype)
-        self.down = Dense((hidden,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs, out_dtype=dtype)
+    def __init__(self, width: int, hidden: int, *, dtype, rngs: nnx.Rngs,
+                 parametrization: Parametrization = STANDARD):
+        dense = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype, scaling=parametrization.hidden(width))
+        self.up = dense((width,), (hidden,), ("embed", "mlp"))
+        self.down = dense((hidden,), (width,), ("mlp", "embed"))
 
     def __call__(self, x_BLD: Array) -> Array:
         return self.down(jax.nn.gelu(self.up(x_BLD)))
@@ -279,24 +287,26 @@ class Block(nnx.Module):
         rngs: nnx.Rngs,
         cross_attention_width: int | None = None,
         condition_width: int = 0,
+        parametrization: Parametrization = STANDARD,
     ):
         conditioned = condition_width > 0
         self.modulation = (
             Dense((condition_width,), (6, width), ("embed", None, "modulation"), dtype=dtype, rngs=rngs,
-                  zero_init=True)
+                  zero_init=True, scaling=parametrization.hidden(condition_width))
             if conditioned else None
         )
         self.attention_norm = LayerNorm(width, use_scale=not conditioned)
-        self.attention = Attention(width, heads, dtype=dtype, rngs=rngs)
+        self.attention = Attention(width, heads, dtype=dtype, rngs=rngs, parametrization=parametrization)
         if cross_attention_width:
             self.cross_norm = LayerNorm(width)
             self.cross_attention = Attention(
-                width, heads, dtype=dtype, rngs=rngs, context_width=cross_attention_width
+                width, heads, dtype=dtype, rngs=rngs, context_width=cross_attention_width,
+                parametrization=parametrization,
             )
         else:
             self.cross_norm = self.cross_attention = None
         self.mlp_norm = LayerNorm(width, use_scale=not conditioned)
-        self.mlp = Mlp(width, mlp, dtype=dtype, rngs=rngs)
+        self.mlp = Mlp(width, mlp, dtype=dtype, rngs=rngs, parametrization=parametrization)
 
     def adaptive_parameters(self, condition_BE: Array | None) -> tuple[Array | None, ...]:
         """(attention shift, scale, gate, MLP shift, scale, gate), each [B, D]; all None unconditioned."""

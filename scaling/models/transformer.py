@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.models.layers import Block, KeysValues, LayerNorm, PatchEmbed, Positions, TokenEmbed
+from scaling.models.parametrization import STANDARD, Parametrization
 from scaling.models.sizes import Size
 from scaling.sharding import constrain
 
@@ -41,16 +42,18 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class Stacking:
-    """How a stack's blocks are compiled: the backward-pass ``remat`` policy; ``scan``: one block
-    compiled and looped over parameters stacked on a ``layers`` axis."""
+    """How a stack's blocks are built and compiled: their ``parametrization`` (initialisation, attention
+    scale, learning-rate factors); the backward-pass ``remat`` policy; ``scan``: one block compiled and
+    looped over parameters stacked on a ``layers`` axis."""
 
     remat: str = "none"
     scan: bool = False
+    parametrization: Parametrization = STANDARD
 
     @classmethod
     def of(cls, model_config) -> Stacking:
         """The stacking that a config's ``model`` section asks for."""
-        return cls(model_config.remat, model_config.scan_layers)
+        return cls(model_config.remat, model_config.scan_layers, Parametrization.of(model_config))
 
 
 def rematerialized(block_call, policy: str):
@@ -97,6 +100,7 @@ class Transformer(nnx.Module):
         make_block = lambda block_rngs: Block(
             size.width, size.heads, size.mlp, dtype=dtype, rngs=block_rngs,
             cross_attention_width=cross_attention_width, condition_width=condition_width,
+            parametrization=stacking.parametrization,
         )
         if stacking.scan:
             self.blocks = stacked_blocks(size.depth, make_block, rngs)

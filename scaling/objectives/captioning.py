@@ -30,6 +30,7 @@ from scaling.data.captions import caption_length, class_prompts, prompt_template
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
+from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import Size, get_size
 from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
 from scaling.objectives.base import BaseObjective, CaptionScorer, SampleWriter, ZeroShotScorer
@@ -63,7 +64,8 @@ class CaptioningModel(nnx.Module):
             positions=config.model.positions, dtype=dtype, rngs=rngs,
             cross_attention_width=encoder_size.width, stacking=Stacking.of(config.model),
         )
-        self.head = Dense((decoder_size.width,), (vocab,), ("embed", "vocab"), dtype=dtype, rngs=rngs)
+        self.head = Dense((decoder_size.width,), (vocab,), ("embed", "vocab"), dtype=dtype, rngs=rngs,
+                          scaling=Parametrization.of(config.model).readout(decoder_size.width))
         self.mask_id = vocab
 
     def encode(self, images_BHWC: Array) -> tuple[Array, list[Array]]:

@@ -23,6 +23,7 @@ from scaling.data.captions import caption_length, class_prompts, prompt_template
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
+from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import Size, get_size
 from scaling.models.transformer import ImageTower, Stacking, TextTower, pooled_layer_features
 from scaling.objectives.base import BaseObjective, CaptionScorer, ZeroShotScorer
@@ -51,7 +52,8 @@ class ClipModel(nnx.Module):
         c = config.clip
         image_size, text_size = get_size(config.size), get_size(c.text_size or config.size)
         embed_dim = c.embed_dim or image_size.width
-        dtype = jnp.dtype(config.model.dtype)
+        dtype, mup = jnp.dtype(config.model.dtype), Parametrization.of(config.model)
+        projection = mup.readout if c.embed_dim else mup.hidden  # to a fixed or a width-sized embedding
         self.image = ImageTower(
             image_size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, stacking=Stacking.of(config.model),
@@ -62,9 +64,9 @@ class ClipModel(nnx.Module):
             rngs=rngs, stacking=Stacking.of(config.model),
         )
         self.image_proj = Dense((image_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
-                                rngs=rngs, use_bias=False)
+                                rngs=rngs, use_bias=False, scaling=projection(image_size.width))
         self.text_proj = Dense((text_size.width,), (embed_dim,), ("embed", None), dtype=dtype,
-                               rngs=rngs, use_bias=False)
+                               rngs=rngs, use_bias=False, scaling=projection(text_size.width))
         self.logit_scale_param = nnx.Param(
             jnp.asarray(logit_scale_param(initial_logit_scale(c), c.max_logit_scale), jnp.float32), axes=()
         )

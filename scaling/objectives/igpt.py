@@ -28,6 +28,7 @@ from scaling import flops
 from scaling.data.palette import dequantize, load_or_fit_palette, quantize
 from scaling.errors import ConfigError
 from scaling.models.layers import Dense
+from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import get_size
 from scaling.models.transformer import Stacking, TextTower, pooled_layer_features
 from scaling.objectives.base import BaseObjective, Prepared, SampleWriter
@@ -59,7 +60,8 @@ class IgptModel(nnx.Module):
             stacking=Stacking.of(config.model),
         )
         self.head = Dense((size.width,), (palette_size,), ("embed", "vocab"),
-                          dtype=jnp.dtype(config.model.dtype), rngs=rngs)
+                          dtype=jnp.dtype(config.model.dtype), rngs=rngs,
+                          scaling=Parametrization.of(config.model).readout(size.width))
 
     def __call__(self, tokens_BL: Array) -> tuple[Array, list[Array]]:
         """Logits [B, L, V] for the token after each position, and every block's output."""

@@ -19,6 +19,7 @@ from flax import nnx
 from scaling import flops
 from scaling.data.pipeline import label_classes
 from scaling.models.layers import Dense
+from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import get_size
 from scaling.models.transformer import ImageTower, Stacking, pooled_layer_features
 from scaling.objectives.base import BaseObjective
@@ -33,7 +34,8 @@ class SupervisedModel(nnx.Module):
             size, image_size=config.data.image_size, patch=config.model.patch_size,
             positions=config.model.positions, dtype=dtype, rngs=rngs, stacking=Stacking.of(config.model),
         )
-        self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs)
+        self.head = Dense((size.width,), (num_classes,), ("embed", None), dtype=dtype, rngs=rngs,
+                          scaling=Parametrization.of(config.model).readout(size.width))
 
 
 class Supervised(BaseObjective):

@@ -16,6 +16,7 @@ from flax import nnx
 from scaling.data.captions import caption_length
 from scaling.data.tokenizer import get_tokenizer
 from scaling.models.layers import Dense, PatchEmbed, Positions, TokenEmbed, modulate, param
+from scaling.models.parametrization import STANDARD, Parametrization
 from scaling.models.sizes import get_size
 from scaling.models.transformer import Stacking, TextTower, Transformer, masked_mean
 
@@ -34,9 +35,10 @@ def timestep_sinusoids(t_B: Array, dim: int, max_period: float = 10_000.0) -> Ar
 class TimestepEmbed(nnx.Module):
     """Sinusoids of t -> Dense -> SiLU -> Dense."""
 
-    def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int, *, dtype, rngs: nnx.Rngs, parametrization: Parametrization = STANDARD):
         self.up = Dense((TIMESTEP_FREQUENCIES,), (width,), (None, "mlp"), dtype=dtype, rngs=rngs)
-        self.down = Dense((width,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs)
+        self.down = Dense((width,), (width,), ("mlp", "embed"), dtype=dtype, rngs=rngs,
+                          scaling=parametrization.hidden(width))
 
     def __call__(self, t_B: Array) -> Array:
         return self.down(jax.nn.silu(self.up(timestep_sinusoids(t_B, TIMESTEP_FREQUENCIES))))
@@ -57,18 +59,18 @@ class DiffusionModel(nnx.Module):
         c = config.diffusion
         size = get_size(config.size)
         width, patch = size.width, config.model.patch_size
-        dtype = jnp.dtype(config.model.dtype)
+        dtype, mup = jnp.dtype(config.model.dtype), Parametrization.of(config.model)
         self.patch = patch
         self.embed = PatchEmbed(patch, 3, width, dtype=dtype, rngs=rngs)
         self.positions = Positions((config.data.image_size // patch) ** 2, width, config.model.positions,
                                    rngs=rngs, grid=True)
-        self.timestep = TimestepEmbed(width, dtype=dtype, rngs=rngs)
+        self.timestep = TimestepEmbed(width, dtype=dtype, rngs=rngs, parametrization=mup)
         self.transformer = Transformer(size, dtype=dtype, rngs=rngs, condition_width=width,
                                        stacking=Stacking.of(config.model))
         self.final_modulation = Dense((width,), (2, width), ("embed", None, "modulation"), dtype=dtype,
-                                      rngs=rngs, zero_init=True)
+                                      rngs=rngs, zero_init=True, scaling=mup.hidden(width))
         self.head = Dense((width,), (patch * patch * 3,), ("embed", None), dtype=dtype, rngs=rngs,
-                          zero_init=True)
+                          zero_init=True, scaling=mup.readout(width))
         self.condition = c.condition
         self.null_label = num_classes
         self.labels = TokenEmbed(num_classes + 1, width, rngs=rngs) if c.condition == "label" else None
@@ -79,7 +81,8 @@ class DiffusionModel(nnx.Module):
                 max_len=caption_length(config.data), positions=config.model.positions, dtype=dtype,
                 rngs=rngs, causal=False, stacking=Stacking.of(config.model),
             )
-            self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
+            self.text_proj = Dense((text_size.width,), (width,), (None, "embed"), dtype=dtype, rngs=rngs,
+                                   scaling=mup.hidden(text_size.width))
             self.null_caption = param(rngs, nnx.initializers.normal(0.02), (width,), ("embed",))
         else:
             self.text = self.text_proj = self.null_caption = None
