@@ -2,7 +2,8 @@
 report and PNG/SVG figures in ``<first sweep dir>/analysis/`` (or another folder). The report names the
 flags that wrote it, so a published report can be checked against its results table. Its headline is the
 table of every pair of objectives (scaling.analysis.comparisons), whatever each shows, with the
-leave-one-out sensitivity, the initialisation baselines and the points left out of the fits as untrained."""
+leave-one-out sensitivity, the initialisation baselines and the points left out of the fits as untrained;
+a sweep over learning rates adds its tuning section (scaling.analysis.tuning)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from scaling.analysis.points import (
     series,
     spent_compute,
 )
+from scaling.analysis.tuning import tuning
 from scaling.errors import ConfigError
 from scaling.workdir import HONEST_POINTS
 
@@ -261,7 +263,8 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
     ]
     edge.to_csv(out / "frontier.csv", index=False)
     caption_files, caption_lines = caption_detail(table, out)
-    drawn += caption_files
+    tuning_files, tuning_lines = tuning(table, out, seed=seed)
+    drawn += caption_files + tuning_files
     counts = points.groupby("point").size().to_dict()
     honest, trained = int(points["honest"].sum()), int(points["trained"].sum())
     spent, branches = spent_compute(table)
@@ -335,6 +338,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
           if len(optima) else ["(no budget with two or more sizes at the end of their schedules)"]),
         "",
         *caption_lines,
+        *tuning_lines,
         "## Figures",
         "",
         *[f"- [{path.name}]({path.name})" for path in drawn],

@@ -1,0 +1,37 @@
+"""Learning-rate tuning for the scenes study: every objective over a log grid of learning rates at sizes mu,
+micro and nano, under the standard parametrisation and under µP, at one small budget.
+
+    scaling sweep sweeps/tune_scenes.py     # runs/tune_scenes/
+    scaling analyze runs/tune_scenes        # report.md "Tuning" section, lr_optima.csv, lr_transfer_*.png
+
+The runs are those of ``sweeps/scenes_objectives.py`` (embedded scenes, descriptive captions, batch 64)
+except for what tuning needs: a cosine schedule to 150 steps at every size (past initialisation: the
+analysis counts a point as trained from 100 steps), a warmup of 1,024 examples (16 steps), one probe
+point at the end (2,000 training and 1,000 test scenes, the shape label) and the validation loss. The
+grid, 5e-4 to 8e-3 a factor 2 apart, holds the study's 1e-3 and, under µP with base width 32, rates up to
+8x the one every nano matrix learns at. An optimum on the grid's edge is reported as "widen the grid".
+Run time: see docs/results/lr_transfer/README.md.
+"""
+
+from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, log_grid
+
+SIZES = ("mu", "micro", "nano")
+BUDGET = Budget.steps(150)
+AXES = {"model.parametrization": ("standard", "mup"), "optim.learning_rate": log_grid(2e-3, points=5)}
+FIELDS = {
+    "batch_size": 64,
+    "checkpoint_every": 150,
+    "log_every": 10,
+    "optim.warmup_steps": 0,
+    "optim.warmup_examples": 1024,
+    "data.name": "scenes/32",
+    "data.caption_level": "descriptive",
+    "eval.num_points": 1,
+    "eval.zero_shot": False,
+    "eval.probe_train_examples": 2000,
+    "eval.probe_test_examples": 1000,
+}
+
+
+def get_sweep() -> Sweep:
+    return Sweep("tune_scenes", grid(available_objectives(), SIZES, [BUDGET], fields=FIELDS, axes=AXES))

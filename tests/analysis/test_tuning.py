@@ -1,0 +1,78 @@
+"""The tuning section on synthetic tables: a quadratic's optimum and its interval, the grid-edge rule, the
+report lines and the transfer figure (no training)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling.analysis.tuning import LR, PARAMETRIZATION, fit_optimum, tuning
+from scaling.sweeps.spec import log_grid
+from scaling.workdir import END_OF_SCHEDULE
+
+GRID = np.array(log_grid(1e-3, points=7))  # 1.25e-4 to 8e-3
+
+
+def bowl(learning_rates, optimum: float, curvature: float = 0.05, floor: float = 1.0) -> np.ndarray:
+    return floor + curvature * (np.log2(learning_rates) - np.log2(optimum)) ** 2
+
+
+def test_the_optimum_of_a_noisy_bowl_lies_near_its_minimum_inside_its_interval():
+    rng = np.random.default_rng(0)
+    values = bowl(GRID, 1.5e-3) + rng.normal(0, 0.005, len(GRID))
+    optimum = fit_optimum(GRID, values, np.full(len(GRID), 0.005))
+    assert optimum.points == 5 and optimum.best_grid == pytest.approx(2e-3)
+    assert optimum.low < 1.5e-3 < optimum.high
+    assert optimum.learning_rate == pytest.approx(1.5e-3, rel=0.25)
+    assert optimum.high / optimum.low < 2  # five points of little noise bound it within a factor of 2
+
+
+@pytest.mark.parametrize("true_optimum, side", [(4e-2, "highest"), (2e-5, "lowest")])
+def test_a_best_point_on_the_grid_edge_quotes_no_optimum_and_asks_to_widen_it(true_optimum, side):
+    optimum = fit_optimum(GRID, bowl(GRID, true_optimum))
+    assert optimum.learning_rate is None and optimum.low is None
+    assert optimum.note == f"widen the grid: the best point is its {side} learning rate"
+
+
+def test_fewer_than_three_learning_rates_quote_no_optimum():
+    optimum = fit_optimum(GRID[:2], bowl(GRID[:2], 1e-3))
+    assert optimum.learning_rate is None and "a grid needs at least 3" in optimum.note
+
+
+def tuning_table() -> pd.DataFrame:
+    """End-of-schedule eval rows of a tuning sweep: µP's optimum 2e-3 at both widths, standard's
+    1.6e-3 at width 32 and beyond the grid at width 64; the probe error follows the loss."""
+    rows = []
+    optimum = {("mup", "mu"): 2e-3, ("mup", "micro"): 2e-3, ("standard", "mu"): 1.6e-3,
+               ("standard", "micro"): 3e-2}
+    for (kind, size), best in optimum.items():
+        for lr, loss in zip(GRID, bowl(GRID, best), strict=True):
+            run_id = f"clip-{size}-{kind}-{lr:g}"
+            accuracy = 1.2 - loss / 2
+            rows.append({"run_id": run_id, "objective": "clip", "size": size, PARAMETRIZATION: kind, LR: lr,
+                         "kind": "eval", "point": END_OF_SCHEDULE, "step": 100, "val_loss": loss,
+                         "probe_accuracy": accuracy, "probe_accuracy_low": accuracy - 0.01,
+                         "probe_accuracy_high": accuracy + 0.01})
+            rows.append({"run_id": run_id, "objective": "clip", "size": size, PARAMETRIZATION: kind, LR: lr,
+                         "kind": "train", "step": 100, "loss": loss + 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_the_tuning_section_lists_optima_asks_to_widen_an_edge_grid_and_draws_one_curve_per_width(tmp_path):
+    files, lines = tuning(tuning_table(), tmp_path, boots=50)
+    optima = pd.read_csv(tmp_path / "lr_optima.csv")
+    loss = optima[optima["metric"] == "loss"].set_index(["parametrization", "width"])
+    assert loss.loc[("mup", 32), "learning_rate"] == pytest.approx(2e-3, rel=1e-6)
+    assert loss.loc[("mup", 64), "learning_rate"] == pytest.approx(2e-3, rel=1e-6)
+    assert np.isnan(loss.loc[("standard", 64), "learning_rate"])
+    edge = [line for line in lines if "| standard | 64 |" in line]
+    assert len(edge) == 2 and all("widen the grid: the best point is its highest" in line for line in edge)
+    assert all(line.split(" | ")[7] == "-" for line in edge)  # no optimum quoted
+    moved = [line for line in lines if line.startswith("| loss | clip | mup | 32, 64 |")]
+    assert moved == ["| loss | clip | mup | 32, 64 | 1x | 1x |"]
+    figures = [path for path in files if path.suffix == ".png"]
+    assert sorted(path.name for path in figures) == ["lr_transfer_loss.png", "lr_transfer_probe_error.png"]
+
+
+def test_a_sweep_without_a_learning_rate_grid_has_no_tuning_section(tmp_path):
+    table = tuning_table()
+    assert tuning(table[table[LR] == GRID[3]], tmp_path) == ([], [])
