@@ -12,6 +12,9 @@ has three honest points spanning 1.5 decades, and the sizes together 2.5 (9.4e10
 1.08x the cost of the longest runs. A second seed of every (objective, size) runs on its own to that
 size's smallest budget, for the seed-to-seed spread (``scaling.sweeps.spec.wsd_ladder``).
 
+Learning rate and b2 per objective come from ``sweeps/tuned.csv`` (``scaling.sweeps.tuned``), which says
+whether and by which run each was tuned (the published runs: 1e-3 and 0.95, not tuned).
+
 Each eval probes the shape of the main object (``label``, 8 classes), the object count (4) and the
 main object's colour (8) on the same features, 4,000 training and 4,000 test scenes, all layers, each
 next to the raw-pixel probe of the same examples. Zero-shot is recorded for CLIP and captioning; the
@@ -25,13 +28,13 @@ each, most of it in the text tower), mu CLIP ~30,000 at 3e12.
 """
 
 from scaling.sweeps.spec import Sweep, available_objectives, warmup_fraction, wsd_ladder
+from scaling.sweeps.tuned import tuned_fields
 
 TOP_BUDGETS = {"mu": 3e12, "micro": 1e13, "nano": 3e13}
 FIELDS = {
     "batch_size": 64,
     "checkpoint_every": 200,
     "log_every": 20,
-    "optim.learning_rate": 1e-3,
     "data.name": "scenes/32",
     "data.caption_level": "descriptive",
     "eval.extra_labels": ("count", "color"),
@@ -42,6 +45,7 @@ ZERO_SHOT = ("clip", "captioning")
 
 
 def get_sweep() -> Sweep:
-    fields = lambda objective: {**FIELDS, "eval.zero_shot": objective in ZERO_SHOT}
+    fields = lambda objective: {**FIELDS, **tuned_fields("scenes", objective),
+                                "eval.zero_shot": objective in ZERO_SHOT}
     return Sweep("scenes_objectives", wsd_ladder(available_objectives(), TOP_BUDGETS, fields,
                                                  adjust=warmup_fraction(0.02)))

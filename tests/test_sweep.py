@@ -26,6 +26,7 @@ from scaling.sweeps.results import build_table, read_table
 from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
 from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
+from scaling.sweeps.tuned import read_tuned, tuned_fields
 from scaling.workdir import LATER_FIELDS, RunFiles, differing_fields
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
@@ -278,6 +279,18 @@ def test_fields_added_later_leave_published_ids_and_recorded_configs_valid_until
     assert differing_fields(recorded, json.loads(in_examples.config.to_json())) == [
         "optim.warmup_examples", "optim.warmup_steps"]
     assert in_examples.run_id.rpartition("-")[2] != published.run_id.rpartition("-")[2]
+
+
+def test_study_sweeps_read_optimizer_values_from_the_one_tuned_table_which_names_their_source(tmp_path):
+    assert tuned_fields("scenes", "clip") == {"optim.learning_rate": 1e-3, "optim.b2": 0.95}
+    assert all(row["source"].startswith(("not tuned", "runs/")) for row in read_tuned().values())
+    table = tmp_path / "tuned.csv"
+    table.write_text("study,objective,learning_rate,b2,warmup_examples,source\n"
+                     "scenes,clip,0.004,0.99,512,runs/tune_scenes lr_optima.csv\n")
+    assert tuned_fields("scenes", "clip", table) == {"optim.learning_rate": 0.004, "optim.b2": 0.99,
+                                                     "optim.warmup_steps": 0, "optim.warmup_examples": 512}
+    with pytest.raises(SweepError, match="has no row for study 'scenes' and objective 'igpt'; add one"):
+        tuned_fields("scenes", "igpt", table)
 
 
 def pool_job(config, workdir):

@@ -6,4 +6,5 @@
 - ``runner``: claims runs, executes them, records outcomes, reports progress.
 - ``pods``: the gcloud TPU VM and XPK commands that run a sweep on a TPU pod.
 - ``results``: the results table derived from the run files.
+- ``tuned``: the one table of tuned optimizer values (``sweeps/tuned.csv``) that study sweeps read.
 """
