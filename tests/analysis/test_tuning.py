@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scaling.analysis.report import analyze
 from scaling.analysis.tuning import LR, PARAMETRIZATION, fit_optimum, tuning
 from scaling.sweeps.spec import log_grid
 from scaling.workdir import END_OF_SCHEDULE
@@ -46,14 +47,16 @@ def tuning_table() -> pd.DataFrame:
                ("standard", "micro"): 3e-2}
     for (kind, size), best in optimum.items():
         for lr, loss in zip(GRID, bowl(GRID, best), strict=True):
-            run_id = f"clip-{size}-{kind}-{lr:g}"
+            run = {"run_id": f"clip-{size}-{kind}-{lr:g}", "status": "completed", "objective": "clip",
+                   "size": size, "seed": 0, "total_steps": 150, "budget": "steps150", PARAMETRIZATION: kind,
+                   LR: lr}
             accuracy = 1.2 - loss / 2
-            rows.append({"run_id": run_id, "objective": "clip", "size": size, PARAMETRIZATION: kind, LR: lr,
-                         "kind": "eval", "point": END_OF_SCHEDULE, "step": 100, "val_loss": loss,
-                         "probe_accuracy": accuracy, "probe_accuracy_low": accuracy - 0.01,
+            rows.append({**run, "kind": "eval", "point": "init", "step": 0, "flops": 0.0,
+                         "probe_accuracy": 0.1, "probe_accuracy_low": 0.09, "probe_accuracy_high": 0.11})
+            rows.append({**run, "kind": "eval", "point": END_OF_SCHEDULE, "step": 150, "flops": 1e12,
+                         "val_loss": loss, "probe_accuracy": accuracy, "probe_accuracy_low": accuracy - 0.01,
                          "probe_accuracy_high": accuracy + 0.01})
-            rows.append({"run_id": run_id, "objective": "clip", "size": size, PARAMETRIZATION: kind, LR: lr,
-                         "kind": "train", "step": 100, "loss": loss + 0.1})
+            rows.append({**run, "kind": "train", "step": 150, "flops": 1e12, "loss": loss + 0.1})
     return pd.DataFrame(rows)
 
 
@@ -76,3 +79,11 @@ def test_the_tuning_section_lists_optima_asks_to_widen_an_edge_grid_and_draws_on
 def test_a_sweep_without_a_learning_rate_grid_has_no_tuning_section(tmp_path):
     table = tuning_table()
     assert tuning(table[table[LR] == GRID[3]], tmp_path) == ([], [])
+
+
+def test_analyze_on_a_tuning_sweep_writes_its_tuning_section(tmp_path):
+    tuning_table().to_csv(tmp_path / "results.csv", index=False)
+    report = analyze([tmp_path], boots=20).read_text()
+    section = report[report.index("## Tuning: learning rate"):]
+    assert "| loss | clip | mup | 32 | 7 | 0.002 |" in section
+    assert (tmp_path / "analysis" / "lr_transfer_probe_error.png").is_file()
