@@ -11,7 +11,9 @@ rate tuned at the base width (or any other) transfers to every width. With r = w
   keys and values, adaLN modulation, tower-to-tower projections): learning rate x 1/r;
 - readouts (a width-sized input to a fixed-size output: the logits and prediction heads): learning rate
   x 1/r and initial standard deviation x 1/sqrt(r);
-- attention logits: scaled by 1/(head dim) (as 1/sqrt(head dim) x 1/sqrt(r)) instead of 1/sqrt(head dim).
+- attention logits: scaled by sqrt(base head dim) / head dim instead of 1 / sqrt(head dim), the base head
+  dim being base width / heads: µP's 1/d at a fixed head count, and standard at the base width. (The size
+  ladder also adds heads as it widens, so a head's dim grows more slowly than the width.)
 
 Layers ask for a ``Scaling`` per matrix; ``Dense`` applies its init factor and tags the parameter with its
 learning-rate factor (``lr_scale`` metadata), which ``scaling.step.make_optimizer`` reads into a tree of
@@ -62,8 +64,8 @@ class Parametrization:
         return Scaling(init=r**-0.5, lr=1.0 / r)
 
     def attention_scale(self, head_dim: int, width: int) -> float:
-        """The factor of attention queries: 1/sqrt(head dim), times 1/sqrt(r) under µP (so 1/head dim with
-        the head count fixed)."""
+        """The factor of attention queries: 1/sqrt(head dim), times 1/sqrt(r) under µP, which is
+        sqrt(base width / heads) / head dim."""
         return (head_dim * self.ratio(width)) ** -0.5
 
 
