@@ -16,12 +16,24 @@ needs_libtpu = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def without_the_compilation_cache():
+@pytest.fixture(scope="module", autouse=True)
+def each_step_compiled_once():
     """Programs compiled for a TPU topology (no TPU client) cannot be read back from the persistent
-    compilation cache: writing them there only costs time."""
+    compilation cache, so this module keeps them in memory instead: a step the planner would compile
+    again (same ``step_key``, same compiler options) is compiled once. {key: (compiled, model state)}."""
+    compiled, compile_train_step = {}, plan.compile.compile_train_step
+
+    def compile_once(config, devices, objective=None, compiler_options=None):
+        key = (plan.runs.step_key(config), tuple(sorted((compiler_options or {}).items())))
+        if key not in compiled:
+            compiled[key] = compile_train_step(config, devices, objective, compiler_options)
+        return compiled[key]
+
     jax.config.update("jax_enable_compilation_cache", False)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (plan, plan.compile):
+            patch.setattr(module, "compile_train_step", compile_once)
+        yield compiled
     jax.config.update("jax_enable_compilation_cache", True)
 
 
@@ -151,9 +163,14 @@ def test_a_mesh_search_stopped_part_way_resumes_at_the_compile_it_was_on(tiny_co
     assert resumed["mesh"] == FSDP8 and resumed["compile_s"] == 8 * 60.0
 
 
+def nano_igpt(tiny_config, **overrides):
+    """The one config whose step the real compiles below share (4 blocks, a head that is not most of it)."""
+    return tiny_config("igpt", size="nano", **{"data.image_size": 8, "batch_size": 32, **overrides})
+
+
 @needs_libtpu
 def test_plan_compiles_the_real_step_for_a_tpu_slice_and_caches_it(tiny_config, tmp_path, monkeypatch):
-    config = tiny_config("igpt", **{"data.image_size": 8, "batch_size": 32, "total_steps": 500})
+    config = nano_igpt(tiny_config, total_steps=500)
     topology = plan.parse_topology("v5e:2x2")
     mesh = {"data": 1, "fsdp": 4, "tensor": 1}
     longer = config.copy_and_resolve_references()
@@ -185,11 +202,10 @@ def test_a_scanned_step_is_costed_as_the_unrolled_one(tiny_config):
     """XLA counts a loop body once and has no time for a loop: the planner costs a scanned step as the
     unrolled one, and reports the memory of the scanned program itself. Unrolled, with windowed einsums
     off, XLA's count is the analytic one within elementwise work."""
-    config = tiny_config("clip", size="nano", **{"data.image_size": 8, "batch_size": 32})
     topology = plan.parse_topology("v5e:2x2")
     devices = plan.topology_devices(topology)
-    layout = plan.with_layout(config, {"data": 1, "fsdp": 4, "tensor": 1}, "none")
-    unrolled = plan.measure(layout, topology, devices)
+    layout = plan.with_layout(nano_igpt(tiny_config), {"data": 1, "fsdp": 4, "tensor": 1}, "none")
+    unrolled = plan.cost_row(layout, topology, devices)
     layout.model.scan_layers = True
     scanned = plan.measure(layout, topology, devices)
     compiled = plan.compile_train_step(layout, devices)[0]
@@ -216,10 +232,9 @@ def test_a_step_too_large_to_compile_is_reported_as_not_fitting(tiny_config):
 def test_a_ranking_cost_is_of_the_step_cut_to_fewer_blocks(tiny_config):
     """A mesh search ranks candidates on the step with every stack cut to a few blocks: fewer FLOPs by
     XLA's count and by ours, which still agree; the config and the size ladder are left whole."""
-    config = tiny_config("clip", size="nano", **{"data.image_size": 8, "batch_size": 32})
     topology = plan.parse_topology("v5e:2x2")
     devices = plan.topology_devices(topology)
-    layout = plan.with_layout(config, {"data": 1, "fsdp": 4, "tensor": 1}, "none")
+    layout = plan.with_layout(nano_igpt(tiny_config), {"data": 1, "fsdp": 4, "tensor": 1}, "none")
     whole = plan.cost_row(layout, topology, devices)
     cut = plan.cost_row(layout, topology, devices, blocks=2)
 
