@@ -161,15 +161,17 @@ def test_zero_shot_scores_are_the_prompts_log_likelihoods_averaged_over_template
     config, objective, model = objective_and_model(parallel_fraction=0.0)
     config.data.name = "cifar10_jpeg"  # templates whose prompts share a prefix, the class name last
     classes = ("cat", "dog", "automobile")
-    images = random_batch(config, 3)["image"]
-    scores_BK = objective.zero_shot_scores(model, images, classes, jax.random.key(0))
+    images_BHWC = random_batch(config, 3)["image"]
+    scores_BK = nnx.jit(lambda m, x: objective.zero_shot_scores(m, x, classes, jax.random.key(0)))(
+        model, images_BHWC)
     templates = prompt_templates("cifar10_jpeg")
     tokens_UT, mask_UT = tokenize_prompts(TOKENIZER, class_prompts(classes, templates), 32)
-    for b in range(3):
-        images_UHWC = np.repeat(images[b : b + 1], len(tokens_UT), axis=0)
-        likelihood_U = objective.caption_log_likelihood(model, images_UHWC, tokens_UT, mask_UT)
-        expected_K = np.asarray(likelihood_U).reshape(len(classes), len(templates)).mean(axis=1)
-        np.testing.assert_allclose(scores_BK[b], expected_K, rtol=1e-5)
+    # every image with every prompt, one whole prompt at a time
+    likelihood_BU = nnx.jit(objective.caption_log_likelihood)(
+        model, np.repeat(images_BHWC, len(tokens_UT), axis=0), np.tile(tokens_UT, (3, 1)),
+        np.tile(mask_UT, (3, 1))).reshape(3, len(tokens_UT))
+    expected_BK = np.asarray(likelihood_BU).reshape(3, len(classes), len(templates)).mean(axis=2)
+    np.testing.assert_allclose(scores_BK, expected_BK, rtol=1e-5)
 
 
 def test_validation_rejects_missing_captions_and_bad_fractions():
