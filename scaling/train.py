@@ -11,7 +11,9 @@ Every eval record says which kind of compute point it is (``point``): ``init`` f
 ``mid_schedule`` before it (a point that understates what a run ending there would reach), and, with the
 warmup-stable-decay schedule, ``cooldown_branch``: at each earlier eval milestone a short linear cool-down
 forked from the live state (its own data stream, copies of the state) is trained, evaluated and discarded,
-and its record sits at the main run's FLOPs plus the branch's. The learning rate is an argument of the
+and its record sits at the main run's FLOPs plus the branch's (a branch whose rates are all zero, one step to
+a final rate of 0, would not change the state: it is the live state, and its record the main run's
+evaluation at that step, taken again). The learning rate is an argument of the
 compiled step, so the branch runs through the same executable as the main run, and a run's step does not
 depend on its length: budget siblings and reruns load one executable from the persistent compilation cache
 (``xla_cache`` beside the data directory).
@@ -152,13 +154,13 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
             if evaluator.due(step) or step in branches or checkpoint_due:
                 with clock("train"):  # the steps dispatched so far end before anything else starts
                     jax.block_until_ready(params)
-            if evaluator.due(step):
-                run.evaluate(evaluator, step, params)
+            record = run.evaluate(evaluator, step, params) if evaluator.due(step) else None
             if step in branches:
                 with clock("train"):
                     cooled = cool_down(config, training, params, opt_state, step,
                                        cooldown_rates(rates[step], final_rate(config.optim), branches[step]))
-                run.evaluate(evaluator, step, cooled, cooldown_steps=branches[step])
+                run.evaluate(evaluator, step, cooled, cooldown_steps=branches[step],
+                             same_as=record if cooled is params else None)
             run.checkpoint(checkpoints, step, params, opt_state, data, due=checkpoint_due)
         with clock("checkpoint"):
             checkpoints.wait()
@@ -221,10 +223,13 @@ class _Attempt:
         self.files.append_metrics({"kind": "train", **self.point(step, step), **host})
         return host
 
-    def evaluate(self, evaluator: Evaluator, step: int, params: Params, cooldown_steps: int = 0) -> None:
-        """An eval record of ``params``: the main run's at ``step``, or a cool-down branch's forked there."""
+    def evaluate(self, evaluator: Evaluator, step: int, params: Params, cooldown_steps: int = 0,
+                 same_as: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An eval record of ``params``: the main run's at ``step``, or a cool-down branch's forked there;
+        ``same_as``, the record of these very parameters, is taken as it is instead of evaluating again.
+        Returns the evaluation's fields."""
         with self.clock("eval"):
-            record = evaluator(params)
+            record = evaluator(params) if same_as is None else {**same_as, "eval_s": 0.0}
         if cooldown_steps:
             where = {"point": COOLDOWN_BRANCH, **self.point(step, step + cooldown_steps),
                      "cooldown_steps": cooldown_steps}
@@ -232,6 +237,7 @@ class _Attempt:
             kind = END_OF_SCHEDULE if step == self.config.total_steps else MID_SCHEDULE
             where = {"point": kind, **self.point(step, step)}
         self.files.append_metrics({"kind": "eval", **where, **record})
+        return record
 
     def checkpoint(self, checkpoints: Checkpoints, step: int, params: Params, opt_state, data,
                    due: bool) -> None:
@@ -289,7 +295,11 @@ def train_iterator(config: ml_collections.ConfigDict, seed: int):
 def cool_down(config: ml_collections.ConfigDict, training: Training, params: Params, opt_state, step: int,
               rates: np.ndarray) -> Params:
     """Parameters after a cool-down branch forked at ``step``: copies of the state trained through ``rates``
-    on a data stream of the branch's own, so the main run's state and data are untouched."""
+    on a data stream of the branch's own, so the main run's state and data are untouched. Rates that are all
+    zero (a one-step branch to a final rate of 0) would leave every parameter as it is (the step scales its
+    update by the rate), so the branch is ``params`` themselves, untrained."""
+    if not rates.any():
+        return params
     params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     data = train_iterator(config, branch_seed(config.seed, step))
     try:

@@ -194,6 +194,10 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
     assert branched["cooldown_flops"] == pytest.approx(3 * per_step)
     assert branched["total_flops"] == pytest.approx(branched["flops"] + 3 * per_step)
     assert evals[4]["val_loss"] != evals[3]["val_loss"]  # the branch evaluates its own, cooled model
+    # one step to the final rate of 0 changes nothing: the main evaluation is taken, not computed again
+    assert evals[2]["eval_s"] == 0 < evals[1]["eval_s"]
+    measured = {key for key in evals[1] if "accuracy" in key or key == "val_loss"}
+    assert measured and {key: evals[2][key] for key in measured} == {key: evals[1][key] for key in measured}
 
 
 @pytest.mark.devices(8)
