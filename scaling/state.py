@@ -29,6 +29,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from scaling.data.pipeline import resolve_data_dir
 from scaling.errors import ConfigError, UserError, warn
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective, Prepared
@@ -36,6 +37,19 @@ from scaling.sharding import state_shardings
 from scaling.workdir import differing_fields, read_json, write_json_atomic
 
 Params = dict[str, Any]
+COMPILATION_CACHE = "xla_cache"
+
+
+def use_compilation_cache(data_config: ml_collections.ConfigDict) -> None:
+    """Points JAX's persistent compilation cache at ``xla_cache`` beside the data directory, unless the
+    user chose a cache (``JAX_COMPILATION_CACHE_DIR``): steps and evaluations of equal shape then compile
+    once, ever. Every program is kept, however fast it compiled: an evaluation is many small ones (the
+    probe's solver, few-shot, feature passes), and compiling them again cost each run's first evaluation
+    seconds."""
+    if not jax.config.jax_compilation_cache_dir:
+        cache = resolve_data_dir(data_config).parent / COMPILATION_CACHE
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 class CheckpointError(UserError, RuntimeError):

@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from scaling.data.pipeline import make_eval_iterator, make_train_iterator, resolve_data_dir
+from scaling.data.pipeline import make_eval_iterator, make_train_iterator
 from scaling.errors import UserError
 from scaling.evaluation.evaluator import Evaluator
 from scaling.evaluation.init_probe import init_probe
@@ -56,7 +56,7 @@ from scaling.schedule import (
 )
 from scaling.sharding import make_mesh
 from scaling.signals import InterruptedRunError, deferred_stops, requested
-from scaling.state import Checkpoints, ModelState, Params, recorded_config
+from scaling.state import Checkpoints, ModelState, Params, recorded_config, use_compilation_cache
 from scaling.step import Training, build_training
 from scaling.workdir import (
     COMPLETED,
@@ -78,16 +78,6 @@ class DivergedError(UserError, RuntimeError):
 
 
 ACTIVITIES = ("setup", "compile", "train", "eval", "checkpoint")
-COMPILATION_CACHE = "xla_cache"
-
-
-def use_compilation_cache(data_config: ml_collections.ConfigDict) -> None:
-    """Points JAX's persistent compilation cache at ``xla_cache`` beside the data directory, unless the
-    user chose a cache (``JAX_COMPILATION_CACHE_DIR``); steps of equal shape then compile once, ever."""
-    if not jax.config.jax_compilation_cache_dir:
-        cache = resolve_data_dir(data_config).parent / COMPILATION_CACHE
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-
 
 def _log_points(config: ml_collections.ConfigDict) -> Callable[[int], bool]:
     return lambda step: step % config.log_every == 0 or step == config.total_steps

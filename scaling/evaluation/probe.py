@@ -19,7 +19,7 @@ import ml_collections
 from scaling.errors import ConfigError
 from scaling.evaluation.evaluator import evaluate, prepare_evaluation
 from scaling.sharding import make_mesh
-from scaling.state import Checkpoints, build_model_state
+from scaling.state import Checkpoints, build_model_state, use_compilation_cache
 from scaling.workdir import RunFiles, write_json_atomic
 
 
@@ -50,6 +50,7 @@ def probe_checkpoint(
     if step is None:
         raise ConfigError(f"{files.checkpoint_dir} holds no checkpoint; train the run first")
     config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+    use_compilation_cache(config.data)
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         state = build_model_state(config, mesh)
