@@ -7,7 +7,7 @@ from helpers import load_experiment, matmul_operand_dtypes, random_batch, run_st
 
 from scaling.models.layers import Attention, einsum
 from scaling.models.sizes import LADDER, get_size, transformer_params
-from scaling.models.transformer import Stacking, TextTower, Transformer
+from scaling.models.transformer import Stacking, TextTower, Transformer, padded_cache
 from scaling.objectives import OBJECTIVES
 from scaling.sharding import make_mesh
 from scaling.state import build_model_state
@@ -104,6 +104,11 @@ def test_a_continuation_of_a_cached_prefix_computes_what_the_whole_sequence_does
     prefix_GPD, past = tower.prefix(prefix_GP, context_GMD)
     np.testing.assert_allclose(prefix_GPD, out_BTD[::3, :7], atol=1e-5)
     np.testing.assert_allclose(tower.continue_prefix(rest_BL, past, context_GMD), out_BTD[:, 7:], atol=1e-5)
+    cache = padded_cache(past, 16)  # and one token at a time, each written into a fixed-size cache
+    for position in range(7, 16):
+        out_G1D, cache = tower.decode(whole_BT[::3, position:position + 1], cache, jnp.int32(position),
+                                      context_GMD)
+        np.testing.assert_allclose(out_G1D[:, 0], out_BTD[::3, position], atol=1e-5)
 
 
 def test_unknown_size_names_the_ladder():

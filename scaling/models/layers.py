@@ -369,17 +369,19 @@ class Positions(nnx.Module):
             self.table = None
         else:
             raise ValueError(f"unknown position embedding {kind!r}; use 'learned' or 'sincos'")
-        self.grid = grid
+        self.length, self.grid = length, grid
 
-    def __call__(self, x_BLD: Array, offset: int = 0) -> Array:
+    def __call__(self, x_BLD: Array, offset: int | Array = 0) -> Array:
         """``x`` plus the embeddings of positions ``offset`` to ``offset + L`` (a continuation of a
-        cached prefix of ``offset`` positions; 1-D tables only)."""
+        cached prefix of ``offset`` positions, which may be traced; 1-D tables only)."""
         _, length, width = x_BLD.shape
         if self.table is not None:
-            return x_BLD + self.table[...][offset : offset + length]
-        side = int(round(length**0.5))
-        fixed = sincos_positions_2d(side, width) if self.grid else sincos_positions(offset + length, width)
-        return x_BLD + fixed[offset:]
+            table = self.table[...]
+        elif self.grid:
+            table = sincos_positions_2d(int(round(length**0.5)), width)
+        else:
+            table = sincos_positions(max(self.length, length), width)
+        return x_BLD + jax.lax.dynamic_slice_in_dim(table, offset, length)
 
 
 class PatchEmbed(nnx.Module):

@@ -211,11 +211,31 @@ class TextTower(nnx.Module):
         mask_BLM = jnp.concatenate([jnp.ones((length, prefix_length), bool), causal_mask(length)], axis=1)
         return self.transformer(x_BLD, mask_BLM[None], context_GMD, past=past)[0]
 
+    def decode(self, tokens_B1: Array, past: Cache, position: Array,
+               context_GMD: Array | None = None) -> tuple[Array, Cache]:
+        """One token at ``position`` (traced) after the first ``position`` entries of a fixed-size cache
+        (``padded_cache``): its output [B, 1, D], and the cache with its keys and values written there. A
+        loop over positions then costs one token's pass per step, not the whole sequence's."""
+        x_B1D = self.positions(self.embed(tokens_B1), offset=position)
+        filled_M = jnp.arange(cache_length(past)) < position
+        mask_11M = jnp.concatenate([filled_M, jnp.ones((1,), bool)])[None, None]
+        out_B1D, hidden = self.transformer(x_B1D, mask_11M, context_GMD, past=past)
+        written = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype),
+                                                                         position, axis=-3)
+        return out_B1D, jax.tree.map(written, past, self.transformer.keys_values(x_B1D, hidden))
+
 
 def cache_length(past: Cache) -> int:
     """Positions held in a cache of ``Transformer.keys_values`` (a list per block, or stacked)."""
     keys = past[0][0] if isinstance(past, list) else past[0]
     return keys.shape[-3]
+
+
+def padded_cache(past: Cache, length: int) -> Cache:
+    """``past`` with room for ``length`` positions (zeros after its own), for ``TextTower.decode``."""
+    pad = lambda cache: jnp.pad(cache, [(0, 0)] * (cache.ndim - 3) + [(0, length - cache.shape[-3]), (0, 0),
+                                                                       (0, 0)])
+    return jax.tree.map(pad, past)
 
 
 def pooled_layer_features(hidden: list[Array], mask_BL: Array | None = None) -> dict[str, Array]:

@@ -30,7 +30,7 @@ from scaling.errors import ConfigError
 from scaling.models.layers import Dense
 from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import get_size
-from scaling.models.transformer import Stacking, TextTower, pooled_layer_features
+from scaling.models.transformer import Stacking, TextTower, padded_cache, pooled_layer_features
 from scaling.objectives.base import BaseObjective, Prepared, SampleWriter
 from scaling.samples import image_grid
 
@@ -137,20 +137,28 @@ class Igpt(BaseObjective, Prepared, SampleWriter):
                  num_samples: int) -> Array:
         """[B, R, L]: R samples (temperature 1) of every index after the first ``given`` of each sequence.
 
-        One jitted loop over positions; each step reruns the decoder at full length (no KV cache).
+        One jitted loop over positions: the given indices pass through the decoder once into a key-value
+        cache (``TextTower.prefix``), and each drawn index then passes alone (``TextTower.decode``).
         """
         graphdef, state = nnx.split(model)
 
         def sample(state, indices_BL, rng):
             model = nnx.merge(graphdef, state)
+            draw = lambda position, logits_NV: jax.random.categorical(
+                jax.random.fold_in(rng, position), logits_NV).astype(indices_BL.dtype)
 
-            def step(position, tokens_NL):
-                logits_NV = self.predict(model, tokens_NL)[:, position]
-                drawn_N = jax.random.categorical(jax.random.fold_in(rng, position), logits_NV)
-                return tokens_NL.at[:, position].set(drawn_N.astype(tokens_NL.dtype))
+            def step(position, carry):
+                tokens_NL, past, logits_NV = carry
+                drawn_N = draw(position, logits_NV)
+                out_N1D, past = model.decoder.decode(drawn_N[:, None], past, position + 1)
+                return tokens_NL.at[:, position].set(drawn_N), past, model.head(out_N1D[:, 0])
 
             tokens_NL = jnp.repeat(indices_BL, num_samples, axis=0)
-            return jax.lax.fori_loop(given, indices_BL.shape[1], step, tokens_NL)
+            length = tokens_NL.shape[1]
+            out_NGD, past = model.decoder.prefix(prepend_start(tokens_NL[:, :given], self.start_token))
+            carry = (tokens_NL, padded_cache(past, length), model.head(out_NGD[:, -1]))
+            tokens_NL, _, logits_NV = jax.lax.fori_loop(given, length - 1, step, carry)
+            return tokens_NL.at[:, length - 1].set(draw(length - 1, logits_NV))
 
         tokens_NL = jax.jit(sample)(state, indices_BL, rng)
         return tokens_NL.reshape(indices_BL.shape[0], num_samples, -1)

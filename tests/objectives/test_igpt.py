@@ -4,6 +4,7 @@ sharding invariance, the FLOP formula and the completions grid."""
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -131,6 +132,13 @@ def test_completions_keep_the_top_half_and_sample_the_rest(small_config):
     np.testing.assert_array_equal(samples[:, :, :given], np.repeat(top_half, 3, axis=1))
     assert samples.min() >= 0 and samples.max() < 16
     assert (samples[:, 0, given:] != samples[:, 1, given:]).any()
+    # each index is the draw at its position from the model's own conditional given the indices before it,
+    # as the whole sequence's pass computes it (the sampler decodes one index at a time from a cache)
+    tokens_NL = samples.reshape(6, 256)
+    logits_NLV = objective.predict(model, jnp.asarray(tokens_NL))
+    drawn_NL = np.stack([jax.random.categorical(jax.random.fold_in(jax.random.key(0), p), logits_NLV[:, p])
+                         for p in range(given, 256)], axis=1)
+    assert (drawn_NL == tokens_NL[:, given:]).mean() > 0.99
 
 
 def test_loss_falls_in_a_short_run_and_the_run_keeps_samples_and_palette(small_config, tmp_path):
