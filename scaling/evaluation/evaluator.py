@@ -8,7 +8,8 @@ few-shot accuracy per layer), each of ``eval.extra_labels`` is probed on the sam
 prefixed with its name (``count_probe_accuracy``, ``count_pixel_probe_accuracy``, ...), and an objective
 that scores classes adds its zero-shot (or generative-classifier) accuracy; with ``eval.caption_levels``
 the held-out caption metrics of ``scaling.evaluation.caption_levels`` join the record.
-``prepare_evaluation`` checks the data and compiles what ``evaluate`` runs, before any evaluation. The
+``prepare_evaluation`` checks the data and compiles what ``evaluate`` runs, before any evaluation; the
+probe examples' images it reads once and serves to every later evaluation (``SplitImages``). The
 trainer's ``Evaluator`` calls it at training-compute milestones spaced evenly in log-compute (and at the
 end), adding the raw-pixel probe of the same examples (``pixel_probe_accuracy``, cached) as the floor
 learned features must clear, and the validation loss; ``scaling probe`` (scaling.evaluation.probe) calls
@@ -30,7 +31,7 @@ from scaling.data.caption_mix import eval_captions
 from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator, split_labels
 from scaling.errors import ConfigError
 from scaling.evaluation.caption_levels import CaptionLevelEval
-from scaling.evaluation.features import BatchFn, make_features_fn, map_split
+from scaling.evaluation.features import BatchFn, SplitImages, make_features_fn, map_split
 from scaling.evaluation.fewshot import DEFAULT_FEWSHOT_SHOTS, fewshot_ridge
 from scaling.evaluation.linear_probe import probe_layers
 from scaling.evaluation.pixel_reference import pixel_reference, with_interval
@@ -138,6 +139,7 @@ class Evaluation:
     extra_labels: tuple[str, ...]
     pixel_floor: bool
     caption_levels: CaptionLevelEval | None  # eval.caption_levels' held-out caption metrics
+    images: SplitImages  # the probe examples, read once for every evaluation
 
 
 class Evaluated(NamedTuple):
@@ -191,7 +193,7 @@ def prepare_evaluation(
     levels = config.eval.get("caption_levels", ())
     caption_levels = CaptionLevelEval(config, state.objective, state.model, state.mesh) if levels else None
     return Evaluation(state, config, data, features_fn, test_fn, extra_labels, pixel_floor,
-                      caption_levels)
+                      caption_levels, SplitImages(data, batch_size=config.eval.batch_size))
 
 
 def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None) -> Evaluated:
@@ -200,8 +202,8 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
     e, seed, data = evaluation.config.eval, evaluation.config.seed, evaluation.data
 
     def over(fn: BatchFn, split: str, limit: int | None) -> Features:
-        return map_split(fn, params, data, split, mesh=evaluation.state.mesh, batch_size=e.batch_size,
-                         max_examples=limit, seed=seed)
+        return map_split(fn, params, evaluation.images.batches(split, limit), mesh=evaluation.state.mesh,
+                         batch_size=e.batch_size, seed=seed)
 
     train = over(evaluation.features_fn, e.train_split, max_train)
     test_outputs, test_labels = over(evaluation.test_fn, e.test_split, max_test)
