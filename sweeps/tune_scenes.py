@@ -10,7 +10,12 @@ analysis counts a point as trained from 100 steps), a warmup of 1,024 examples (
 point at the end (2,000 training and 1,000 test scenes, the shape label) and the validation loss. The
 grid, 5e-4 to 8e-3 a factor 2 apart, holds the study's 1e-3 and, under µP with base width 32, rates up to
 8x the one every nano matrix learns at. An optimum on the grid's edge is reported as "widen the grid".
-Run time: see docs/results/lr_transfer/README.md.
+How long: 120 runs, 7.96e14 training FLOPs (``--dry-run``), 76% of it at nano. Timed here with 40-step
+``scaling train`` runs of this sweep's fields under µP while other jobs held the 2 cores (load 5 to 12):
+nano steps at 18 (CLIP), 16 (captioning), 13 (diffusion) and 14 (iGPT) GFLOP/s, mu CLIP at 13; an init
+plus a final probe took 16 s (mu CLIP) to 70-290 s (nano; iGPT the slowest). At those rates: about 15 h
+of steps, 3 h of evaluation and 1 h of compiles, so about 19 h; on free cores (nano near 60 GFLOP/s, mu
+and micro 15-30) about 7 h.
 """
 
 from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid, log_grid
