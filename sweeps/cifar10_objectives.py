@@ -51,7 +51,7 @@ PER_OBJECTIVE = {
 
 
 def get_sweep() -> Sweep:
-    fields = lambda objective: {**FIELDS, **tuned_fields("cifar10", objective),
+    fields = lambda objective: {**FIELDS, **tuned_fields("cifar10_objectives", objective),
                                 **PER_OBJECTIVE.get(objective, {})}
     return Sweep("cifar10_objectives", wsd_ladder(available_objectives(), TOP_BUDGETS, fields,
                                                   adjust=warmup_fraction(0.02)))

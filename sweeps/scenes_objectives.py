@@ -45,7 +45,7 @@ ZERO_SHOT = ("clip", "captioning")
 
 
 def get_sweep() -> Sweep:
-    fields = lambda objective: {**FIELDS, **tuned_fields("scenes", objective),
+    fields = lambda objective: {**FIELDS, **tuned_fields("scenes_objectives", objective),
                                 "eval.zero_shot": objective in ZERO_SHOT}
     return Sweep("scenes_objectives", wsd_ladder(available_objectives(), TOP_BUDGETS, fields,
                                                  adjust=warmup_fraction(0.02)))

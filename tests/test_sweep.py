@@ -282,7 +282,7 @@ def test_fields_added_later_leave_published_ids_and_recorded_configs_valid_until
 
 
 def test_study_sweeps_read_optimizer_values_from_the_one_tuned_table_which_names_their_source(tmp_path):
-    assert tuned_fields("scenes", "clip") == {"optim.learning_rate": 1e-3, "optim.b2": 0.95}
+    assert tuned_fields("scenes_objectives", "clip") == {"optim.learning_rate": 1e-3, "optim.b2": 0.95}
     assert all(row["source"].startswith(("not tuned", "runs/")) for row in read_tuned().values())
     table = tmp_path / "tuned.csv"
     table.write_text("study,objective,learning_rate,b2,warmup_examples,source\n"

@@ -50,17 +50,29 @@ def is_tuning(table: pd.DataFrame) -> bool:
     return LR in table and (table.groupby("objective")[LR].nunique() > 1).any()
 
 
+TAIL = 0.2  # the fraction of a run's last steps whose logged training losses are averaged
+
+
+def final_train_loss(table: pd.DataFrame) -> pd.Series:
+    """Per run, the mean of the training losses logged over its last ``TAIL`` of steps. In a single pass
+    over the data each is the loss of a batch not yet trained on, so their mean is a held-out loss; one
+    batch's loss alone is too noisy to rank learning rates whose losses differ by a few hundredths."""
+    train = table[table["kind"] == "train"]
+    last_step = train.groupby("run_id")["step"].transform("max")
+    return train[train["step"] >= (1 - TAIL) * last_step].groupby("run_id")["loss"].mean()
+
+
 def final_points(table: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its grid values and, at the end of its schedule, ``loss`` (validation loss, else
-    the last logged training loss), ``probe_error`` and that error's standard deviation."""
+    ``final_train_loss``), ``probe_error`` and that error's standard deviation."""
     table = table.copy()
     if PARAMETRIZATION not in table:
         table[PARAMETRIZATION] = LATER_FIELDS[PARAMETRIZATION]
     table[PARAMETRIZATION] = table[PARAMETRIZATION].fillna(LATER_FIELDS[PARAMETRIZATION])
     ends = table[(table["kind"] == "eval") & (table["point"] == END_OF_SCHEDULE)]
-    last_train = table[table["kind"] == "train"].sort_values("step").groupby("run_id")["loss"].last()
     rows = ends.drop_duplicates("run_id", keep="last").set_index("run_id")
-    loss = rows["val_loss"] if "val_loss" in rows and rows["val_loss"].notna().all() else last_train
+    validated = "val_loss" in rows and rows["val_loss"].notna().all()
+    loss = rows["val_loss"] if validated else final_train_loss(table)
     low, high = (rows[PROBE + suffix] for suffix in INTERVAL) if PROBE + INTERVAL[0] in rows else (None, None)
     return pd.DataFrame({
         **{column: rows[column] for column in GROUP},

@@ -1,9 +1,10 @@
 """The one table of tuned optimizer values that study sweeps read: ``sweeps/tuned.csv``.
 
-A row per study and objective: ``learning_rate``, ``b2`` and ``warmup_examples`` (empty: the study's own
-warmup, a fraction of its steps), and ``source``, the tuning run that produced the values (e.g. "runs/
-tune_scenes lr_optima.csv, µP loss optimum at nano") or, for a value nobody tuned, "not tuned: ...". A
-study sweep takes its rows with ``tuned_fields(study, objective)``, so retuning changes one file.
+A row per study (its sweep name) and objective: ``learning_rate``, ``b2`` and ``warmup_examples``
+(empty: the study's own warmup, a fraction of its steps), and ``source``, the tuning run that produced
+the values (e.g. "runs/tune_scenes lr_optima.csv, µP loss optimum at nano") or, for a value nobody
+tuned, "not tuned: ...". A study sweep takes its rows with ``tuned_fields(study, objective)``, so
+retuning changes one file.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from scaling.analysis.report import analyze
-from scaling.analysis.tuning import LR, PARAMETRIZATION, fit_optimum, tuning
+from scaling.analysis.tuning import LR, PARAMETRIZATION, final_train_loss, fit_optimum, tuning
 from scaling.sweeps.spec import log_grid
 from scaling.workdir import END_OF_SCHEDULE
 
@@ -32,6 +32,17 @@ def test_a_best_point_on_the_grid_edge_quotes_no_optimum_and_asks_to_widen_it(tr
     optimum = fit_optimum(GRID, bowl(GRID, true_optimum))
     assert optimum.learning_rate is None and optimum.low is None
     assert optimum.note == f"widen the grid: the best point is its {side} learning rate"
+
+
+def test_without_a_validation_loss_a_run_is_ranked_by_its_mean_training_loss_over_its_last_fifth():
+    """Per run, the mean of the losses logged from step 80 of 100 on, not the last batch's alone."""
+    steps = np.arange(10, 101, 10)
+    train = pd.DataFrame({"run_id": np.repeat(["a", "b"], len(steps)), "kind": "train",
+                          "step": np.tile(steps, 2), "loss": np.r_[10.0 - steps / 100, 5.0 + steps % 20]})
+    eval_row = pd.DataFrame({"run_id": ["a"], "kind": ["eval"], "step": [100], "loss": [np.nan]})
+    loss = final_train_loss(pd.concat([train, eval_row]))
+    assert loss["a"] == pytest.approx(np.mean([9.2, 9.1, 9.0]))
+    assert loss["b"] == pytest.approx(np.mean([5.0, 15.0, 5.0]))
 
 
 def test_fewer_than_three_learning_rates_quote_no_optimum():
