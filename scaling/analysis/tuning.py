@@ -176,11 +176,12 @@ def tuning_lines(table: pd.DataFrame, moved: pd.DataFrame) -> list[str]:
         lines.append(f"| {r.metric} | {r.objective} | {r.parametrization} | {r.width} | {r.grid} | "
                      f"{_lr(r.best_grid)} | {r.best_value:.4g} | {optimum} | {r.note} |")
     lines += ["", "How far the optimum moves from the narrowest to the widest model (largest over smallest "
-              "optimum; in brackets the same from the interval ends that widen it most; - where a width "
-              "has no optimum):", "", "| metric | objective | parametrization | widths | moved | with "
+              "optimum; with intervals, the same from the interval ends that widen it most; - where a "
+              "width has no optimum):", "", "| metric | objective | parametrization | widths | moved | with "
               "intervals |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.metric} | {r.objective} | {r.parametrization} | {r.widths} | {_lr(r.moved)}x | "
-              f"{_lr(r.moved_interval)}x |" for r in moved.itertuples()]
+    ratio = lambda value: "-" if _lr(value) == "-" else f"{_lr(value)}x"
+    lines += [f"| {r.metric} | {r.objective} | {r.parametrization} | {r.widths} | {ratio(r.moved)} | "
+              f"{ratio(r.moved_interval)} |" for r in moved.itertuples()]
     return [*lines, ""]
 
 

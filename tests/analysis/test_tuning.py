@@ -83,6 +83,7 @@ def test_the_tuning_section_lists_optima_asks_to_widen_an_edge_grid_and_draws_on
     assert all(line.split(" | ")[7] == "-" for line in edge)  # no optimum quoted
     moved = [line for line in lines if line.startswith("| loss | clip | mup | 32, 64 |")]
     assert moved == ["| loss | clip | mup | 32, 64 | 1x | 1x |"]
+    assert "| loss | clip | standard | 32, 64 | - | - |" in lines  # width 64 has no optimum
     figures = [path for path in files if path.suffix == ".png"]
     assert sorted(path.name for path in figures) == ["lr_transfer_loss.png", "lr_transfer_probe_error.png"]
 
