@@ -16,12 +16,8 @@ Runs go size by size (every objective at mu, then micro, then nano), so the chea
 """
 
 from scaling.data.cifar10_jpeg import CAPTION_TOKENS
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+from scaling.sweeps.spec import Sweep, tuning_runs
 
-SIZES = ("mu", "micro", "nano")
-BUDGET = Budget.steps(150)
-LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # factor 2; mu's optimum lay at 8e-3 or above
-AXES = {"model.parametrization": ("standard", "mup"), "optim.learning_rate": LEARNING_RATES}
 FIELDS = {
     "batch_size": 128,
     "checkpoint_every": 150,
@@ -44,9 +40,4 @@ PER_OBJECTIVE = {
 
 
 def get_sweep() -> Sweep:
-    runs = []
-    for size in SIZES:
-        for objective in available_objectives():
-            runs += grid([objective], [size], [BUDGET], fields={**FIELDS, **PER_OBJECTIVE.get(objective, {})},
-                         axes=AXES)
-    return Sweep("tune_cifar10", runs)
+    return Sweep("tune_cifar10", tuning_runs(FIELDS, PER_OBJECTIVE))

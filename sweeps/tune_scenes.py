@@ -20,12 +20,8 @@ of steps, 3 h of evaluation and 1 h of compiles, so about 19 h; on free cores (n
 and micro 15-30) about 7 h.
 """
 
-from scaling.sweeps.spec import Budget, Sweep, available_objectives, grid
+from scaling.sweeps.spec import Sweep, tuning_runs
 
-SIZES = ("mu", "micro", "nano")
-BUDGET = Budget.steps(150)
-LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # factor 2; mu's optimum lay at 8e-3 or above
-AXES = {"model.parametrization": ("standard", "mup"), "optim.learning_rate": LEARNING_RATES}
 FIELDS = {
     "batch_size": 64,
     "checkpoint_every": 150,
@@ -42,6 +38,4 @@ FIELDS = {
 
 
 def get_sweep() -> Sweep:
-    return Sweep("tune_scenes", [run for size in SIZES
-                                 for run in grid(available_objectives(), [size], [BUDGET], fields=FIELDS,
-                                                 axes=AXES)])
+    return Sweep("tune_scenes", tuning_runs(FIELDS))

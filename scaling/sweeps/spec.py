@@ -188,6 +188,22 @@ def log_grid(center: float, points: int = 5, factor: float = 2.0) -> tuple[float
     return tuple(float(f"{center * factor ** (k - (points - 1) / 2):.6g}") for k in range(points))
 
 
+TUNING_LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # factor 2 apart, around the studies' 1e-3
+TUNING_BUDGET = Budget.steps(150)  # past initialisation: the analysis counts a point trained from 100 steps
+
+
+def tuning_runs(fields: dict[str, Any], per_objective: dict[str, dict[str, Any]] | None = None, *,
+                sizes: Sequence[str] = ("mu", "micro", "nano"), budget: Budget = TUNING_BUDGET,
+                learning_rates: Sequence[float] = TUNING_LEARNING_RATES) -> list[RunSpec]:
+    """A learning-rate tuning sweep's runs: every objective at every size over ``learning_rates``, under
+    the standard parametrisation and under µP, with ``fields`` (and ``per_objective[objective]``) set.
+    Size by size, so every objective's cheap widths finish before the wide ones start."""
+    axes = {"model.parametrization": ("standard", "mup"), "optim.learning_rate": tuple(learning_rates)}
+    return [run for size in sizes for objective in available_objectives()
+            for run in grid([objective], [size], [budget], axes=axes,
+                            fields={**fields, **(per_objective or {}).get(objective, {})})]
+
+
 def experiment_config(objective: str, size: str) -> ml_collections.ConfigDict:
     return load_config_file(EXPERIMENTS_DIR / f"{objective}.py", f"size={size}")
 
