@@ -1,0 +1,75 @@
+"""CIFAR-10 study, v2: every frontier point a trained network, tuned learning rates, three seeds at the top.
+
+    scaling sweep sweeps/cifar10_objectives_v2.py     # runs/cifar10_objectives_v2/
+    scaling analyze runs/cifar10_objectives_v2 --reference 'raw pixels, 2x2-pooled (data README)=0.415'
+
+The same data, captions and probe as ``sweeps/cifar10_objectives.py`` (class names in templates for CLIP
+and captioning, unconditional diffusion, iGPT at 16 pixels; the class label probed on 10,000 training
+and all 10,000 test images at every layer, beside the raw-pixel probe of the same examples), with what the
+first study lacked:
+
+- **Trained points.** A point enters a fit only with 100 or more optimizer steps and above its own init
+  (``scaling analyze --min-steps``). Each size trains one warmup-stable-decay run evaluated at 1/16,
+  1/6.3, 1/2.5 and 1 of its compute (cool-down branches at the first three), and the top budgets are set
+  so that a size's first point has 100 steps or more where that size is the cheapest at that compute: at
+  batch 128, CLIP's step costs 2.6e9 / 1.4e10 / 6.8e10 FLOPs at mu / micro / nano, captioning's 3.4e9 /
+  1.7e10 / 8.1e10, diffusion's 1.8e9 / 8.8e9 / 4.3e10 (the first study's records), so mu to 1e13 gives
+  its first point at 6.25e11 FLOPs 240 (CLIP) to 350 (diffusion) steps, micro to 3e13 gives its first
+  at 1.9e12 FLOPs 110 to 210. iGPT's step costs 1.45e10 / 5.5e10 / 2.2e11 (256 pixel tokens per image),
+  so its budgets are 3x: mu's first point at 1.9e12 FLOPs has 129 steps. Every objective's frontier can
+  then hold 4 or more trained points over 1.7 decades (6.25e11 to 3e13 FLOPs; iGPT 1.9e12 to 9e13).
+- **Two sizes at the two largest budgets**: micro and nano both train to the top budget, so their points
+  at 1.2e13 and 3e13 FLOPs (3.6e13 and 9e13 for iGPT) are the isoFLOP comparison of sizes there.
+- **Three seeds at the top**: nano runs with seeds 0, 1 and 2 (every point, cool-down branches included).
+- **Tuned optimizers**: each objective's learning rate, b2 and warmup come from ``sweeps/tuned.csv``
+  (rows ``cifar10_objectives_v2``, each naming the tuning run behind it), under µP with base width 32
+  (``model.parametrization``), so a rate tuned on the narrow sizes holds at nano.
+- **Baselines in the same table**: every run's init probe (step 0, cached per initialisation), the
+  raw-pixel floor of the same examples, and the supervised classifier of the label on the same ladder
+  and budgets (the ceiling: "is it the label or the language?").
+- Zero-shot is recorded for CLIP and captioning with the class templates.
+
+Cost, from the per-step FLOPs above and the rates the tuning runs measured: about 6.5 hours of steps
+(iGPT 2.6 of them) and 2 to 3 hours of evaluation on 2 CPU cores, so it runs over several sittings: the
+runner resumes.
+"""
+
+from scaling.data.cifar10_jpeg import CAPTION_TOKENS
+from scaling.sweeps.spec import Sweep, available_objectives, wsd_ladder
+from scaling.sweeps.tuned import tuned_fields
+
+STUDY = "cifar10_objectives_v2"
+OBJECTIVES = (*available_objectives(), "supervised")
+TOP_BUDGETS = {"mu": 1e13, "micro": 3e13, "nano": 3e13}
+BUDGET_SCALE = {"igpt": 3.0}  # its step costs 3.2x to 5.6x the others' at the same size
+TOP_SEEDS = (0, 1, 2)
+FIELDS = {
+    "batch_size": 128,
+    "checkpoint_every": 200,
+    "log_every": 20,
+    "model.parametrization": "mup",
+    "data.name": "cifar10_jpeg",
+    "data.caption_level": "short",
+    "data.max_caption_len": CAPTION_TOKENS,
+    "eval.val_split": "",
+    "eval.probe_train_examples": 10000,
+    "eval.probe_test_examples": 10000,
+}
+PER_OBJECTIVE = {
+    "clip": {"eval.zero_shot": True},
+    "captioning": {"eval.zero_shot": True},
+    "diffusion": {"eval.zero_shot": False, "diffusion.condition": "none"},
+    "igpt": {"eval.zero_shot": False, "data.caption_level": "none"},
+    "supervised": {"eval.zero_shot": False, "data.caption_level": "none"},
+}
+
+
+def get_sweep() -> Sweep:
+    fields = lambda objective: {**FIELDS, **PER_OBJECTIVE[objective], **tuned_fields(STUDY, objective)}
+    runs = []
+    for objective in OBJECTIVES:
+        budgets = {size: top * BUDGET_SCALE.get(objective, 1.0) for size, top in TOP_BUDGETS.items()}
+        ladder = dict(points=4, first_fraction=1 / 16, extra_seeds=())
+        runs += wsd_ladder([objective], {size: budgets[size] for size in ("mu", "micro")}, fields, **ladder)
+        runs += wsd_ladder([objective], {"nano": budgets["nano"]}, fields, seeds=TOP_SEEDS, **ladder)
+    return Sweep(STUDY, runs)
