@@ -63,8 +63,10 @@ def kill_when_held(marker: Path, step: int, *args: str, timeout_s: float = 300) 
     return output
 
 
-def record_figures(monkeypatch) -> dict[str, Figure]:
-    """{file stem: figure} of every figure scaling.analysis saves from now on (still written to disk)."""
+def record_figures(monkeypatch, render: bool = True) -> dict[str, Figure]:
+    """{file stem: figure} of every figure scaling.analysis saves from now on, still written to disk unless
+    ``render`` is off (then no file: rendering is most of an analysis' time, and a test of its text needs
+    none)."""
     from scaling.analysis import caption_detail, figures
 
     drawn, save = {}, figures.save
@@ -75,6 +77,8 @@ def record_figures(monkeypatch) -> dict[str, Figure]:
 
     for module in (figures, caption_detail):
         monkeypatch.setattr(module, "save", record)
+    if not render:
+        monkeypatch.setattr(Figure, "savefig", lambda figure, path, **options: None)
     return drawn
 
 
