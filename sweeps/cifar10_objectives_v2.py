@@ -34,34 +34,18 @@ Cost, from the per-step FLOPs above and the rates the tuning runs measured: abou
 runner resumes.
 """
 
-from scaling.data.cifar10_jpeg import CAPTION_TOKENS
-from scaling.sweeps.spec import Sweep, available_objectives, wsd_ladder
+from scaling.config import load_python_file
+from scaling.sweeps.spec import SWEEPS_DIR, Sweep, available_objectives, wsd_ladder
 from scaling.sweeps.tuned import tuned_fields
 
+V1 = load_python_file(SWEEPS_DIR / "cifar10_objectives.py")  # its data, captions and probe
 STUDY = "cifar10_objectives_v2"
 OBJECTIVES = (*available_objectives(), "supervised")
 TOP_BUDGETS = {"mu": 1e13, "micro": 3e13, "nano": 3e13}
 BUDGET_SCALE = {"igpt": 3.0}  # its step costs 3.2x to 5.6x the others' at the same size
 TOP_SEEDS = (0, 1, 2)
-FIELDS = {
-    "batch_size": 128,
-    "checkpoint_every": 200,
-    "log_every": 20,
-    "model.parametrization": "mup",
-    "data.name": "cifar10_jpeg",
-    "data.caption_level": "short",
-    "data.max_caption_len": CAPTION_TOKENS,
-    "eval.val_split": "",
-    "eval.probe_train_examples": 10000,
-    "eval.probe_test_examples": 10000,
-}
-PER_OBJECTIVE = {
-    "clip": {"eval.zero_shot": True},
-    "captioning": {"eval.zero_shot": True},
-    "diffusion": {"eval.zero_shot": False, "diffusion.condition": "none"},
-    "igpt": {"eval.zero_shot": False, "data.caption_level": "none"},
-    "supervised": {"eval.zero_shot": False, "data.caption_level": "none"},
-}
+FIELDS = {**V1.FIELDS, "model.parametrization": "mup"}
+PER_OBJECTIVE = {**V1.PER_OBJECTIVE, "supervised": {"eval.zero_shot": False, "data.caption_level": "none"}}
 
 
 def get_sweep() -> Sweep:
