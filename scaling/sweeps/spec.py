@@ -188,7 +188,8 @@ def log_grid(center: float, points: int = 5, factor: float = 2.0) -> tuple[float
     return tuple(float(f"{center * factor ** (k - (points - 1) / 2):.6g}") for k in range(points))
 
 
-TUNING_LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)  # factor 2 apart, around the studies' 1e-3
+# Factor 2 apart, from below the studies' 1e-3 to above the optima the first tuning runs found at width 32.
+TUNING_LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2)
 TUNING_BUDGET = Budget.steps(150)  # past initialisation: the analysis counts a point trained from 100 steps
 
 
