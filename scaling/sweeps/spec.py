@@ -195,13 +195,17 @@ TUNING_BUDGET = Budget.steps(150)  # past initialisation: the analysis counts a 
 
 def tuning_runs(fields: dict[str, Any], per_objective: dict[str, dict[str, Any]] | None = None, *,
                 sizes: Sequence[str] = ("mu", "micro", "nano"), budget: Budget = TUNING_BUDGET,
-                learning_rates: Sequence[float] = TUNING_LEARNING_RATES) -> list[RunSpec]:
-    """A learning-rate tuning sweep's runs: every objective at every size over ``learning_rates``, under
-    the standard parametrisation and under µP, with ``fields`` (and ``per_objective[objective]``) set.
-    Size by size, so every objective's cheap widths finish before the wide ones start."""
-    axes = {"model.parametrization": ("standard", "mup"), "optim.learning_rate": tuple(learning_rates)}
+                learning_rates: Sequence[float] = TUNING_LEARNING_RATES,
+                objective_rates: dict[str, Sequence[float]] | None = None) -> list[RunSpec]:
+    """A learning-rate tuning sweep's runs: every objective at every size over ``learning_rates`` (or its
+    own grid in ``objective_rates``), under the standard parametrisation and under µP, with ``fields``
+    (and ``per_objective[objective]``) set. Size by size, so every objective's cheap widths finish before
+    the wide ones start."""
+    rates = lambda objective: tuple((objective_rates or {}).get(objective, learning_rates))
     return [run for size in sizes for objective in available_objectives()
-            for run in grid([objective], [size], [budget], axes=axes,
+            for run in grid([objective], [size], [budget],
+                            axes={"model.parametrization": ("standard", "mup"),
+                                  "optim.learning_rate": rates(objective)},
                             fields={**fields, **(per_objective or {}).get(objective, {})})]
 
 

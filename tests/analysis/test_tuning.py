@@ -7,7 +7,7 @@ import pytest
 
 from scaling.analysis.report import analyze
 from scaling.analysis.tuning import LR, PARAMETRIZATION, final_train_loss, fit_optimum, tuning
-from scaling.sweeps.spec import log_grid
+from scaling.sweeps.spec import TUNING_LEARNING_RATES, log_grid, tuning_runs
 from scaling.workdir import END_OF_SCHEDULE
 
 GRID = np.array(log_grid(1e-3, points=7))  # 1.25e-4 to 8e-3
@@ -15,6 +15,16 @@ GRID = np.array(log_grid(1e-3, points=7))  # 1.25e-4 to 8e-3
 
 def bowl(learning_rates, optimum: float, curvature: float = 0.05, floor: float = 1.0) -> np.ndarray:
     return floor + curvature * (np.log2(learning_rates) - np.log2(optimum)) ** 2
+
+
+def test_a_tuning_sweep_gives_one_objective_its_own_grid_and_leaves_the_others_runs_as_they_were():
+    shared = tuning_runs({}, sizes=("mu",))
+    own = tuning_runs({}, sizes=("mu",), objective_rates={"igpt": (2e-3, 4e-3, 8e-3)})
+    rates = lambda runs, objective: sorted({run.config.optim.learning_rate for run in runs
+                                            if run.config.objective == objective})
+    assert rates(own, "igpt") == [2e-3, 4e-3, 8e-3] and rates(shared, "igpt") == list(TUNING_LEARNING_RATES)
+    assert [run.run_id for run in own if run.config.objective != "igpt"] == \
+        [run.run_id for run in shared if run.config.objective != "igpt"]
 
 
 def test_the_optimum_of_a_noisy_bowl_lies_near_its_minimum_inside_its_interval():
