@@ -92,6 +92,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.data.data_dir = ""
     c.data.image_size = 32
     c.data.caption_level = "descriptive"
+    c.data.caption_field = ""  # the text feature, e.g. "caption" or "captions/text"; "" -> caption_<level>
     c.data.caption_mix = ""  # e.g. "descriptive:0.95,short:0.05", a level drawn per example; "" -> none
     c.data.label = "label"
     c.data.max_caption_len = 0  # tokens; 0 -> the longest caption of caption_level or of the mix's levels
@@ -281,6 +282,16 @@ def _check_warmup(config: ml_collections.ConfigDict) -> None:
     _require(steps < config.total_steps, f"{given} must be below total_steps ({config.total_steps})")
 
 
+def _check_caption_field(data: ml_collections.ConfigDict) -> None:
+    field = data.caption_field
+    _require(not field or data.max_caption_len,
+             f"data.caption_field: {field!r} needs data.max_caption_len (tokens per caption, e.g. 77); the "
+             "longest caption is known only for the caption_<level> fields of scenes")
+    _require(not field or not data.caption_mix,
+             f"data.caption_field: {field!r} and data.caption_mix {data.caption_mix!r} both choose the "
+             "captions; a mix draws among caption_<level> fields, so leave one of them empty")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError for values that cannot work whatever the objective; cheap, runs before anything
     is compiled. ``scaling.objectives.validate_config`` adds the objective's own checks."""
@@ -317,6 +328,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         f"data.caption_level: {config.data.caption_level!r} not in {CAPTION_LEVELS}",
     )
     parse_caption_mix(config.data.caption_mix)
+    _check_caption_field(config.data)
     _require(
         config.eval.caption_level in ("", *CAPTION_LEVELS),
         f"eval.caption_level: {config.eval.caption_level!r} not in {CAPTION_LEVELS} (or \"\" for "

@@ -44,7 +44,8 @@ OPERATIONAL_FIELDS = (
 # Fields added after runs were published, each with the value that reproduces those runs. A config that
 # holds that value compares (and is identified, see scaling.sweeps.spec.make_run_id) as one written before
 # the field existed, so published run ids and recorded config.json files stay valid.
-LATER_FIELDS = {"optim.warmup_examples": 0, "model.parametrization": "standard", "model.base_width": 32}
+LATER_FIELDS = {"optim.warmup_examples": 0, "model.parametrization": "standard", "model.base_width": 32,
+                "data.caption_field": ""}
 
 
 def is_writer() -> bool:

@@ -47,14 +47,16 @@ def draw_levels(stream: tuple[int, ...], indices: np.ndarray, proportions: tuple
 @dataclasses.dataclass(frozen=True)
 class MixedCaptions:
     """(stream position, record) -> example, with the caption at the level drawn for that position;
-    ``transforms`` turn a record into an example at each level, in the order of ``proportions``."""
+    ``transforms`` turn (record, draw key) into an example at each level, in the order of
+    ``proportions``; the key (stream, position) also draws among several captions of one record."""
 
-    transforms: tuple[Callable[[dict], dict], ...]
+    transforms: tuple[Callable[[dict, tuple[int, ...]], dict], ...]
     proportions: tuple[float, ...]
     stream: tuple[int, ...]
 
     def __call__(self, index: int, record: dict) -> dict:
+        draw = (*self.stream, index)
         if len(self.transforms) == 1:
-            return self.transforms[0](record)
+            return self.transforms[0](record, draw)
         chosen = draw_levels(self.stream, np.asarray([index]), self.proportions)[0]
-        return self.transforms[chosen](record)
+        return self.transforms[chosen](record, draw)

@@ -7,6 +7,9 @@ exactly these keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_toke
 `data.max_caption_len` when set, else the longest caption of `data.caption_level` or of the levels of
 `data.caption_mix` (so no caption is cut and a short caption is not padded to a descriptive one's length).
 Training captions follow `data.caption_mix` (scaling.data.caption_mix), evaluation reads one level.
+`data.caption_field` names another text feature instead ("caption", or "captions/text" nested): a string,
+or a sequence of strings of which training draws one per example and epoch, keyed by (seed, process index,
+position in the training stream) so a resumed iterator draws the same; evaluation reads the first.
 
 Each process reads a disjoint strided shard of the split (examples process_index, process_index +
 process_count, ...), so shard sizes differ by at most one example between processes.
@@ -41,6 +44,7 @@ FILE_FORMAT = "array_record"
 BUILT_FROM_CODE = ("scenes", "digits", "cifar10_jpeg")
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
+CAPTION_DRAW = 1  # appended to a stream position's key for the caption draw, apart from the level draw
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -152,12 +156,35 @@ def num_examples(data_config, split: str) -> int:
 # ----------------------------------------------------------------------------- examples
 
 
-def _caption_key(data_config, builder) -> str | None:
+def _feature_at(features, path: tuple[str, ...]):
+    """The feature at ``path`` ("captions", "text") of a features dict, None where there is none."""
+    feature = features
+    for part in path:
+        try:
+            feature = feature[part]
+        except (KeyError, TypeError, AttributeError):
+            return None
+    return feature
+
+
+def caption_path(data_config, builder) -> tuple[str, ...] | None:
+    """Where each record keeps its caption: ``data.caption_field`` split at "/" when set (ConfigError
+    when the data set has no such feature), else ``caption_<data.caption_level>``, None where the data
+    set has no captions."""
+    field = data_config.get("caption_field", "")
+    if field:
+        path = tuple(field.split("/"))
+        if _feature_at(builder.info.features, path) is None:
+            available = ", ".join(sorted(builder.info.features))
+            raise ConfigError(f"data.caption_field: {field!r} is not a feature of data set "
+                              f"{data_config.name!r}, which has {available}; name the text feature "
+                              "(a/b for a nested one)")
+        return path
     level = data_config.caption_level
     if level not in CAPTION_LEVELS:
         raise ValueError(f"caption_level {level!r} not in {CAPTION_LEVELS}")
     key = f"caption_{level}"
-    return key if key in builder.info.features else None
+    return (key,) if key in builder.info.features else None
 
 
 def check_label(data_config, builder, label: str | None = None) -> None:
@@ -211,19 +238,39 @@ def _as_text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def pick_caption(value, draw: tuple[int, ...] = ()) -> str:
+    """The caption of a record's text feature: the string itself, or one of a sequence of strings, drawn
+    uniformly by the key ``draw`` (seed, process index, position in the training stream), the first one
+    without a key (evaluation); "" for an empty sequence."""
+    if isinstance(value, bytes | str):
+        return _as_text(value)
+    captions = list(value)
+    if not captions:
+        return ""
+    chosen = np.random.default_rng([*draw, CAPTION_DRAW]).integers(len(captions)) if draw else 0
+    return _as_text(captions[chosen])
+
+
+def _record_at(record: dict, path: tuple[str, ...]):
+    for part in path:
+        record = record[part]
+    return record
+
+
 @dataclasses.dataclass(frozen=True)
 class ToExample:
-    """Turns one TFDS record into the batch layout (one example, no batch axis)."""
+    """Turns one TFDS record into the batch layout (one example, no batch axis); ``draw`` keys the choice
+    among several captions of one record (see ``pick_caption``)."""
 
     image_size: int
     label_key: str
-    caption_key: str | None
+    caption_path: tuple[str, ...] | None
     max_caption_len: int
     tokenizer: Tokenizer
 
-    def __call__(self, record: dict) -> dict[str, np.ndarray]:
+    def __call__(self, record: dict, draw: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
         image = resize_square(to_rgb(record["image"]), self.image_size).astype(np.uint8)
-        caption = _as_text(record[self.caption_key]) if self.caption_key else ""
+        caption = pick_caption(_record_at(record, self.caption_path), draw) if self.caption_path else ""
         tokens, mask = self.tokenizer.encode_batch([caption], self.max_caption_len)
         return {
             "image": image,
@@ -238,7 +285,7 @@ def make_transform(data_config, builder) -> ToExample:
     return ToExample(
         image_size=data_config.image_size,
         label_key=data_config.label,
-        caption_key=_caption_key(data_config, builder),
+        caption_path=caption_path(data_config, builder),
         max_caption_len=caption_length(data_config),
         tokenizer=get_tokenizer(data_config.tokenizer),
     )
