@@ -39,6 +39,8 @@ flags.DEFINE_string("dataset", "", "probe: data set to probe on (default: the ru
 flags.DEFINE_list("layers", [], "probe: layers to probe (default: all)")
 flags.DEFINE_integer("max-train", None, "probe: use at most this many training examples")
 flags.DEFINE_integer("max-test", None, "probe: use at most this many test examples")
+flags.DEFINE_enum("points", "final", ["final", "all"],
+                  "probe: a sweep's runs at their final checkpoint, or at every eval point")
 flags.DEFINE_string("root", "runs", "sweep: store root; each sweep lives in <root>/<sweep name>/")
 flags.DEFINE_enum("executor", "local", ["local", "ray", "tpu-vm", "xpk"],
                   "sweep: where runs train (tpu-vm and xpk print, or with --launch run, pod commands)")
@@ -67,7 +69,8 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
              "[--config.<field>=<value>]",
     "probe": "scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] "
-             "[--max-test N] | scaling probe <root>/<sweep> --dataset NAME [--max-train N] [--max-test N]",
+             "[--max-test N] | scaling probe <root>/<sweep> --dataset NAME [--points final|all] "
+             "[--max-train N] [--max-test N]",
     "sweep": "scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] "
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
@@ -86,7 +89,7 @@ SUMMARIES = {
 }
 COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists them
     "train": ("config", "workdir"),
-    "probe": ("workdir", "dataset", "layers", "max-train", "max-test"),
+    "probe": ("workdir", "dataset", "points", "layers", "max-train", "max-test"),
     "sweep": ("root", "executor", "max-parallel", "dry-run", "launch", "tpu", "zone", "cluster",
               "distributed", "lease-timeout", "retry-failed"),
     "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
@@ -142,7 +145,7 @@ def probe_command(argv: list[str]) -> None:
     if len(argv) == 2 and not FLAGS.workdir:
         if not FLAGS.dataset or FLAGS.layers:
             fail(f"a sweep is probed with --dataset and on every layer; usage: {USAGES['probe']}")
-        counts = probe_sweep(argv[1], FLAGS.dataset, **limits)
+        counts = probe_sweep(argv[1], FLAGS.dataset, points=FLAGS.points, **limits)
         table = write_table(build_table(argv[1]), argv[1])
         print(f"{FLAGS.dataset} probes: {counts['probed']} probed, {counts['done']} done before, "
               f"{counts['held']} held by another prober; joined into {table}")

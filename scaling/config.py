@@ -62,6 +62,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.grad_accum_steps = 1  # microbatches per step: activations for batch_size / grad_accum_steps
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
+    c.keep_eval_checkpoints = False  # also keep a checkpoint of every eval point (probe --points all)
     c.log_every = 10
 
     c.model = ml_collections.ConfigDict()

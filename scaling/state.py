@@ -28,11 +28,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from scaling.data.pipeline import resolve_data_dir
 from scaling.errors import ConfigError, UserError, warn
 from scaling.objectives import build_objective
 from scaling.objectives.base import Objective, Prepared
+from scaling.schedule import eval_steps
 from scaling.sharding import state_shardings
 from scaling.workdir import differing_fields, read_json, write_json_atomic
 
@@ -138,8 +140,11 @@ def _options(config: ml_collections.ConfigDict | None) -> ocp.CheckpointManagerO
     a failed save stops the run at once. Without a config the manager only reads."""
     if config is None:
         return ocp.CheckpointManagerOptions(create=False)
-    return ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, cleanup_tmp_directories=True,
-                                        create=True, enable_async_checkpointing=False)
+    kept = preservation.LatestN(config.keep_checkpoints)
+    if config.keep_eval_checkpoints:
+        kept = preservation.AnyPreservationPolicy([kept, preservation.CustomSteps(eval_steps(config))])
+    return ocp.CheckpointManagerOptions(preservation_policy=kept, cleanup_tmp_directories=True, create=True,
+                                        enable_async_checkpointing=False)
 
 
 def recorded_config(directory: Path) -> dict[str, Any] | None:
@@ -168,6 +173,9 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, params, opt_state, data_state, progress: dict[str, Any]) -> None:
         """Saves and commits the step and its manifest; a failure (a full disk) is a CheckpointError."""

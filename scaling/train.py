@@ -137,7 +137,8 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
                     jax.block_until_ready(params)
             first_step, step = False, step + 1
             bar.update(1)
-            checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+            checkpoint_due = (step % config.checkpoint_every == 0 or step == config.total_steps
+                              or config.keep_eval_checkpoints and evaluator.due(step))
             if is_log_step(step) or checkpoint_due:
                 last = run.log(step, metrics)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")

@@ -39,7 +39,8 @@ HONEST_POINTS = (END_OF_SCHEDULE, COOLDOWN_BRANCH)
 
 # Fields that change how a run is watched but not what it computes; a resumed run may change them.
 OPERATIONAL_FIELDS = (
-    "log_every", "checkpoint_every", "keep_checkpoints", "data.worker_count", "data.data_dir",
+    "log_every", "checkpoint_every", "keep_checkpoints", "keep_eval_checkpoints", "data.worker_count",
+    "data.data_dir",
 )
 # Fields added after runs were published, each with the value that reproduces those runs. A config that
 # holds that value compares (and is identified, see scaling.sweeps.spec.make_run_id) as one written before

@@ -17,36 +17,48 @@ class KilledError(Exception):
     pass
 
 
-def test_a_sweep_probe_killed_and_rerun_probes_every_run_once_and_joins_the_table(tmp_path, data_dir):
-    fields = tiny_fields(data_dir, **{"eval.num_points": 1, "eval.probe_train_examples": 128,
+def test_sweep_probes_at_every_point_killed_and_rerun_run_once_and_join_the_table(tmp_path, data_dir):
+    fields = tiny_fields(data_dir, **{"eval.num_points": 2, "eval.probe_train_examples": 128,
                                       "eval.probe_test_examples": 64, "eval.val_split": "",
-                                      "eval.zero_shot": False})
-    sweep = Sweep("probed", grid(["clip"], ["mu"], [Budget.steps(4), Budget.steps(6)], fields=fields))
-    run_sweep(sweep, tmp_path, out=lambda _: None)
+                                      "eval.zero_shot": False, "keep_checkpoints": 1,
+                                      "keep_eval_checkpoints": True})
+    run_sweep(Sweep("probed", grid(["clip"], ["mu"], [Budget.steps(6)], fields=fields)), tmp_path,
+              out=lambda _: None)
     sweep_dir = tmp_path / "probed"
+    (run_dir,) = (p for p in sweep_dir.iterdir() if p.is_dir())
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [1, 6]  # eval points kept
 
     def kill_after_the_first(line: str) -> None:
         raise KilledError(line)
 
     with pytest.raises(KilledError):
-        probe_sweep(sweep_dir, PROBE_SET, out=kill_after_the_first)
+        probe_sweep(sweep_dir, PROBE_SET, points="all", out=kill_after_the_first)
     results = sorted(sweep_dir.glob("*/probes/*/result.json"))
     assert len(results) == 1 and not list(sweep_dir.rglob("probes/*/lease-*.json"))
     first = results[0].read_text()
 
-    assert probe_sweep(sweep_dir, PROBE_SET, out=lambda _: None) == {"probed": 1, "done": 1, "held": 0}
-    assert probe_sweep(sweep_dir, PROBE_SET, out=lambda _: None) == {"probed": 0, "done": 2, "held": 0}
+    assert probe_sweep(sweep_dir, PROBE_SET, points="all", out=lambda _: None) == {"probed": 2, "done": 1,
+                                                                                    "held": 0}
+    assert probe_sweep(sweep_dir, PROBE_SET, out=lambda _: None) == {"probed": 0, "done": 1, "held": 0}
     assert results[0].read_text() == first  # the probe done before the kill was not redone
 
     table = build_table(sweep_dir)
     probed = table[table[COLUMN].notna()]
-    assert sorted(probed.step) == [4, 6] and set(probed.kind) == {"eval"}
-    for run_dir in (tmp_path / "probed").iterdir():
-        if run_dir.is_dir():
-            result = json.loads((run_dir / "probes" / "scenes_32_small" / "result.json").read_text())
-            assert result["train_examples"] == 128 and result["test_examples"] == 64  # as the run's probes
-            row = probed[probed.run_id == run_dir.name]
-            assert row[COLUMN].item() == result["probe_accuracy"] and 0 < result["probe_accuracy"] <= 1
+    assert list(probed.step) == [0, 1, 6]
+    assert list(probed.point) == ["init", "mid_schedule", "end_of_schedule"]
+    for step, row in probed.set_index("step").iterrows():
+        job = "scenes_32_small" if step == 6 else f"scenes_32_small-step{step}"
+        result = json.loads((run_dir / "probes" / job / "result.json").read_text())
+        assert result["train_examples"] == 128 and result["test_examples"] == 64  # as the run's probes
+        assert row[COLUMN] == result["probe_accuracy"] and 0 < result["probe_accuracy"] <= 1
+    # on the run's own data set each point's probe is the run's own: the checkpoints of steps 1 and 6, and
+    # step 0 re-created from the seed, are the parameters the run evaluated there
+    assert list(probed[COLUMN]) == list(probed.probe_accuracy)
+
+    (run_dir / "checkpoints" / "1").rename(run_dir / "1.aside")  # as a run trained without keeping it
+    with pytest.raises(ConfigError, match="kept no checkpoint of its eval points at steps 1; probe its "
+                       "final point .* --config.keep_eval_checkpoints=true"):
+        probe_sweep(sweep_dir, PROBE_SET, points="all")
 
 
 def test_probing_a_folder_without_completed_runs_names_the_fix(tmp_path):

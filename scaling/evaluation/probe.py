@@ -1,7 +1,8 @@
 """``scaling probe``: evaluate a finished (or interrupted) run's latest checkpoint into ``probe.json``
-(over a whole sweep: scaling.sweeps.probes).
+(over a whole sweep, at its final or every eval point: scaling.sweeps.probes).
 
-Restores the parameters alone into the run's model state (no optimizer) and runs the one evaluation
+Restores the parameters alone into the run's model state (no optimizer), or re-creates them from the run's
+seed for step 0 (its initialisation, never checkpointed), and runs the one evaluation
 (``scaling.evaluation.evaluator.evaluate``): the full linear-probe protocol per layer (regularisation
 chosen on a held-out validation part of train, refit, one test score), few-shot, extra labels, and
 zero-shot accuracy where the objective supports it.
@@ -38,15 +39,17 @@ def probe_checkpoint(
     max_train: int | None = None,
     max_test: int | None = None,
     output: str | Path | None = None,
+    step: int | None = None,
 ) -> dict[str, Any]:
-    """The probe record of the latest checkpoint in ``workdir``, also written to ``output`` if given."""
+    """The probe record of the checkpoint of ``step`` in ``workdir`` (default the latest; step 0 is the
+    initialisation), also written to ``output`` if given."""
     files = RunFiles(workdir)
     config = load_run_config(files)
     if not os.access(files.root, os.W_OK):  # found before anything is computed
         raise ConfigError(f"--workdir {files.root} is not writable, so probe.json cannot be written there; "
                           "copy the run to a folder you can write to")
     checkpoints = Checkpoints(files.checkpoint_dir) if files.checkpoint_dir.is_dir() else None
-    step = checkpoints and checkpoints.latest_step()
+    step = checkpoints.latest_step() if checkpoints and step is None else step
     if step is None:
         raise ConfigError(f"{files.checkpoint_dir} holds no checkpoint; train the run first")
     config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
@@ -54,8 +57,12 @@ def probe_checkpoint(
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
         state = build_model_state(config, mesh)
-        params = checkpoints.restore_params(step, state.abstract_params)
-        checkpoints.close()
+        if step == 0:
+            params = jax.jit(lambda: state.init_params(config.seed), out_shardings=state.param_shardings)()
+        else:
+            params = checkpoints.restore_params(step, state.abstract_params)
+        if checkpoints:
+            checkpoints.close()
         # checks the data set and its labels before any feature is computed
         evaluation = prepare_evaluation(config, state, dataset=dataset, layers=layers)
         record, train_examples, test_examples = evaluate(evaluation, params, max_train=max_train,

@@ -56,7 +56,7 @@ def run_row(run_id: str, config: ml_collections.ConfigDict, topology: Topology,
 
 # Fields that change how long a run is, what it logs or how it is evaluated, not the compiled step.
 NOT_IN_STEP = ("total_steps", "optim.warmup_steps", "optim.warmup_examples", "checkpoint_every", "log_every",
-               "keep_checkpoints")
+               "keep_checkpoints", "keep_eval_checkpoints")
 
 
 def step_key(config: ml_collections.ConfigDict) -> str:

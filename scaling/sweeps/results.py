@@ -20,7 +20,15 @@ import pandas as pd
 from scaling.errors import ConfigError
 from scaling.sweeps.spec import Budget
 from scaling.sweeps.store import ended_status
-from scaling.workdir import END_OF_SCHEDULE, MID_SCHEDULE, RunFiles, flatten, read_json, write_atomic
+from scaling.workdir import (
+    COOLDOWN_BRANCH,
+    END_OF_SCHEDULE,
+    MID_SCHEDULE,
+    RunFiles,
+    flatten,
+    read_json,
+    write_atomic,
+)
 
 RESULTS_NAME = "results.csv"
 INIT_NAME = "init_probes.csv"  # init rows re-created for runs recorded before they had their own
@@ -85,12 +93,14 @@ def probe_results(run_dir: Path) -> list[dict[str, Any]]:
 
 def with_probes(records: list[dict[str, Any]], probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's records with the fields of each probe on another data set (scaling.sweeps.probes) joined
-    onto its eval record at the probed step as ``<data set>_<field>``, or onto a new eval record there."""
+    onto its main eval record at the probed step (not a cool-down branch forked there) as
+    ``<data set>_<field>``, or onto a new eval record there."""
     records = [dict(record) for record in records]
     for probe in probes:
         prefix = dataset_key(probe["dataset"]) + "_"
         fields = {f"{prefix}{name}": value for name, value in probe.items() if name not in PROBE_KEYS}
-        at_step = [r for r in records if r.get("kind") == "eval" and r["step"] == probe["step"]]
+        at_step = [r for r in records if r.get("kind") == "eval" and r["step"] == probe["step"]
+                   and r.get("point") != COOLDOWN_BRANCH and "cooldown_steps" not in r]
         if not at_step:
             at_step = [{"kind": "eval", "step": probe["step"], "flops": probe.get("flops")}]
             records.extend(at_step)
