@@ -8,8 +8,11 @@ divided by ``--scale`` so that training and evaluation shrink together. It runs 
 compilation and pixel-probe caches are shared, as in a study) and prints, from the runs' own accounts,
 the evaluation share of the sweep's wall, each objective's evaluation seconds and every probe and
 zero-shot accuracy, so a change can be checked for both speed and numbers at the same seed.
+``--zero-shot-points final`` sets ``eval.zero_shot_points`` of every run (zero-shot at the end of each
+schedule only), the protocol lever to weigh against the study's default (``all``).
 
     python benchmarks/study_eval_share.py [--size mu] [--scale 8] [--objectives clip,igpt] [--keep DIR]
+                                          [--zero-shot-points all|final]
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ def study_module():
     return module
 
 
-def miniature(size: str, scale: float, objectives: list[str]) -> Sweep:
+def miniature(size: str, scale: float, objectives: list[str], zero_shot_points: str = "all") -> Sweep:
     study = study_module()
     probe_examples = {key: int(study.FIELDS[key] / scale)
                       for key in ("eval.probe_train_examples", "eval.probe_test_examples")}
-    fields = lambda objective: {**study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **probe_examples}
+    fields = lambda objective: {**study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **probe_examples,
+                                "eval.zero_shot_points": zero_shot_points}
     runs = wsd_ladder(objectives, {size: study.TOP_BUDGETS[size] / scale}, fields, adjust=short_warmup)
     return Sweep("study_miniature", runs)
 
@@ -80,9 +84,11 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=8.0, help="divides the top budget and probe examples")
     parser.add_argument("--objectives", default=",".join(available_objectives()))
     parser.add_argument("--keep", default="", help="run in this folder (kept) instead of a temporary one")
+    parser.add_argument("--zero-shot-points", default="all", choices=("all", "final"),
+                        help="eval.zero_shot_points of every run")
     args = parser.parse_args()
 
-    sweep = miniature(args.size, args.scale, args.objectives.split(","))
+    sweep = miniature(args.size, args.scale, args.objectives.split(","), args.zero_shot_points)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         start = time.perf_counter()

@@ -32,6 +32,7 @@ from scaling.workdir import flatten
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
+ZERO_SHOT_POINTS = ("all", "final")
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 REMAT_POLICIES = ("none", *transformer.REMAT_POLICIES)
@@ -115,6 +116,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.probe_test_examples = 1000
     c.eval.batch_size = 256
     c.eval.zero_shot = True
+    c.eval.zero_shot_points = "all"  # or "final": zero-shot scored at the end-of-schedule point only
     c.eval.caption_level = ""  # captions of validation batches; "" -> data.caption_level
     c.eval.caption_levels = ()  # held-out caption metrics per level, e.g. ("short", "descriptive")
     c.eval.caption_examples = 256  # held-out test examples of those metrics
@@ -340,6 +342,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
                  f"eval.caption_levels: {level!r} is not a caption level; choose among "
                  f"{', '.join(CAPTION_LEVELS[1:])} (the diffusion loss without a caption is always recorded)")
     _require(config.eval.caption_examples > 0, "eval.caption_examples: must be positive")
+    _require(config.eval.zero_shot_points in ZERO_SHOT_POINTS,
+             f"eval.zero_shot_points: {config.eval.zero_shot_points!r} not in {ZERO_SHOT_POINTS}; all scores "
+             "zero-shot at every eval point, final at the end of the schedule only")
     _require(
         config.data.max_caption_len == 0 or config.data.max_caption_len >= 2,
         f"data.max_caption_len: {config.data.max_caption_len} leaves no room for BOS and EOS; use 0 "

@@ -219,13 +219,14 @@ class _Attempt:
         """An eval record of ``params``: the main run's at ``step``, or a cool-down branch's forked there;
         ``same_as``, the record of these very parameters, is taken as it is instead of evaluating again.
         Returns the evaluation's fields."""
+        end_of_schedule = not cooldown_steps and step == self.config.total_steps
         with self.clock("eval"):
-            record = evaluator(params) if same_as is None else {**same_as, "eval_s": 0.0}
+            record = evaluator(params, end_of_schedule) if same_as is None else {**same_as, "eval_s": 0.0}
         if cooldown_steps:
             where = {"point": COOLDOWN_BRANCH, **self.point(step, step + cooldown_steps),
                      "cooldown_steps": cooldown_steps}
         else:
-            kind = END_OF_SCHEDULE if step == self.config.total_steps else MID_SCHEDULE
+            kind = END_OF_SCHEDULE if end_of_schedule else MID_SCHEDULE
             where = {"point": kind, **self.point(step, step)}
         self.files.append_metrics({"kind": "eval", **where, **record})
         return record

@@ -20,7 +20,7 @@ class KilledError(Exception):
 def test_sweep_probes_at_every_point_killed_and_rerun_run_once_and_join_the_table(tmp_path, data_dir):
     fields = tiny_fields(data_dir, **{"eval.num_points": 2, "eval.probe_train_examples": 128,
                                       "eval.probe_test_examples": 64, "eval.val_split": "",
-                                      "eval.zero_shot": False, "keep_checkpoints": 1,
+                                      "eval.zero_shot_points": "final", "keep_checkpoints": 1,
                                       "keep_eval_checkpoints": True})
     run_sweep(Sweep("probed", grid(["clip"], ["mu"], [Budget.steps(6)], fields=fields)), tmp_path,
               out=lambda _: None)
@@ -54,6 +54,12 @@ def test_sweep_probes_at_every_point_killed_and_rerun_run_once_and_join_the_tabl
     # on the run's own data set each point's probe is the run's own: the checkpoints of steps 1 and 6, and
     # step 0 re-created from the seed, are the parameters the run evaluated there
     assert list(probed[COLUMN]) == list(probed.probe_accuracy)
+    # the run scored zero-shot at its end-of-schedule point only (eval.zero_shot_points), the same score
+    # as the probe of that checkpoint; a probe job scores it at every point
+    zero_shot = probed.zero_shot_accuracy
+    assert zero_shot.isna().tolist() == [True, True, False]
+    assert zero_shot.iloc[-1] == probed.scenes_32_small_zero_shot_accuracy.iloc[-1]
+    assert probed.scenes_32_small_zero_shot_accuracy.notna().all()
 
     (run_dir / "checkpoints" / "1").rename(run_dir / "1.aside")  # as a run trained without keeping it
     with pytest.raises(ConfigError, match="kept no checkpoint of its eval points at steps 1; probe its "

@@ -196,9 +196,11 @@ def prepare_evaluation(
                       caption_levels, SplitImages(data, batch_size=config.eval.batch_size))
 
 
-def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None) -> Evaluated:
+def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None,
+             zero_shot: bool = True) -> Evaluated:
     """The evaluation record of ``params`` on the first ``max_train``/``max_test`` examples of the probe
-    data set's train and test splits (all when None), and how many examples each split gave."""
+    data set's train and test splits (all when None), and how many examples each split gave; without
+    ``zero_shot`` the class scores the evaluation was prepared with are left out."""
     e, seed, data = evaluation.config.eval, evaluation.config.seed, evaluation.data
 
     def over(fn: BatchFn, split: str, limit: int | None) -> Features:
@@ -206,7 +208,8 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
                          batch_size=e.batch_size, seed=seed)
 
     train = over(evaluation.features_fn, e.train_split, max_train)
-    test_outputs, test_labels = over(evaluation.test_fn, e.test_split, max_test)
+    test_outputs, test_labels = over(evaluation.test_fn if zero_shot else evaluation.features_fn,
+                                     e.test_split, max_test)
     predictions = test_outputs.pop(PREDICTION, None)
     test = (test_outputs, test_labels)
     train_examples, test_examples = len(train[1]), len(test[1])
@@ -239,11 +242,14 @@ class Evaluator:
     def due(self, step: int) -> bool:
         return step in self.steps
 
-    def __call__(self, params) -> dict[str, Any]:
+    def __call__(self, params, end_of_schedule: bool) -> dict[str, Any]:
+        """The eval record of ``params``; zero-shot where ``eval.zero_shot_points`` asks for it (every
+        point, or the ``end_of_schedule`` one)."""
         e = self.config.eval
         start = time.perf_counter()
         record = evaluate(self.evaluation, params, max_train=e.probe_train_examples,
-                          max_test=e.probe_test_examples).record
+                          max_test=e.probe_test_examples,
+                          zero_shot=e.zero_shot_points == "all" or end_of_schedule).record
         if e.val_split:
             record["val_loss"] = self.validation_loss(params)
         record["eval_s"] = time.perf_counter() - start
