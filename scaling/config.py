@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 
 from scaling.data.captions import CAPTION_LEVELS, parse_caption_mix
+from scaling.data.transforms import transform_ops
 from scaling.errors import ConfigError, UserError
 from scaling.models import transformer
 from scaling.models.parametrization import PARAMETRIZATIONS
@@ -94,6 +95,8 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.data.data_dir = ""
     c.data.image_size = 32
     c.data.caption_level = "descriptive"
+    c.data.train_transform = ""  # image ops, e.g. "inception_crop(224)|flip"; "" -> square(image_size)
+    c.data.eval_transform = ""  # e.g. "resize(256)|center_crop(224)"; "" -> square(image_size)
     c.data.caption_field = ""  # the text feature, e.g. "caption" or "captions/text"; "" -> caption_<level>
     c.data.caption_mix = ""  # e.g. "descriptive:0.95,short:0.05", a level drawn per example; "" -> none
     c.data.label = "label"
@@ -332,6 +335,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     )
     parse_caption_mix(config.data.caption_mix)
     _check_caption_field(config.data)
+    transform_ops(config.data, training=True)
+    transform_ops(config.data, training=False)
     _require(
         config.eval.caption_level in ("", *CAPTION_LEVELS),
         f"eval.caption_level: {config.eval.caption_level!r} not in {CAPTION_LEVELS} (or \"\" for "

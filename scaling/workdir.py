@@ -46,7 +46,8 @@ OPERATIONAL_FIELDS = (
 # holds that value compares (and is identified, see scaling.sweeps.spec.make_run_id) as one written before
 # the field existed, so published run ids and recorded config.json files stay valid.
 LATER_FIELDS = {"optim.warmup_examples": 0, "model.parametrization": "standard", "model.base_width": 32,
-                "data.caption_field": "", "eval.zero_shot_points": "all"}
+                "data.caption_field": "", "data.train_transform": "", "data.eval_transform": "",
+                "eval.zero_shot_points": "all"}
 
 
 def is_writer() -> bool:

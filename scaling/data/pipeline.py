@@ -10,6 +10,8 @@ Training captions follow `data.caption_mix` (scaling.data.caption_mix), evaluati
 `data.caption_field` names another text feature instead ("caption", or "captions/text" nested): a string,
 or a sequence of strings of which training draws one per example and epoch, keyed by (seed, process index,
 position in the training stream) so a resumed iterator draws the same; evaluation reads the first.
+Images go through `data.train_transform` / `data.eval_transform` (scaling.data.transforms), by default
+`square(data.image_size)`, with the same key for the random ops.
 
 Each process reads a disjoint strided shard of the split (examples process_index, process_index +
 process_count, ...), so shard sizes differ by at most one example between processes.
@@ -30,12 +32,12 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
-from PIL import Image
 
 from scaling.data import cifar10_jpeg, digits, scenes
 from scaling.data.caption_mix import MixedCaptions, at_level
 from scaling.data.captions import CAPTION_LEVELS, caption_length, training_mix
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
+from scaling.data.transforms import Op, apply_ops, transform_ops
 from scaling.errors import ConfigError, DataError
 
 DATA_DIR_ENV = "SCALING_DATA_DIR"
@@ -212,28 +214,6 @@ def split_labels(data_config, split: str, keys, max_examples: int | None = None)
     return {key: np.asarray([record[key] for record in records], np.int32) for key in keys}
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """[H, W, 3] from greyscale [H, W] / [H, W, 1] or RGBA [H, W, 4]."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        return np.repeat(image, 3, axis=-1)
-    return image[..., :3]
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes the shorter side to `size` (bicubic, antialiased), then centre-crops to a square."""
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return image
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(resized.crop((left, top, left + size, top + size)))
-
-
 def _as_text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -260,16 +240,17 @@ def _record_at(record: dict, path: tuple[str, ...]):
 @dataclasses.dataclass(frozen=True)
 class ToExample:
     """Turns one TFDS record into the batch layout (one example, no batch axis); ``draw`` keys the choice
-    among several captions of one record (see ``pick_caption``)."""
+    among several captions of one record (see ``pick_caption``) and the random ops of the image
+    transform (scaling.data.transforms)."""
 
-    image_size: int
+    ops: tuple[Op, ...]
     label_key: str
     caption_path: tuple[str, ...] | None
     max_caption_len: int
     tokenizer: Tokenizer
 
     def __call__(self, record: dict, draw: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
-        image = resize_square(to_rgb(record["image"]), self.image_size).astype(np.uint8)
+        image = apply_ops(self.ops, record["image"], draw)
         caption = pick_caption(_record_at(record, self.caption_path), draw) if self.caption_path else ""
         tokens, mask = self.tokenizer.encode_batch([caption], self.max_caption_len)
         return {
@@ -280,10 +261,12 @@ class ToExample:
         }
 
 
-def make_transform(data_config, builder) -> ToExample:
+def make_transform(data_config, builder, training: bool = False) -> ToExample:
+    """record -> example, the image through ``data.train_transform`` (``training``) or
+    ``data.eval_transform``."""
     check_label(data_config, builder)
     return ToExample(
-        image_size=data_config.image_size,
+        ops=transform_ops(data_config, training),
         label_key=data_config.label,
         caption_path=caption_path(data_config, builder),
         max_caption_len=caption_length(data_config),
@@ -298,7 +281,8 @@ def make_train_transform(data_config, builder, stream: tuple[int, ...]) -> Mixed
     """(stream position, record) -> example, the caption at the level `data.caption_mix` draws for that
     position of `stream` (seed, process index); `data.caption_level` for every example without a mix."""
     mix = training_mix(data_config)
-    return MixedCaptions(tuple(make_transform(at_level(data_config, level), builder) for level, _ in mix),
+    return MixedCaptions(tuple(make_transform(at_level(data_config, level), builder, training=True)
+                                 for level, _ in mix),
                          tuple(proportion for _, proportion in mix), stream)
 
 

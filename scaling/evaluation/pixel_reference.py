@@ -48,8 +48,10 @@ def _pixels(data_config, split: str, max_examples: int) -> tuple[np.ndarray, np.
 
 def cache_key(data_config, train_split: str, test_split: str, train_examples: int, test_examples: int,
               seed: int) -> str:
-    parts = (data_config.name, data_config.image_size, data_config.label, train_split, train_examples,
-             test_split, test_examples, f"s{seed}")
+    parts = [data_config.name, data_config.image_size, data_config.label, train_split, train_examples,
+             test_split, test_examples, f"s{seed}"]
+    if data_config.get("eval_transform"):  # the keys written before transforms existed stay valid
+        parts.insert(2, data_config.eval_transform)
     return re.sub(r"[^A-Za-z0-9_.=-]", "_", "-".join(map(str, parts)))
 
 
