@@ -1,4 +1,5 @@
-"""The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint, run a ``sweep``, ``analyze`` sweeps.
+"""The ``scaling`` command: ``train`` a run, ``probe`` its checkpoint, run a ``sweep``, ``analyze`` sweeps,
+``plan`` them for a TPU slice, ``data import`` webdataset shards.
 
 Bad input ends with one ``error:`` line naming the problem and the fix, and a non-zero exit status, whether
 absl rejects a flag or the command raises a ``scaling.errors.UserError`` where it finds the problem.
@@ -21,6 +22,8 @@ from scaling import plan
 from scaling.analysis.figures import compute_figure
 from scaling.analysis.report import analyze, parse_references, summary
 from scaling.config import load_config
+from scaling.data.importer import import_shards
+from scaling.data.pipeline import DATA_DIR_ENV, DEFAULT_DATA_DIR, data_dir_path
 from scaling.errors import UserError
 from scaling.evaluation.probe import probe_checkpoint
 from scaling.sweeps import runner
@@ -64,6 +67,9 @@ flags.DEFINE_multi_string("reference", [], "analyze: LABEL=ACCURACY, a level sta
                           "set's published raw-pixel floor) to draw on the figures; repeatable")
 flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
 flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
+flags.DEFINE_string("name", None, "data import: name of the data set to write (then data.name=NAME)")
+flags.DEFINE_string("data-dir", None, f"data import: TFDS folder to write it in (default: ${DATA_DIR_ENV} "
+                    f"or {DEFAULT_DATA_DIR})")
 
 USAGES = {  # one line each, so that an error message that ends with one stays one line
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
@@ -78,6 +84,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
                "[--boots N] [--min-steps 100] [--seed 0] [--out DIR] [--reference LABEL=ACCURACY ...]",
     "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
             "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
+    "data": "scaling data import SHARD.tar [MORE_SHARDS...] --name NAME [--data-dir DIR]",
 }
 USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
 SUMMARIES = {
@@ -86,6 +93,7 @@ SUMMARIES = {
     "sweep": "Run what is left of a sweep (finished runs skipped, interrupted ones resumed), or list it.",
     "analyze": "Fit scaling laws to sweeps' results; writes a report and figures.",
     "plan": "Compile each run's train step for a TPU slice: memory per chip, step time, chip-hours.",
+    "data": "Import webdataset image-text shards (img2dataset) as a TFDS data set in ArrayRecord shards.",
 }
 COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists them
     "train": ("config", "workdir"),
@@ -94,6 +102,7 @@ COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists t
               "distributed", "lease-timeout", "retry-failed"),
     "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
     "plan": ("topology", "mesh", "root"),
+    "data": ("name", "data-dir"),
 }
 HELP_ARGS = ("--help", "-h", "-help", "--helpshort")
 HELP_PREFIX = re.compile(r"^(<[^>]*>: )?\w+: ")  # absl's enum values, then the commands that read it
@@ -201,8 +210,20 @@ def plan_command(argv: list[str]) -> None:
           f"compiled in {totals['compile_s']:.0f} s; wrote {csv_path} and {json_path}")
 
 
+def data_command(argv: list[str]) -> None:
+    if len(argv) < 3 or argv[1] != "import" or not FLAGS.name:
+        fail(f"give import, the shards and --name; usage: {USAGES['data']}")
+    data_dir = data_dir_path(FLAGS["data-dir"].value)
+    counts = import_shards(argv[2:], FLAGS.name, data_dir)
+    print(f"imported {counts['examples']} examples from {counts['shards']} shards into "
+          f"{data_dir / FLAGS.name}; skipped {counts['unreadable']} unreadable images and "
+          f"{counts['uncaptioned']} samples without caption; train on it with "
+          f"--config.data.name={FLAGS.name} --config.data.data_dir={data_dir} "
+          "--config.data.caption_field=caption --config.data.label=''")
+
+
 COMMANDS = {"train": train_command, "probe": probe_command, "sweep": sweep_command,
-            "analyze": analyze_command, "plan": plan_command}
+            "analyze": analyze_command, "plan": plan_command, "data": data_command}
 
 
 def run_command(command, argv: list[str]) -> None:

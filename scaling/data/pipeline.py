@@ -52,10 +52,14 @@ CAPTION_DRAW = 1  # appended to a stream position's key for the caption draw, ap
 # ----------------------------------------------------------------------------- data sets
 
 
+def data_dir_path(given: str = "") -> Path:
+    """``given`` if set, else `$SCALING_DATA_DIR`, else the default cache directory."""
+    return Path(given or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
 def resolve_data_dir(data_config) -> Path:
     """`data.data_dir` if set, else `$SCALING_DATA_DIR`, else the default cache directory."""
-    chosen = data_config.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(chosen).expanduser()
+    return data_dir_path(data_config.data_dir)
 
 
 def _dataset_and_config(name: str) -> tuple[str, str | None]:
@@ -190,9 +194,10 @@ def caption_path(data_config, builder) -> tuple[str, ...] | None:
 
 
 def check_label(data_config, builder, label: str | None = None) -> None:
-    """ConfigError unless the data set has the feature ``label`` (default ``data_config.label``)."""
+    """ConfigError unless the data set has the feature ``label`` (default ``data_config.label``; "" reads
+    no label, as for an image-text corpus)."""
     label = label or data_config.label
-    if label not in builder.info.features:
+    if label and label not in builder.info.features:
         available = ", ".join(sorted(builder.info.features))
         raise ConfigError(
             f"label {label!r} is not a feature of data set {data_config.name!r}, which has "
@@ -244,7 +249,7 @@ class ToExample:
     transform (scaling.data.transforms)."""
 
     ops: tuple[Op, ...]
-    label_key: str
+    label_key: str  # "" for a data set without labels (an image-text corpus): label 0
     caption_path: tuple[str, ...] | None
     max_caption_len: int
     tokenizer: Tokenizer
@@ -255,7 +260,7 @@ class ToExample:
         tokens, mask = self.tokenizer.encode_batch([caption], self.max_caption_len)
         return {
             "image": image,
-            "label": np.asarray(record[self.label_key], dtype=np.int32),
+            "label": np.asarray(record[self.label_key] if self.label_key else 0, dtype=np.int32),
             "caption_tokens": tokens[0],
             "caption_mask": mask[0],
         }
