@@ -98,6 +98,9 @@ def make_builder(data_config):
 
 def label_classes(data_config) -> int:
     """Classes of the feature ``data.label``, from the data set's metadata (no example is read)."""
+    if not data_config.label:
+        raise ConfigError(f"data.label is empty, but this run classifies; name a class label of "
+                          f"{data_config.name!r}")
     return make_builder(data_config).info.features[data_config.label].num_classes
 
 
