@@ -159,6 +159,7 @@ def _train(config: ml_collections.ConfigDict, files: RunFiles, mesh: Mesh) -> di
         bar.close()
         checkpoints.close()
         data.close()
+        files.events.close()
     with clock("eval"):
         _write_samples(config, training, params, files)
     return run.finish(step, last)

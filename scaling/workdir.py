@@ -4,7 +4,8 @@ Only process 0 writes. Every writer here either appends whole lines or replaces 
 (``write_atomic``, the one atomic writer of the package: palettes, tables and summaries use it too), so
 a run killed at any moment leaves files that parse. A run's status (result.json's, and the outcome a
 sweep executor reports) is one of ``RUN_STATUSES``; ``Stopwatch`` accounts for result.json's ``seconds``.
-It imports nothing of the package but its errors, so every layer may use it.
+Each metrics record is mirrored as TensorBoard scalars (scaling.events). It imports nothing of the package
+but its errors and that mirror, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import ml_collections
 
 from scaling.errors import ConfigError, warn
+from scaling.events import FOLDER, EventScalars
 
 # How a run ended: result.json's ``status`` (completed, diverged) or, for a run that raised, the outcome
 # the sweep records (failed).
@@ -112,6 +114,7 @@ class RunFiles:
         self.corrupt_metrics_path = self.root / "metrics.jsonl.corrupt"
         self.result_path = self.root / "result.json"
         self.checkpoint_dir = self.root / "checkpoints"
+        self.events = EventScalars(self.root / FOLDER)
 
     def create(self) -> None:
         try:
@@ -172,6 +175,7 @@ class RunFiles:
         """Drops the records past ``last_step`` (logged after the checkpoint a resume starts from, so logged
         again) and a final line cut short by a kill. Any other line that does not parse is moved to
         metrics.jsonl.corrupt with a warning; every whole record up to ``last_step`` stays, in order."""
+        self.events.start_at(last_step)
         if not is_writer() or not self.metrics_path.exists():
             return
         lines = self._metric_lines()
@@ -198,6 +202,8 @@ class RunFiles:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
+            section = "cooldown" if record.get("point") == COOLDOWN_BRANCH else record["kind"]
+            self.events.write(record, section)
 
     def write_result(self, result: dict[str, Any]) -> None:
         if is_writer():

@@ -4,12 +4,14 @@ exact resume after SIGKILL, refusals, divergence, cool-down branches and gradien
 import json
 import math
 import shutil
+import struct
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import kill_when_held, load_experiment, random_batch, read_jsonl, scaling
+from tensorboardX.proto import event_pb2
 
 from scaling.errors import ConfigError
 from scaling.objectives import validate_config
@@ -21,6 +23,23 @@ from scaling.train import DivergedError, train
 
 def read_metrics(workdir, kind="train"):
     return [r for r in read_jsonl(workdir / "metrics.jsonl") if r["kind"] == kind]
+
+
+def read_events(path) -> list[event_pb2.Event]:
+    """The events of a TensorBoard event file (TFRecord framing: length, its CRC, data, its CRC)."""
+    data, events, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 12 + length + 4
+    return events
+
+
+def scalars(workdir, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` over a run's event files, in the order written."""
+    files = sorted((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    return [(event.step, value.simple_value) for path in files for event in read_events(path)
+            for value in event.summary.value if value.tag == tag]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +71,15 @@ def test_run_leaves_its_files_and_the_loss_falls(finished_run):
     assert last < first - 0.3
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         60, 80]
+
+
+def test_tensorboard_scalars_mirror_the_metrics_records(finished_run):
+    _, workdir, _ = finished_run
+    train_records, eval_records = read_metrics(workdir), read_metrics(workdir, kind="eval")
+    for tag, records, field in [("train/loss", train_records, "loss"),
+                                ("train/learning_rate", train_records, "learning_rate"),
+                                ("eval/probe_accuracy", eval_records, "probe_accuracy")]:
+        assert scalars(workdir, tag) == [(r["step"], pytest.approx(r[field], rel=1e-6)) for r in records]
 
 
 def test_probe_points_are_recorded_against_compute(finished_run):
@@ -116,6 +144,9 @@ def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_r
     assert [r["step"] for r in records] == list(range(5, 81, 5))  # nothing twice, nothing lost
     reference_losses = [r["loss"] for r in read_metrics(reference_dir)]
     assert [r["loss"] for r in records] == pytest.approx(reference_losses, rel=1e-6)
+    resumed_events = sorted((workdir / "tensorboard").glob("events.out.tfevents.*"))[-1]
+    restarts = [event.step for event in read_events(resumed_events) if event.HasField("session_log")]
+    assert restarts == [40]  # where TensorBoard drops the killed attempt's events (steps 45 on)
 
 
 def test_a_run_resumed_at_its_last_step_keeps_its_final_loss(finished_run, tmp_path):
