@@ -19,7 +19,8 @@ process_count, ...), so shard sizes differ by at most one example between proces
 Data sets, by `data.name`: "scenes" (built from code; the builder config follows
 `data.image_size`, or name one explicitly as "scenes/32_small"), "digits" (scikit-learn's 8x8
 digits), "cifar10_jpeg" (the local JPEG
-copy) or any TFDS name already prepared in array_record format under the data directory.
+copy) or any TFDS name already prepared in array_record format under the data directory (by `tfds build`, or
+by `scaling data import` from webdataset shards, scaling.data.importer).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _what_exists(data_dir: Path) -> str:
 
 def _how_to_prepare(data_dir: Path, name: str = "NAME") -> str:
     return (f"Prepare a TFDS data set once (needs network) with `tfds build {name} --data_dir={data_dir} "
-            f"--file_format={FILE_FORMAT}`, or point data.data_dir (or ${DATA_DIR_ENV}) at a TFDS "
+            f"--file_format={FILE_FORMAT}`, import webdataset shards with `scaling data import SHARDS "
+            f"--name {name} --data-dir {data_dir}`, or point data.data_dir (or ${DATA_DIR_ENV}) at a TFDS "
             "folder that holds it")
 
 
