@@ -29,7 +29,7 @@ from scaling.errors import ConfigError
 from scaling.evaluation.init_probe import cached_init_probe, init_probe
 from scaling.sharding import make_mesh
 from scaling.state import build_model_state
-from scaling.sweeps.results import INIT_NAME, RESULTS_NAME, RUN_COLUMNS, read_table
+from scaling.sweeps.results import INIT_NAME, RESULTS_NAME, RUN_COLUMNS, config_captions, read_table
 from scaling.sweeps.spec import RunSpec, load_sweep
 from scaling.workdir import INIT, flatten, write_atomic
 
@@ -47,8 +47,7 @@ def matched_runs(sweep_file: str, table: pd.DataFrame) -> list[tuple[pd.Series, 
     by_id = {run.run_id: run for run in runs}
     by_key = {}
     for run in runs:
-        flat = flatten(run.config.to_dict())
-        captions = flat.get("data.caption_mix") or flat.get("data.caption_level")
+        captions = config_captions(flatten(run.config.to_dict()))
         by_key[_match_key({"objective": run.config.objective, "size": run.config.size,
                            "seed": run.config.seed, "budget": run.budget.label, "captions": captions})] = run
     pairs = []

@@ -50,6 +50,11 @@ PROBE_RESULT = "result.json"  # written by scaling.sweeps.probes
 INCOMPLETE = "incomplete"  # the status column of a run that has not ended
 
 
+def config_captions(flat: dict[str, Any]) -> str:
+    """The captions column of a run's flat config: its caption field, else its mix, else its level."""
+    return flat.get("data.caption_field") or flat.get("data.caption_mix") or flat.get("data.caption_level")
+
+
 def run_fields(run_dir: Path) -> dict[str, Any] | None:
     """The run's columns, or None for a directory the runner has not set up."""
     spec, config = read_json(run_dir / "spec.json"), read_json(run_dir / "config.json")
@@ -61,7 +66,7 @@ def run_fields(run_dir: Path) -> dict[str, Any] | None:
         "run_id": spec["run_id"],
         "status": ended_status(run_dir) or INCOMPLETE,
         **{column: flat.get(field) for column, field in CONFIG_COLUMNS.items()},
-        "captions": flat.get("data.caption_mix") or flat.get("data.caption_level"),  # trained on
+        "captions": config_captions(flat),  # trained on
         "budget": Budget(**budget).label,
         "budget_unit": budget["unit"],
         "budget_amount": float(budget["amount"]),
