@@ -1,6 +1,7 @@
 """µP's coordinate check (Yang et al. 2022): a few AdamW steps at widths 32 and 192 move every block's
 activations, in every tower of every objective, by as much under µP and by more the wider the model under
-the standard parametrisation."""
+the standard parametrisation. The narrow width is the base width, where µP is standard, so one run there
+serves both."""
 
 from collections.abc import Callable
 from unittest.mock import patch
@@ -12,10 +13,11 @@ import pytest
 from helpers import random_batch
 
 from scaling.models.layers import Block
+from scaling.models.parametrization import STANDARD, Parametrization
 from scaling.state import Params
 from scaling.step import build_training
 
-SIZES = ("mu@1", "ti@1")  # widths 32 and 192, one block each
+SIZES = ("mu@1", "ti@1")  # widths 32 (model.base_width) and 192, one block each
 STEPS, BATCH, LEARNING_RATE = 3, 8, 1e-2
 OBJECTIVE_FIELDS = {
     "igpt": {"data.image_size": 8, "igpt.palette_size": 16},
@@ -64,14 +66,26 @@ def coordinates(tiny_config, objective: str, size: str, parametrization: str) ->
             np.array([rms(a - b) for a, b in zip(after, before, strict=True)]))
 
 
+def test_mup_is_standard_at_the_base_width_only():
+    mup = Parametrization("mup", base_width=32)
+    for width, heads in ((32, 2), (192, 3)):
+        same = width == mup.base_width
+        assert (mup.hidden(width) == STANDARD.hidden(width)) == same
+        assert (mup.readout(width) == STANDARD.readout(width)) == same
+        head_dim = width // heads
+        assert (mup.attention_scale(head_dim, width) == STANDARD.attention_scale(head_dim, width)) == same
+
+
 @pytest.mark.parametrize("objective", list(OBJECTIVE_FIELDS))
 def test_coordinates_stay_flat_across_widths_under_mup_and_drift_under_standard(tiny_config, objective):
     """Per block, the widest model's value over the narrowest's: the RMS of its output and of the change a
     few steps made to it. µP keeps both within 2x over a 6x wider model; standard changes the wider one
     at least 1.5x more."""
+    narrow_size, wide_size = SIZES
+    narrow = coordinates(tiny_config, objective, narrow_size, "standard")  # the base width: µP is standard
     ratios = {}
     for parametrization in ("mup", "standard"):
-        narrow, wide = (coordinates(tiny_config, objective, size, parametrization) for size in SIZES)
+        wide = coordinates(tiny_config, objective, wide_size, parametrization)
         ratios[parametrization] = {kind: w / n for kind, n, w in zip(("output", "change"), narrow, wide,
                                                                       strict=True)}
     for kind, ratio in ratios["mup"].items():
