@@ -1,7 +1,8 @@
 """The test process and shared fixtures: one simulated CPU device (a test marked ``devices(n)`` runs in a
-child process with n), a persistent XLA compilation cache in pytest's cache folder, tiny configs, and what
-is built once per session and shared by the xdist workers: the small scenes set and a tiny finished sweep
-(helpers that are not fixtures live in helpers.py)."""
+child process with n), programs compiled without most of XLA's optimisations (compiling, not running, is
+most of a tiny test's time), a persistent XLA compilation cache in pytest's cache folder, tiny configs,
+and what is built once per session and shared by the xdist workers: the small scenes set and a tiny
+finished sweep (helpers that are not fixtures live in helpers.py)."""
 
 import fcntl
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # where libtpu is installed, tests stay on CPU
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process and every one it starts
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
