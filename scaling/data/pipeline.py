@@ -9,7 +9,9 @@ exactly these keys: `image` uint8 [b, H, W, 3], `label` int32 [b], `caption_toke
 Training captions follow `data.caption_mix` (scaling.data.caption_mix), evaluation reads one level.
 `data.caption_field` names another text feature instead ("caption", or "captions/text" nested): a string,
 or a sequence of strings of which training draws one per example and epoch, keyed by (seed, process index,
-position in the training stream) so a resumed iterator draws the same; evaluation reads the first.
+position in the training stream) so a resumed iterator draws the same; evaluation reads the first. A class
+label feature ("label") names language as the label: its class name in one of the data set's prompt
+templates ("a photo of a triangle"), the same templates zero-shot scores with.
 Images go through `data.train_transform` / `data.eval_transform` (scaling.data.transforms), by default
 `square(data.image_size)`, with the same key for the random ops.
 
@@ -36,7 +38,13 @@ from absl import flags
 
 from scaling.data import cifar10_jpeg, digits, scenes
 from scaling.data.caption_mix import MixedCaptions, at_level
-from scaling.data.captions import CAPTION_LEVELS, caption_length, training_mix
+from scaling.data.captions import (
+    CAPTION_LEVELS,
+    caption_length,
+    class_prompts,
+    prompt_templates,
+    training_mix,
+)
 from scaling.data.tokenizer import Tokenizer, get_tokenizer
 from scaling.data.transforms import Op, apply_ops, transform_ops
 from scaling.errors import ConfigError, DataError
@@ -198,6 +206,16 @@ def caption_path(data_config, builder) -> tuple[str, ...] | None:
     return (key,) if key in builder.info.features else None
 
 
+def class_captions(data_config, builder, path: tuple[str, ...] | None) -> tuple[tuple[str, ...], ...]:
+    """Per class, the captions a class-label caption field draws from (its name in each of the data set's
+    prompt templates); () for a text field."""
+    feature = _feature_at(builder.info.features, path) if path else None
+    if not isinstance(feature, tfds.features.ClassLabel):
+        return ()
+    templates = prompt_templates(data_config.name)
+    return tuple(tuple(class_prompts((name,), templates)) for name in feature.names)
+
+
 def check_label(data_config, builder, label: str | None = None) -> None:
     """ConfigError unless the data set has the feature ``label`` (default ``data_config.label``; "" reads
     no label, as for an image-text corpus)."""
@@ -258,10 +276,17 @@ class ToExample:
     caption_path: tuple[str, ...] | None
     max_caption_len: int
     tokenizer: Tokenizer
+    class_captions: tuple[tuple[str, ...], ...] = ()  # per class, for a class-label caption field
+
+    def caption(self, record: dict, draw: tuple[int, ...]) -> str:
+        if not self.caption_path:
+            return ""
+        value = _record_at(record, self.caption_path)
+        return pick_caption(self.class_captions[int(value)] if self.class_captions else value, draw)
 
     def __call__(self, record: dict, draw: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
         image = apply_ops(self.ops, record["image"], draw)
-        caption = pick_caption(_record_at(record, self.caption_path), draw) if self.caption_path else ""
+        caption = self.caption(record, draw)
         tokens, mask = self.tokenizer.encode_batch([caption], self.max_caption_len)
         return {
             "image": image,
@@ -275,12 +300,14 @@ def make_transform(data_config, builder, training: bool = False) -> ToExample:
     """record -> example, the image through ``data.train_transform`` (``training``) or
     ``data.eval_transform``."""
     check_label(data_config, builder)
+    path = caption_path(data_config, builder)
     return ToExample(
         ops=transform_ops(data_config, training),
         label_key=data_config.label,
-        caption_path=caption_path(data_config, builder),
+        caption_path=path,
         max_caption_len=caption_length(data_config),
         tokenizer=get_tokenizer(data_config.tokenizer),
+        class_captions=class_captions(data_config, builder, path),
     )
 
 

@@ -1,5 +1,6 @@
 """Caption fields: a data set's own text feature, a string or several captions per image of which training
-draws one per example and epoch, the same on a rerun and after a resume; a missing field is refused."""
+draws one per example and epoch, the same on a rerun and after a resume, or a class label's name in the
+zero-shot templates; a missing field is refused."""
 
 import io
 import json
@@ -14,6 +15,7 @@ from test_pipeline import make_data_config
 
 from scaling.config import validate
 from scaling.data import pipeline
+from scaling.data.captions import TEMPLATES
 from scaling.data.local_builder import LocalBuilder
 from scaling.data.tokenizer import ByteTokenizer
 from scaling.errors import ConfigError
@@ -96,6 +98,18 @@ def test_evaluation_reads_the_first_caption_and_a_plain_field_its_string(caption
     plain = make_data_config(**{**captioned.to_dict(), "caption_field": "caption"})
     [batch] = list(pipeline.make_eval_iterator(plain, "train", batch_size=IMAGES))
     assert captions([batch]) == [f"image {label}" for label in batch["label"]]
+
+
+def test_a_class_label_field_captions_each_image_with_its_class_name_in_the_zero_shot_templates(captioned):
+    labelled = make_data_config(**{**captioned.to_dict(), "caption_field": "label"})
+    batches, _ = train_batches(labelled, 4)
+    labels = np.concatenate([batch["label"] for batch in batches])
+    texts = captions(batches)
+    assert all(text in [template.format(label) for template in TEMPLATES]
+               for label, text in zip(labels, texts, strict=True))
+    assert len({text.replace(str(label), "{}") for label, text in zip(labels, texts, strict=True)}) > 2
+    [batch] = list(pipeline.make_eval_iterator(labelled, "train", batch_size=IMAGES))
+    assert captions([batch]) == [TEMPLATES[0].format(label) for label in batch["label"]]
 
 
 def test_a_caption_field_the_data_set_lacks_names_the_features(captioned):
