@@ -22,12 +22,12 @@ from scaling.objectives import build_objective
 from scaling.schedule import cooldown_branches
 from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
-from scaling.sweeps.results import build_table, read_table
+from scaling.sweeps.results import build_table, config_captions, read_table
 from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
-from scaling.sweeps.spec import Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
+from scaling.sweeps.spec import SWEEPS_DIR, Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
 from scaling.sweeps.tuned import read_tuned, tuned_fields
-from scaling.workdir import LATER_FIELDS, RunFiles, differing_fields
+from scaling.workdir import LATER_FIELDS, RunFiles, differing_fields, flatten
 
 ID = re.compile(r"^clip-mu-f1e12-s(\d)-([0-9a-f]{6})$")
 
@@ -291,6 +291,22 @@ def test_study_sweeps_read_optimizer_values_from_the_one_tuned_table_which_names
                                                      "optim.warmup_steps": 0, "optim.warmup_examples": 512}
     with pytest.raises(SweepError, match="has no row for study 'scenes' and objective 'igpt'; add one"):
         tuned_fields("scenes", "igpt", table)
+
+
+def test_the_scenes_language_ladder_trains_each_rung_on_the_same_images_and_budgets_named_in_its_ids():
+    runs = load_sweep(SWEEPS_DIR / "scenes_objectives_v2.py").runs
+    series = {}
+    for run in runs:
+        text = config_captions(flatten(json.loads(run.config.to_json())))
+        series.setdefault((run.config.objective, text), []).append(run)
+        assert text == "none" or text in run.run_id  # the rung is named in the id
+    assert sorted(series) == [(objective, text) for objective in ("captioning", "clip")
+                              for text in ("descriptive", "label", "short")] + [
+        ("diffusion", "none"), ("igpt", "none"), ("supervised", "none")]
+    ladders = {key: sorted((run.config.size, run.config.seed, run.budget.amount) for run in rungs)
+               for key, rungs in series.items()}
+    assert len({tuple(ladder) for ladder in ladders.values()}) == 1  # one ladder of sizes, seeds, budgets
+    assert {run.config.data.name for run in runs} == {"scenes/32"}
 
 
 def pool_job(config, workdir):

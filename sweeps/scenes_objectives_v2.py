@@ -1,0 +1,78 @@
+"""Scenes study, v2: a language ladder on the same images and budgets, every frontier point a trained
+network, tuned learning rates, three seeds at the top.
+
+    scaling sweep sweeps/scenes_objectives_v2.py      # runs/scenes_objectives_v2/
+    scaling analyze runs/scenes_objectives_v2 [--metric count_probe_error | color_probe_error]
+
+The same scenes, batch and probes as ``sweeps/scenes_objectives.py`` (the main object's shape, the object
+count and the main object's colour, probed on 4,000 training and 4,000 test scenes at every layer, beside
+the raw-pixel probe of the same examples), with what the first study lacked:
+
+- **A language ladder.** CLIP and captioning each train on three kinds of text about the same images:
+  (a) ``label``, the main shape's name in a zero-shot template ("a photo of a triangle": language as the
+  label, ``data.caption_field=label``), (b) ``short`` captions (the main object's colour and shape, "a red
+  triangle") and (c) ``descriptive`` ones (every object's size, colour, shape and place, and the
+  background). iGPT and unconditional diffusion are the rungs without language, and the supervised
+  classifier of the shape, on the same ladder of sizes and budgets, the ceiling for that attribute. The
+  analysis names each rung's series ``clip/label``, ``clip/short``, ... Read across the rungs, the probes
+  say whether a caption that names more than the label (colour, count) gives better features for what it
+  names, per FLOP, or only the label's.
+- **Trained points.** Text is counted in the compute, so a descriptive caption costs CLIP 5.7x and
+  captioning 6.1x a templated label at mu (100 steps of 64: 6.3e11 and 8.3e11 FLOPs against 1.1e11 and
+  1.4e11; iGPT 7.3e11, diffusion 0.9e11, ``--dry-run`` of 100-step runs). All rungs share one set of
+  budgets, sized for the dearest: each size trains one warmup-stable-decay run evaluated at 1/16, 1/6.3,
+  1/2.5 and 1 of its compute (cool-down branches at the first three), mu to 1.2e13 FLOPs, so its first
+  point (7.5e11) has 100 steps or more on every rung (119 for descriptive CLIP, 103 for iGPT), and micro
+  and nano to 3e13. Every series' frontier can then hold 4 or more trained points over 1.6 decades
+  (7.5e11 to 3e13); the cheap rungs train for thousands of steps at the same compute.
+- **Two sizes at the two largest budgets**: micro and nano both train to 3e13, so their points at 1.2e13
+  and 3e13 FLOPs are the isoFLOP comparison of sizes there.
+- **Three seeds at the top**: nano runs with seeds 0, 1 and 2 (every point, cool-down branches included).
+- **Tuned optimizers**: each objective's learning rate, b2 and warmup from ``sweeps/tuned.csv`` (rows
+  ``scenes_objectives_v2``), under µP with base width 32, so a rate tuned on the narrow sizes holds at
+  nano; the rungs of one objective share its rates.
+- **Baselines in the same table**: every run's init probe (step 0), the raw-pixel floor of the same
+  examples, and the supervised ceiling.
+- Zero-shot accuracy (CLIP and captioning, the shape in the zero-shot templates) at the end of each
+  schedule only (``eval.zero_shot_points=final``): the captioner's scoring would otherwise take most of the
+  evaluation time.
+
+Cost (``--dry-run``): 9 series x (mu + micro + 3 nano seeds), about 1.3e15 training FLOPs, cool-down
+branches included: at the 15-60 GFLOP/s these 2 cores reach, 10 to 25 hours of steps, so it runs over
+several sittings (the runner resumes).
+"""
+
+from scaling.config import load_python_file
+from scaling.data.captions import TEMPLATES
+from scaling.data.scenes import SHAPES
+from scaling.sweeps.spec import SWEEPS_DIR, Sweep, wsd_ladder
+from scaling.sweeps.tuned import tuned_fields
+
+V1 = load_python_file(SWEEPS_DIR / "scenes_objectives.py")  # its data, batch and probes
+STUDY = "scenes_objectives_v2"
+TOP_BUDGETS = {"mu": 1.2e13, "micro": 3e13, "nano": 3e13}
+TOP_SEEDS = (0, 1, 2)
+LABEL_TOKENS = 2 + max(len(template.format(shape)) for template in TEMPLATES for shape in SHAPES)  # bytes
+LADDER = (  # the text of each rung, its axis named in the run ids
+    {"data.caption_field": ("label",), "data.max_caption_len": (LABEL_TOKENS,)},
+    {"data.caption_level": ("short",)}, {"data.caption_level": ("descriptive",)},
+)
+WITH_TEXT = {"eval.zero_shot": True}
+WITHOUT_TEXT = {"data.caption_level": "none", "eval.zero_shot": False}
+SERIES = [  # (objective, its fields, its text axis): a rung of the ladder each
+    *[(objective, WITH_TEXT, text) for objective in ("clip", "captioning") for text in LADDER],
+    ("igpt", WITHOUT_TEXT, {}), ("diffusion", {**WITHOUT_TEXT, "diffusion.condition": "none"}, {}),
+    ("supervised", WITHOUT_TEXT, {}),
+]
+FIELDS = {**V1.FIELDS, "model.parametrization": "mup", "eval.zero_shot_points": "final"}
+
+
+def get_sweep() -> Sweep:
+    """Size by size (every series at mu, then micro, then nano), so each series' cheap points come first."""
+    runs = []
+    for size, top in TOP_BUDGETS.items():
+        for objective, own, text in SERIES:
+            fields = lambda objective, own=own: {**FIELDS, **own, **tuned_fields(STUDY, objective)}
+            runs += wsd_ladder([objective], {size: top}, fields, points=4, first_fraction=1 / 16, axes=text,
+                               extra_seeds=(), seeds=TOP_SEEDS if size == "nano" else (0,))
+    return Sweep(STUDY, runs)
