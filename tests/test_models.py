@@ -21,6 +21,10 @@ def test_bfloat16_einsum_uses_bfloat16_operands_forward_and_backward():
     operand_dtypes = matmul_operand_dtypes(lambda a, b: grad(a, b, jnp.bfloat16), a, b)
     assert len(operand_dtypes) == 3  # forward and both backward products
     assert all(dtypes == ("bfloat16", "bfloat16") for dtypes in operand_dtypes)
+    # on CPU every product returns float32 (XLA's bfloat16-result products run below float32 speed there)
+    program = jax.jit(lambda a, b: grad(a, b, jnp.bfloat16)).lower(a, b).as_text()
+    results = [line.rpartition("->")[2] for line in program.splitlines() if "dot_general" in line]
+    assert len(results) == 3 and all("xf32>" in result for result in results)
 
     low, high = grad(a, b, jnp.bfloat16), grad(a, b, jnp.float32)
     for g_low, g_high in zip(low, high, strict=True):
