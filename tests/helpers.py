@@ -13,6 +13,7 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+import optax
 from matplotlib.figure import Figure
 
 from scaling import cli
@@ -109,28 +110,37 @@ def matmul_operand_dtypes(fn, *args) -> list[tuple[str, str]]:
 
 
 def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
-    """Losses of ``steps`` train steps on one fixed batch, plus first-step grads and final state."""
+    """The first loss and gradients on one fixed batch, the losses of ``steps`` train steps on it and the
+    final state. Without steps they come from ``value_and_grad``; with steps, from the first step itself
+    (one compiled program, not two): its loss, and its gradients as AdamW took them (the first moment
+    after one step: (1 - b1) times the clipped gradients)."""
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh_axes)
     training = build_training(config, devices=devices)
     with jax.set_mesh(training.mesh):
         params, opt_state = training.init(config.seed)
         global_batch = training.shard(batch)
-        rng = jax.random.key(0)
-
-        def loss_fn(p):
-            return training.state.objective.loss(training.state.model(p), global_batch, rng)[0]
-
-        first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
-        grads = jax.device_get(grads)
+        if not steps:
+            rng = first_step_rng(config)
+            loss_fn = lambda p: training.state.objective.loss(training.state.model(p), global_batch, rng)[0]
+            first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+            return {"first_loss": float(first_loss), "grads": jax.device_get(grads), "losses": [],
+                    "params": params, "opt_state": opt_state}
         rates = learning_rates(config.optim, config.total_steps, config.batch_size)
         losses = []
         for step in range(steps):
             params, opt_state, metrics = training.step(params, opt_state, global_batch, jnp.int32(step),
                                                        rates[step])
             losses.append(float(metrics["loss"]))
-        return {"first_loss": float(first_loss), "grads": grads, "losses": losses,
-                "params": params, "opt_state": opt_state}
+            if step == 0:
+                grads = jax.device_get(optax.tree.get(opt_state, "mu"))
+        return {"first_loss": losses[0], "grads": grads, "losses": losses, "params": params,
+                "opt_state": opt_state}
+
+
+def first_step_rng(config) -> jax.Array:
+    """The random key of a run's first train step (its dropout, noise and timesteps)."""
+    return jax.random.fold_in(jax.random.key(config.seed), 0)
 
 
 def step_flops(config, batch_size: int) -> tuple[float, float]:

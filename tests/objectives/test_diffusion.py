@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import ONE_DEVICE, assert_meshes_agree, load_experiment, random_batch
+from helpers import ONE_DEVICE, assert_meshes_agree, first_step_rng, load_experiment, random_batch
 from PIL import Image
 
 from scaling.data.pipeline import make_train_iterator
@@ -165,8 +165,9 @@ def test_v_prediction_trains_alike_on_one_and_eight_devices(tiny_config):
     with jax.set_mesh(mesh):
         state = build_model_state(config, mesh)
         batch = {key: jnp.asarray(value) for key, value in batch.items()}
-        # The same timesteps, noise and dropout (rng key 0) as the first loss, taken at init.
-        loss = jax.jit(lambda params: state.objective.loss(state.model(params), batch, jax.random.key(0))[0])
+        # The same timesteps, noise and dropout as the first loss, taken at init.
+        rng = first_step_rng(config)
+        loss = jax.jit(lambda params: state.objective.loss(state.model(params), batch, rng)[0])
         after = loss(one["params"])
     assert float(after) < 0.85 * one["first_loss"]
 
