@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import jax
 import pandas as pd
 import pytest
 from helpers import ROOT, record_figures
@@ -18,6 +19,18 @@ COMMAND = re.compile(r"Written by `scaling analyze (?P<sweeps>[^`]+?) --metric (
                      r"--layer (?P<layer>\S+) --boots (?P<boots>\d+) --min-steps (?P<min_steps>\d+) "
                      r"--seed (?P<seed>\d+)(?P<references>( --reference '[^']+')*)`")
 PUBLISHED = sorted(RESULTS.glob(f"*/*/{REPORT_NAME}"))
+
+
+@pytest.fixture(autouse=True)
+def optimised_compiles():
+    """Reports are written with XLA's optimisations on (the suite turns most of them off to compile
+    faster); a fit near a degenerate optimum moves in its third digit with them, so compile as a user
+    does, and clear the programs compiled either way before and after."""
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+    jax.clear_caches()
 
 
 def rerun(report: Path, tmp_path: Path) -> str:
