@@ -54,7 +54,8 @@ flags.DEFINE_string("tpu", None, "sweep: TPU type of the slice, e.g. v5p-64")
 flags.DEFINE_string("zone", None, "sweep: zone of the TPU VM slice")
 flags.DEFINE_string("cluster", None, "sweep: XPK cluster")
 flags.DEFINE_boolean("distributed", False, "sweep: call jax.distributed.initialize() (multi-host slices)")
-flags.DEFINE_float("lease-timeout", 120.0, "sweep: seconds without a heartbeat before a lease is stale")
+flags.DEFINE_float("lease-timeout", 120.0,
+                   "sweep, probe: seconds without a heartbeat before a lease is stale")
 flags.DEFINE_boolean("retry-failed", False, "sweep: run failed runs again (diverged ones stay done)")
 flags.DEFINE_string("metric", "probe_error", "analyze: error to fit (<name>_error = 1 - <name>_accuracy, "
                     "or a column such as val_loss)")
@@ -97,7 +98,7 @@ SUMMARIES = {
 }
 COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists them
     "train": ("config", "workdir"),
-    "probe": ("workdir", "dataset", "points", "layers", "max-train", "max-test"),
+    "probe": ("workdir", "dataset", "points", "layers", "max-train", "max-test", "lease-timeout"),
     "sweep": ("root", "executor", "max-parallel", "dry-run", "launch", "tpu", "zone", "cluster",
               "distributed", "lease-timeout", "retry-failed"),
     "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
@@ -154,7 +155,8 @@ def probe_command(argv: list[str]) -> None:
     if len(argv) == 2 and not FLAGS.workdir:
         if not FLAGS.dataset or FLAGS.layers:
             fail(f"a sweep is probed with --dataset and on every layer; usage: {USAGES['probe']}")
-        counts = probe_sweep(argv[1], FLAGS.dataset, points=FLAGS.points, **limits)
+        counts = probe_sweep(argv[1], FLAGS.dataset, points=FLAGS.points,
+                             lease_timeout_s=FLAGS["lease-timeout"].value, **limits)
         table = write_table(build_table(argv[1]), argv[1])
         print(f"{FLAGS.dataset} probes: {counts['probed']} probed, {counts['done']} done before, "
               f"{counts['held']} held by another prober; joined into {table}")
