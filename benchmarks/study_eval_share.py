@@ -76,6 +76,40 @@ def report(sweep_dir: Path, wall_s: float) -> None:
             for r in evals
         )
         print(f"{run_dir.name:<44}{seconds['train']:>9.1f}{seconds['eval']:>9.1f}  {shown}")
+    print_parts(sweep_dir)
+
+
+def eval_parts(records: list[dict]) -> dict[str, float]:
+    """Seconds per part of the evaluations of one run's eval records (``init``: its step-0 probe)."""
+    parts: dict[str, float] = {}
+    for record in records:
+        if record.get("point") == "init":
+            parts["init"] = parts.get("init", 0.0) + record.get("eval_s", 0.0)
+        for name, value in record.items():
+            if name.startswith("eval_s/"):
+                parts[name[len("eval_s/"):]] = parts.get(name[len("eval_s/"):], 0.0) + value
+    return parts
+
+
+def print_parts(sweep_dir: Path) -> None:
+    """Each objective's evaluation seconds per part, summed over its runs' eval records."""
+    per_objective: dict[str, dict[str, float]] = {}
+    for run_dir in sorted(path for path in sweep_dir.iterdir() if (path / "result.json").exists()):
+        objective = read_json(run_dir / "result.json")["objective"]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        parts = eval_parts(evals)
+        parts["other"] = (read_json(run_dir / "result.json")["seconds"]["eval"]
+                          - sum(r.get("eval_s", 0.0) for r in evals))
+        total = per_objective.setdefault(objective, {})
+        for name, value in parts.items():
+            total[name] = total.get(name, 0.0) + value
+    names = sorted({name for parts in per_objective.values() for name in parts})
+    print("evaluation seconds per part, summed over each objective's runs (other: the run's eval clock "
+          "outside its records, e.g. samples):")
+    print(f"{'objective':<12}" + "".join(f"{name:>15}" for name in names))
+    for objective, parts in per_objective.items():
+        print(f"{objective:<12}" + "".join(f"{parts.get(name, 0.0):>15.1f}" for name in names))
 
 
 def main() -> None:

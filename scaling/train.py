@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from scaling.data.pipeline import make_eval_iterator, make_train_iterator
 from scaling.errors import UserError
-from scaling.evaluation.evaluator import Evaluator
+from scaling.evaluation.evaluator import Evaluator, copied_record
 from scaling.evaluation.init_probe import init_probe
 from scaling.objectives import validate_config
 from scaling.objectives.base import SampleWriter
@@ -202,9 +202,11 @@ class _Attempt:
         later probe is measured against, cached per initialisation."""
         if evaluator.evaluation is None or self.files.last_record("eval"):
             return
+        start = time.perf_counter()
         with self.clock("eval"):
             record = init_probe(self.config, state, params)
-        self.files.append_metrics({"kind": "eval", "point": INIT, **self.point(0, 0), **record})
+        self.files.append_metrics({"kind": "eval", "point": INIT, **self.point(0, 0), **record,
+                                   "eval_s": time.perf_counter() - start})
 
     def log(self, step: int, metrics: dict[str, jax.Array]) -> dict[str, float]:
         """A train record of the step's metrics; DivergedError once the loss is not finite."""
@@ -222,7 +224,7 @@ class _Attempt:
         Returns the evaluation's fields."""
         end_of_schedule = not cooldown_steps and step == self.config.total_steps
         with self.clock("eval"):
-            record = evaluator(params, end_of_schedule) if same_as is None else {**same_as, "eval_s": 0.0}
+            record = evaluator(params, end_of_schedule) if same_as is None else copied_record(same_as)
         if cooldown_steps:
             where = {"point": COOLDOWN_BRANCH, **self.point(step, step + cooldown_steps),
                      "cooldown_steps": cooldown_steps}

@@ -227,6 +227,10 @@ def test_cooldown_branches_leave_the_main_run_unchanged_and_count_their_compute(
     assert evals[4]["val_loss"] != evals[3]["val_loss"]  # the branch evaluates its own, cooled model
     # one step to the final rate of 0 changes nothing: the main evaluation is taken, not computed again
     assert evals[2]["eval_s"] == 0 < evals[1]["eval_s"]
+    parts = {name: value for name, value in evals[1].items() if name.startswith("eval_s/")}
+    assert {"eval_s/features_train", "eval_s/features_test", "eval_s/probe", "eval_s/val_loss"} <= set(parts)
+    assert 0 < sum(parts.values()) <= evals[1]["eval_s"]
+    assert not any(name.startswith("eval_s/") for name in evals[2])  # the copy spent none of them
     measured = {key for key in evals[1] if "accuracy" in key or key == "val_loss"}
     assert measured and {key: evals[2][key] for key in measured} == {key: evals[1][key] for key in measured}
 

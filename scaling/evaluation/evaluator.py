@@ -39,7 +39,13 @@ from scaling.evaluation.zero_shot import make_zero_shot_fn, supports_zero_shot
 from scaling.schedule import eval_steps
 from scaling.sharding import shard_batch
 from scaling.state import ModelState
+from scaling.workdir import Stopwatch
 
+EVAL_PARTS = ("features_train", "features_test", "probe", "fewshot", "pixel_floor", "extra_labels",
+              "caption_levels")
+"""Where an evaluation's seconds go (``eval_s/<part>`` in eval records, with ``val_loss``): the feature
+passes over each split (the test split's with the class scores of zero-shot), the linear probes of every
+layer, the few-shot probes, the raw-pixel floor (cached), the extra labels' probes and caption metrics."""
 PREDICTION = "class_prediction"  # beside the test split's features: the class-score prediction
 Features = tuple[dict[str, np.ndarray], np.ndarray]  # ({layer: [N, D]}, labels [N])
 
@@ -77,12 +83,16 @@ def probe_record(
     *,
     shots: tuple[int, ...] = DEFAULT_FEWSHOT_SHOTS,
     seed: int = 0,
+    clock: Stopwatch | None = None,
 ) -> dict[str, Any]:
     """Flat probe fields: best-layer and per-layer linear-probe accuracy, and per-layer few-shot
     accuracy (``fewshot_{k}shot/{layer}``). Few-shot has no headline layer: the linear probe's best
-    layer is chosen with every training label, which a k-shot result must not lean on."""
+    layer is chosen with every training label, which a k-shot result must not lean on. ``clock``
+    accounts the seconds of the ``probe`` and the ``fewshot`` part."""
+    clock = clock or Stopwatch(EVAL_PARTS)
     (features_train, labels_train), (features_test, labels_test) = train, test
-    probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
+    with clock("probe"):
+        probes = probe_layers(features_train, labels_train, features_test, labels_test, seed=seed)
     record: dict[str, Any] = {
         **with_interval("probe_accuracy", probes["best_test_accuracy"], len(labels_test)),
         **chosen_probe(probes),
@@ -92,11 +102,12 @@ def probe_record(
     per_class = np.bincount(labels_train).min()
     usable = tuple(k for k in shots if k <= per_class)
     if usable:
-        for layer, layer_train in features_train.items():
-            fewshot = fewshot_ridge(layer_train, labels_train, features_test[layer], labels_test,
-                                    shots=usable)
-            for k, result in fewshot["shots"].items():
-                record[f"fewshot_{k}shot/{layer}"] = result["mean_accuracy"]
+        with clock("fewshot"):
+            for layer, layer_train in features_train.items():
+                fewshot = fewshot_ridge(layer_train, labels_train, features_test[layer], labels_test,
+                                        shots=usable)
+                for k, result in fewshot["shots"].items():
+                    record[f"fewshot_{k}shot/{layer}"] = result["mean_accuracy"]
     return record
 
 
@@ -146,6 +157,7 @@ class Evaluated(NamedTuple):
     record: dict[str, Any]
     train_examples: int
     test_examples: int
+    seconds: dict[str, float]  # per part of EVAL_PARTS
 
 
 def with_predictions(features_fn: BatchFn, predict_fn: BatchFn) -> BatchFn:
@@ -199,32 +211,47 @@ def prepare_evaluation(
 def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None,
              zero_shot: bool = True) -> Evaluated:
     """The evaluation record of ``params`` on the first ``max_train``/``max_test`` examples of the probe
-    data set's train and test splits (all when None), and how many examples each split gave; without
-    ``zero_shot`` the class scores the evaluation was prepared with are left out."""
+    data set's train and test splits (all when None), how many examples each split gave and the seconds
+    of each of ``EVAL_PARTS``; without ``zero_shot`` the class scores the evaluation was prepared with
+    are left out."""
     e, seed, data = evaluation.config.eval, evaluation.config.seed, evaluation.data
+    clock = Stopwatch(EVAL_PARTS)
 
     def over(fn: BatchFn, split: str, limit: int | None) -> Features:
         return map_split(fn, params, evaluation.images.batches(split, limit), mesh=evaluation.state.mesh,
                          batch_size=e.batch_size, seed=seed)
 
-    train = over(evaluation.features_fn, e.train_split, max_train)
-    test_outputs, test_labels = over(evaluation.test_fn if zero_shot else evaluation.features_fn,
-                                     e.test_split, max_test)
+    with clock("features_train"):
+        train = over(evaluation.features_fn, e.train_split, max_train)
+    with clock("features_test"):
+        test_outputs, test_labels = over(evaluation.test_fn if zero_shot else evaluation.features_fn,
+                                         e.test_split, max_test)
     predictions = test_outputs.pop(PREDICTION, None)
     test = (test_outputs, test_labels)
     train_examples, test_examples = len(train[1]), len(test[1])
-    record = probe_record(train, test, seed=seed)
+    record = probe_record(train, test, seed=seed, clock=clock)
     if evaluation.pixel_floor:
-        record.update(pixel_reference(data, train_split=e.train_split, test_split=e.test_split,
-                                      train_examples=train_examples, test_examples=test_examples, seed=seed))
+        with clock("pixel_floor"):
+            record.update(pixel_reference(data, train_split=e.train_split, test_split=e.test_split,
+                                          train_examples=train_examples, test_examples=test_examples,
+                                          seed=seed))
     if evaluation.extra_labels:
-        record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,
-                                         train_split=e.train_split, test_split=e.test_split, seed=seed))
+        with clock("extra_labels"):
+            record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,
+                                             train_split=e.train_split, test_split=e.test_split, seed=seed))
     if predictions is not None:
         record[evaluation.state.objective.class_score_field] = float(np.mean(predictions == test_labels))
     if evaluation.caption_levels is not None:
-        record.update(evaluation.caption_levels(params))
-    return Evaluated(record, train_examples, test_examples)
+        with clock("caption_levels"):
+            record.update(evaluation.caption_levels(params))
+    return Evaluated(record, train_examples, test_examples, clock.seconds)
+
+
+def copied_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record of parameters evaluated before, for another point that holds the very same ones: its
+    fields without the seconds, which that evaluation spent and this one did not."""
+    kept = {name: value for name, value in record.items() if not name.startswith("eval_s/")}
+    return {**kept, "eval_s": 0.0}
 
 
 class Evaluator:
@@ -247,12 +274,16 @@ class Evaluator:
         point, or the ``end_of_schedule`` one)."""
         e = self.config.eval
         start = time.perf_counter()
-        record = evaluate(self.evaluation, params, max_train=e.probe_train_examples,
-                          max_test=e.probe_test_examples,
-                          zero_shot=e.zero_shot_points == "all" or end_of_schedule).record
+        evaluated = evaluate(self.evaluation, params, max_train=e.probe_train_examples,
+                             max_test=e.probe_test_examples,
+                             zero_shot=e.zero_shot_points == "all" or end_of_schedule)
+        record, seconds = evaluated.record, dict(evaluated.seconds)
         if e.val_split:
+            validation_start = time.perf_counter()
             record["val_loss"] = self.validation_loss(params)
+            seconds["val_loss"] = time.perf_counter() - validation_start
         record["eval_s"] = time.perf_counter() - start
+        record.update({f"eval_s/{part}": value for part, value in seconds.items() if value})
         return record
 
     def validation_loss(self, params) -> float:
