@@ -4,12 +4,9 @@ most of a tiny test's time), a persistent XLA compilation cache in pytest's cach
 and what is built once per session and shared by the xdist workers: the small scenes set and a tiny
 finished sweep (helpers that are not fixtures live in helpers.py)."""
 
-import fcntl
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
@@ -18,7 +15,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import ROOT, load_experiment  # noqa: E402
+from helpers import ROOT, built_once, load_experiment  # noqa: E402
 
 from scaling.analysis.figures import compute_figure  # noqa: E402
 from scaling.config import load_python_file  # noqa: E402
@@ -61,22 +58,6 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail(f"with {marker.args[0]} devices:\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}",
                     pytrace=False)
     return True
-
-
-def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
-    """``<session temp>/<name>``, made by ``build(path)`` in the first xdist worker that asks for it (the
-    others wait for it), or in this process without xdist."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # shared by the workers of this session
-    path, done = root / name, root / f"{name}.done"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(path, ignore_errors=True)
-            build(path)
-            done.touch()
-    return path
 
 
 @pytest.fixture(scope="session")

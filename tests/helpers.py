@@ -1,12 +1,15 @@
 """Test helpers shared by every test file: experiment configs, random batches, the ``scaling`` command in
 this process, the real trainer pieces on a chosen mesh, and the matmul operand dtypes of a traced function."""
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -42,6 +45,22 @@ def scaling(*args: str) -> int:
         sys.argv = saved[0]
         signal.signal(signal.SIGTERM, saved[1])
     raise AssertionError("scaling returned without exiting")
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<session temp>/<name>``, made by ``build(path)`` in the first xdist worker that asks for it (the
+    others wait for it), or in this process without xdist."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, scaling
+from helpers import ROOT, built_once, scaling
 
 from scaling.data import cifar10_jpeg
 from scaling.sweeps.spec import load_sweep
@@ -63,11 +63,15 @@ def stderr_lines(err: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, data_dir):
-    """A folder holding one finished tiny CLIP run, trained through the command itself."""
-    world = tmp_path_factory.mktemp("world")
-    code = scaling(*Place(world, world, data_dir).fill(["train", "--config", CLIP, "--workdir", RUN, *TINY]))
-    assert code == 0 and json.loads((world / "run" / "result.json").read_text())["step"] == 4
-    return world
+    """A folder holding one finished tiny CLIP run, trained through the command itself once per session (by
+    one xdist worker)."""
+
+    def build(world: Path) -> None:
+        argv = Place(world, world, data_dir).fill(["train", "--config", CLIP, "--workdir", RUN, *TINY])
+        code = scaling(*argv)
+        assert code == 0 and json.loads((world / "run" / "result.json").read_text())["step"] == 4
+
+    return built_once(tmp_path_factory, "world", build)
 
 
 def unfinished_copy(place: Place, name: str = "copy") -> Path:

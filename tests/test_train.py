@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import kill_when_held, load_experiment, random_batch, read_jsonl, scaling
+from helpers import built_once, kill_when_held, load_experiment, random_batch, read_jsonl, scaling
 from tensorboardX.proto import event_pb2
 
 from scaling.errors import ConfigError
@@ -19,6 +19,7 @@ from scaling.schedule import cooldown_branches
 from scaling.state import CheckpointError
 from scaling.step import accumulated_value_and_grad, build_training
 from scaling.train import DivergedError, train
+from scaling.workdir import RunFiles
 
 
 def read_metrics(workdir, kind="train"):
@@ -44,7 +45,8 @@ def scalars(workdir, tag: str) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
-    """One uninterrupted 80-step CLIP run, shared by the tests below."""
+    """One uninterrupted 80-step CLIP run, trained once per session (by one xdist worker) and shared by the
+    tests below, which copy what they write into."""
     config = load_experiment("clip")
     config.data.name, config.data.data_dir = "scenes/32_small", data_dir
     config.batch_size, config.total_steps, config.checkpoint_every, config.log_every = 16, 80, 20, 5
@@ -52,8 +54,8 @@ def finished_run(tmp_path_factory, data_dir):
     config.data.caption_level = "medium"
     config.eval.update(num_points=2, first_fraction=0.25, batch_size=128, probe_train_examples=600,
                        probe_test_examples=300, val_batches=1)
-    workdir = tmp_path_factory.mktemp("run")
-    return config, workdir, train(config, workdir)
+    workdir = built_once(tmp_path_factory, "finished_run", lambda path: train(config, path))
+    return config, workdir, RunFiles(workdir).read_result()
 
 
 def test_run_leaves_its_files_and_the_loss_falls(finished_run):
