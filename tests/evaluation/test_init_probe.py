@@ -5,24 +5,23 @@ import json
 from pathlib import Path
 
 from scaling.evaluation.init_probe import CACHE_FOLDER, init_key
+from scaling.evaluation.probe import load_run_config
 from scaling.sweeps.init_probes import probe_init
 from scaling.sweeps.spec import Budget, make_run
-from scaling.train import train
+from scaling.workdir import RunFiles
 
 
-def test_the_init_probe_re_created_from_the_config_is_the_one_training_recorded(tiny_config, tmp_path):
-    config = tiny_config("clip", **{"eval.zero_shot": False, "eval.probe_train_examples": 200,
-                                    "eval.probe_test_examples": 100})
-    train(config, tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    init = next(r for r in records if r["kind"] == "eval")
+def test_the_init_probe_re_created_from_the_config_is_the_one_training_recorded(tiny_sweep):
+    files = RunFiles(tiny_sweep["runs"]["plain"])
+    config = load_run_config(files)
+    init = next(r for r in files.read_metrics() if r["kind"] == "eval")
     assert (init["point"], init["step"], init["flops"]) == ("init", 0, 0)
     assert {"probe_layer", "probe_C", "probe_val_accuracy", "pixel_probe_accuracy"} <= set(init)
 
     cached = Path(config.data.data_dir) / CACHE_FOLDER / f"{init_key(config)}.json"
     assert json.loads(cached.read_text())["probe_accuracy"] == init["probe_accuracy"]
     cached.unlink()  # re-created from the config alone: the same parameters, probe and number
-    again = probe_init(make_run(config, Budget.steps(20)), {})
+    again = probe_init(make_run(config, Budget.steps(config.total_steps)), {})
     assert (again["probe_accuracy"], again["probe_layer"]) == (init["probe_accuracy"], init["probe_layer"])
 
 
