@@ -42,6 +42,8 @@ flags.DEFINE_string("dataset", "", "probe: data set to probe on (default: the ru
 flags.DEFINE_list("layers", [], "probe: layers to probe (default: all)")
 flags.DEFINE_integer("max-train", None, "probe: use at most this many training examples")
 flags.DEFINE_integer("max-test", None, "probe: use at most this many test examples")
+flags.DEFINE_integer("train-per-class", None, "probe: train on this many examples of each class (instead of "
+                     "--max-train; labels read first, only the chosen images decoded)")
 flags.DEFINE_enum("points", "final", ["final", "all"],
                   "probe: a sweep's runs at their final checkpoint, or at every eval point")
 flags.DEFINE_string("root", "runs", "sweep: store root; each sweep lives in <root>/<sweep name>/")
@@ -75,9 +77,9 @@ flags.DEFINE_string("data-dir", None, f"data import: TFDS folder to write it in 
 USAGES = {  # one line each, so that an error message that ends with one stays one line
     "train": "scaling train --config experiments/<objective>.py:size=mu --workdir DIR "
              "[--config.<field>=<value>]",
-    "probe": "scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N] "
-             "[--max-test N] | scaling probe <root>/<sweep> --dataset NAME [--points final|all] "
-             "[--max-train N] [--max-test N]",
+    "probe": "scaling probe --workdir DIR [--dataset NAME] [--layers layer_01,...] [--max-train N | "
+             "--train-per-class N] [--max-test N] | scaling probe <root>/<sweep> --dataset NAME "
+             "[--points final|all] [--max-train N | --train-per-class N] [--max-test N]",
     "sweep": "scaling sweep sweeps/<name>.py [--root DIR] [--executor local|ray|tpu-vm|xpk] "
              "[--max-parallel N] [--dry-run] [--launch] [--tpu v5p-64 --zone Z] [--cluster C] "
              "[--retry-failed]",
@@ -98,7 +100,8 @@ SUMMARIES = {
 }
 COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists them
     "train": ("config", "workdir"),
-    "probe": ("workdir", "dataset", "points", "layers", "max-train", "max-test", "lease-timeout"),
+    "probe": ("workdir", "dataset", "points", "layers", "max-train", "train-per-class", "max-test",
+              "lease-timeout"),
     "sweep": ("root", "executor", "max-parallel", "dry-run", "launch", "tpu", "zone", "cluster",
               "distributed", "lease-timeout", "retry-failed"),
     "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
@@ -151,7 +154,10 @@ def train_command(argv: list[str]) -> None:
 
 
 def probe_command(argv: list[str]) -> None:
-    limits = {"max_train": FLAGS["max-train"].value, "max_test": FLAGS["max-test"].value}
+    limits = {"max_train": FLAGS["max-train"].value, "max_test": FLAGS["max-test"].value,
+              "train_per_class": FLAGS["train-per-class"].value}
+    if limits["train_per_class"] is not None and limits["max_train"] is not None:
+        fail(f"give --max-train or --train-per-class, not both; usage: {USAGES['probe']}")
     if len(argv) == 2 and not FLAGS.workdir:
         if not FLAGS.dataset or FLAGS.layers:
             fail(f"a sweep is probed with --dataset and on every layer; usage: {USAGES['probe']}")

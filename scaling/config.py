@@ -117,6 +117,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.val_batches = 2
     c.eval.probe_train_examples = 2000
     c.eval.probe_test_examples = 1000
+    c.eval.probe_train_per_class = 0  # > 0: this many of each class instead (probe_train_examples unused)
     c.eval.batch_size = 256
     c.eval.zero_shot = True
     c.eval.zero_shot_points = "all"  # or "final": zero-shot scored at the end-of-schedule point only
@@ -346,6 +347,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _require(level in CAPTION_LEVELS[1:],
                  f"eval.caption_levels: {level!r} is not a caption level; choose among "
                  f"{', '.join(CAPTION_LEVELS[1:])} (the diffusion loss without a caption is always recorded)")
+    _require(config.eval.probe_train_per_class >= 0,
+             f"eval.probe_train_per_class: {config.eval.probe_train_per_class} must be 0 (the first "
+             "eval.probe_train_examples) or a number of training examples per class")
     _require(config.eval.caption_examples > 0, "eval.caption_examples: must be positive")
     _require(config.eval.zero_shot_points in ZERO_SHOT_POINTS,
              f"eval.zero_shot_points: {config.eval.zero_shot_points!r} not in {ZERO_SHOT_POINTS}; all scores "

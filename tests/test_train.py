@@ -123,6 +123,12 @@ def test_probe_command_repeats_the_probe_of_training(finished_run, tmp_path, cap
     final = read_metrics(workdir, kind="eval")[-1]  # the same checkpoint, examples and protocol
     assert probe["probe_accuracy"] == final["probe_accuracy/layer_02"]
     assert probe["zero_shot_accuracy"] == final["zero_shot_accuracy"]
+    # a per-class training subset: 10 of each of the 8 shapes
+    assert scaling("probe", "--workdir", workdir, "--layers=layer_02", "--train-per-class=10",
+                   "--max-test=300") == 0
+    subset = json.loads((workdir / "probe.json").read_text())
+    assert (subset["train_examples"], subset["test_examples"], subset["test_split"]) == (80, 300, "test")
+    assert 0 < subset["probe_accuracy"] <= 1 and "fewshot_10shot/layer_02" in subset
 
 
 def test_sigkill_then_rerun_resumes_and_matches_the_uninterrupted_run(finished_run, tmp_path):

@@ -16,7 +16,9 @@ Images go through `data.train_transform` / `data.eval_transform` (scaling.data.t
 `square(data.image_size)`, with the same key for the random ops.
 
 Each process reads a disjoint strided shard of the split (examples process_index, process_index +
-process_count, ...), so shard sizes differ by at most one example between processes.
+process_count, ...), so shard sizes differ by at most one example between processes. An evaluation pass
+reads the first ``max_examples`` of a split, or ``per_class`` examples of each class of ``data.label``
+(``per_class_indices``: labels read with the images left undecoded, then only the chosen images decoded).
 
 Data sets, by `data.name`: "scenes" (built from code; the builder config follows
 `data.image_size`, or name one explicitly as "scenes/32_small"), "digits" (scikit-learn's 8x8
@@ -56,6 +58,9 @@ BUILT_FROM_CODE = ("scenes", "digits", "cifar10_jpeg")
 READ_THREADS = 4
 PREFETCH_BATCHES = 8
 CAPTION_DRAW = 1  # appended to a stream position's key for the caption draw, apart from the level draw
+SUBSET_SEED = 0  # the order per-class subsets are drawn in: the same examples for every run and probe
+LABEL_CHUNK = 4096  # records whose labels are read at once while drawing a per-class subset
+UNLABELLED_SPLITS = {"imagenet2012": {"test": "validation"}}  # a split without labels -> the one probed
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -127,6 +132,25 @@ def _how_to_prepare(data_dir: Path, name: str = "NAME") -> str:
             "folder that holds it")
 
 
+def _how_to_prepare_tfds(builder, data_dir: Path, name: str) -> str:
+    """How to prepare TFDS data set ``name``: what it needs downloaded by hand, where to put it, which
+    command builds it."""
+    instructions = " ".join((getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or "").split())
+    if not instructions:
+        return _how_to_prepare(data_dir, name)
+    manual_dir = data_dir / "downloads" / "manual"
+    return (f"It needs a manual download ({instructions.rstrip('.')}); put those files in {manual_dir}, then "
+            f"run `tfds build {name} --data_dir={data_dir} --manual_dir={manual_dir} "
+            f"--file_format={FILE_FORMAT}`")
+
+
+def labelled_split(name: str, split: str) -> str:
+    """The split probes score on for ``split`` of data set ``name``: ``split`` itself, or the labelled split
+    that stands for it where the data set's own has no labels (imagenet2012's test -> validation)."""
+    dataset, _ = _dataset_and_config(name)
+    return UNLABELLED_SPLITS.get(dataset, {}).get(split, split)
+
+
 def _check_readable(builder, name: str) -> None:
     formats = {builder.info.file_format, *builder.info.alternative_file_formats}
     if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
@@ -161,7 +185,7 @@ def ensure_built(data_config):
         _prepare_cifar10_jpeg(builder)
     else:
         raise DataError(f"TFDS data set {data_config.name!r} is not prepared in {builder.data_dir}. "
-                        f"{_how_to_prepare(resolve_data_dir(data_config), data_config.name)}.")
+                        f"{_how_to_prepare_tfds(builder, resolve_data_dir(data_config), data_config.name)}.")
     return builder
 
 
@@ -229,17 +253,61 @@ def check_label(data_config, builder, label: str | None = None) -> None:
         )
 
 
-def split_labels(data_config, split: str, keys, max_examples: int | None = None) -> dict[str, np.ndarray]:
-    """{key: int32 [N]} of the first ``max_examples`` of ``split`` (all if None), in the order one
-    ``make_eval_iterator`` pass over a single process yields them; ConfigError for a key the data set
-    lacks."""
+def undecoded_source(builder, split: str):
+    """The records of ``split`` with their images left as encoded bytes (labels and text read as usual)."""
+    skipped = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
+               if isinstance(feature, tfds.features.Image)}
+    return builder.as_data_source(split=split, decoders=skipped)
+
+
+def _read_labels(source, indices: np.ndarray, key: str) -> np.ndarray:
+    return np.asarray([record[key] for record in source.__getitems__(indices.tolist())], np.int64)
+
+
+def per_class_indices(data_config, split: str, per_class: int) -> np.ndarray:
+    """Sorted indices of ``per_class`` examples of every class of ``data.label`` in ``split``: the first ones
+    of each class in an order of the split shuffled by SUBSET_SEED, so every run and probe gets the same
+    ones. Reads the labels alone, in chunks of that order, and stops once every class has its examples;
+    DataError naming the classes that have fewer."""
+    builder = ensure_built(data_config)
+    check_label(data_config, builder)
+    feature = builder.info.features[data_config.label]
+    if not isinstance(feature, tfds.features.ClassLabel):
+        raise ConfigError(f"a per-class subset needs a class label, but {data_config.label!r} of "
+                          f"{data_config.name!r} is {type(feature).__name__}; probe on the first examples "
+                          "(--max-train) instead")
+    source = undecoded_source(builder, split)
+    order = np.random.default_rng(SUBSET_SEED).permutation(len(source))
+    counts, chosen = np.zeros(feature.num_classes, np.int64), []
+    for start in range(0, len(order), LABEL_CHUNK):
+        chunk = order[start:start + LABEL_CHUNK]
+        for index, label in zip(chunk, _read_labels(source, chunk, data_config.label), strict=True):
+            if 0 <= label < feature.num_classes and counts[label] < per_class:
+                counts[label] += 1
+                chosen.append(index)
+        if counts.min() == per_class:
+            return np.sort(np.asarray(chosen, np.int64))
+    short = np.flatnonzero(counts < per_class)
+    named = ", ".join(f"{feature.names[c]} ({counts[c]})" for c in short[:5])
+    raise DataError(f"{len(short)} of {feature.num_classes} classes of {data_config.label!r} have fewer than "
+                    f"{per_class} examples in split {split!r} of {data_config.name!r} ({named}"
+                    f"{', ...' if len(short) > 5 else ''}); ask for at most {counts.min()} per class")
+
+
+def split_labels(data_config, split: str, keys, max_examples: int | None = None,
+                 per_class: int = 0) -> dict[str, np.ndarray]:
+    """{key: int32 [N]} of the examples ``make_eval_iterator`` reads with the same ``max_examples`` and
+    ``per_class``, in the order one pass over a single process yields them; ConfigError for a key the data
+    set lacks. Images are not decoded."""
     builder = ensure_built(data_config)
     for key in keys:
         check_label(data_config, builder, key)
-    source = builder.as_data_source(split=split)
-    count = len(source) if max_examples is None else min(max_examples, len(source))
-    records = [source[index] for index in range(count)]
-    return {key: np.asarray([record[key] for record in records], np.int32) for key in keys}
+    source = undecoded_source(builder, split)
+    if per_class:
+        indices = per_class_indices(data_config, split, per_class)
+    else:
+        indices = np.arange(len(source) if max_examples is None else min(max_examples, len(source)))
+    return {key: _read_labels(source, indices, key).astype(np.int32) for key in keys}
 
 
 def _as_text(value) -> str:
@@ -334,10 +402,25 @@ def _check_process(process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
 
 
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """The records of ``source`` at ``indices``, in that order (a grain random-access source)."""
+
+    source: object
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        return self.source[int(self.indices[position])]
+
+
 def _sharded_source(builder, split: str, process_index: int, process_count: int,
-                    max_examples: int | None = None) -> grain.MapDataset:
-    dataset = grain.MapDataset.source(builder.as_data_source(split=split))
-    if max_examples is not None:
+                    max_examples: int | None = None, indices: np.ndarray | None = None) -> grain.MapDataset:
+    source = builder.as_data_source(split=split)
+    dataset = grain.MapDataset.source(source if indices is None else Subset(source, indices))
+    if max_examples is not None and indices is None:
         dataset = dataset[:max_examples]
     return dataset[process_index::process_count]
 
@@ -379,9 +462,10 @@ def make_train_iterator(data_config, *, batch_size: int, seed: int, process_inde
 
 
 def make_eval_iterator(data_config, split: str, *, batch_size: int, process_index: int = 0,
-                       process_count: int = 1,
-                       max_examples: int | None = None) -> grain.DatasetIterator:
-    """One unshuffled pass over this process's shard of `split` (of its first `max_examples`).
+                       process_count: int = 1, max_examples: int | None = None,
+                       per_class: int = 0) -> grain.DatasetIterator:
+    """One unshuffled pass over this process's shard of `split` (of its first `max_examples`, or of
+    `per_class` examples of each class of `data.label`, in split order: ``per_class_indices``).
 
     Batches hold batch_size // process_count examples except the last, which keeps the remainder
     (it is smaller, not dropped and not padded). Processes may end up with one batch more or less.
@@ -389,6 +473,7 @@ def make_eval_iterator(data_config, split: str, *, batch_size: int, process_inde
     _check_process(process_index, process_count)
     local_batch = per_process_batch_size(batch_size, process_count)
     builder = ensure_built(data_config)
-    dataset = _sharded_source(builder, split, process_index, process_count, max_examples)
+    indices = per_class_indices(data_config, split, per_class) if per_class else None
+    dataset = _sharded_source(builder, split, process_index, process_count, max_examples, indices)
     dataset = dataset.map(make_transform(data_config, builder)).batch(local_batch)
     return _to_iterator(dataset, data_config.worker_count)

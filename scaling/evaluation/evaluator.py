@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from scaling.data.caption_mix import eval_captions
-from scaling.data.pipeline import check_label, ensure_built, make_eval_iterator, split_labels
+from scaling.data.pipeline import check_label, ensure_built, labelled_split, make_eval_iterator, split_labels
 from scaling.errors import ConfigError
 from scaling.evaluation.caption_levels import CaptionLevelEval
 from scaling.evaluation.features import BatchFn, SplitImages, make_features_fn, map_split
@@ -177,6 +177,11 @@ def select_layers(features_fn: BatchFn, state: ModelState, data, layers: tuple[s
     return jax.jit(lambda p, x, rng: {k: v for k, v in features_fn(p, x, rng).items() if k in layers})
 
 
+def train_per_class(config: ml_collections.ConfigDict) -> int:
+    """``eval.probe_train_per_class`` (0 in configs written before it existed)."""
+    return config.eval.get("probe_train_per_class", 0)
+
+
 def prepare_evaluation(
     config: ml_collections.ConfigDict,
     state: ModelState,
@@ -191,8 +196,14 @@ def prepare_evaluation(
     keeps only those features, ``zero_shot`` asks for class scores where the objective has them,
     ``pixel_floor`` adds the raw-pixel probe of the same examples."""
     data = eval_data_config(config, dataset)
+    config = config.copy_and_resolve_references()
+    config.eval.test_split = labelled_split(data.name, config.eval.test_split)
     names = class_names(data)
     extra_labels = tuple(config.eval.get("extra_labels", ()))
+    if extra_labels and train_per_class(config):
+        raise ConfigError(f"eval.extra_labels {list(extra_labels)} are probed on the first "
+                          "eval.probe_train_examples, not on a per-class subset; set "
+                          "eval.probe_train_per_class=0 (or leave out --train-per-class)")
     if extra_labels:
         split_labels(data, config.eval.test_split, extra_labels, max_examples=1)
     features_fn = make_features_fn(state.objective, state.model)
@@ -211,18 +222,19 @@ def prepare_evaluation(
 def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test: int | None,
              zero_shot: bool = True) -> Evaluated:
     """The evaluation record of ``params`` on the first ``max_train``/``max_test`` examples of the probe
-    data set's train and test splits (all when None), how many examples each split gave and the seconds
-    of each of ``EVAL_PARTS``; without ``zero_shot`` the class scores the evaluation was prepared with
-    are left out."""
+    data set's train and test splits (all when None; ``eval.probe_train_per_class`` of each class of train
+    instead when set), how many examples each split gave and the seconds of each of ``EVAL_PARTS``; without
+    ``zero_shot`` the class scores the evaluation was prepared with are left out."""
     e, seed, data = evaluation.config.eval, evaluation.config.seed, evaluation.data
+    per_class = train_per_class(evaluation.config)
     clock = Stopwatch(EVAL_PARTS)
 
-    def over(fn: BatchFn, split: str, limit: int | None) -> Features:
-        return map_split(fn, params, evaluation.images.batches(split, limit), mesh=evaluation.state.mesh,
-                         batch_size=e.batch_size, seed=seed)
+    def over(fn: BatchFn, split: str, limit: int | None, per_class: int = 0) -> Features:
+        return map_split(fn, params, evaluation.images.batches(split, limit, per_class),
+                         mesh=evaluation.state.mesh, batch_size=e.batch_size, seed=seed)
 
     with clock("features_train"):
-        train = over(evaluation.features_fn, e.train_split, max_train)
+        train = over(evaluation.features_fn, e.train_split, max_train, per_class)
     with clock("features_test"):
         test_outputs, test_labels = over(evaluation.test_fn if zero_shot else evaluation.features_fn,
                                          e.test_split, max_test)
@@ -234,7 +246,7 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
         with clock("pixel_floor"):
             record.update(pixel_reference(data, train_split=e.train_split, test_split=e.test_split,
                                           train_examples=train_examples, test_examples=test_examples,
-                                          seed=seed))
+                                          seed=seed, train_per_class=per_class))
     if evaluation.extra_labels:
         with clock("extra_labels"):
             record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,

@@ -39,17 +39,20 @@ class SplitImages:
 
     def __init__(self, data_config, *, batch_size: int, max_bytes: int = 2**30):
         self.data_config, self.batch_size, self.max_bytes = data_config, batch_size, max_bytes
-        self.held: dict[tuple[str, int | None], list[dict[str, np.ndarray]]] = {}
+        self.held: dict[tuple[str, int | None, int], list[dict[str, np.ndarray]]] = {}
 
-    def batches(self, split: str, max_examples: int | None) -> Iterator[dict[str, np.ndarray]]:
-        key = (split, max_examples)
+    def batches(self, split: str, max_examples: int | None,
+                per_class: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of the first ``max_examples`` of ``split``, or of ``per_class`` examples of each
+        class (scaling.data.pipeline.per_class_indices)."""
+        key = (split, max_examples, per_class)
         if key in self.held:
             yield from self.held[key]
             return
         kept: list[dict[str, np.ndarray]] | None = []
         size = 0
         for batch in make_eval_iterator(self.data_config, split, batch_size=self.batch_size,
-                                        max_examples=max_examples):
+                                        max_examples=max_examples, per_class=per_class):
             batch = {"image": batch["image"], "label": batch["label"]}
             size += batch["image"].nbytes
             kept = kept if kept is not None and size <= self.max_bytes else None

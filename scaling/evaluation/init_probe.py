@@ -23,6 +23,7 @@ from scaling.state import ModelState
 from scaling.workdir import OPERATIONAL_FIELDS, flatten, read_json, write_json_atomic
 
 CACHE_FOLDER = "init_probes"
+UNKEYED_DEFAULTS = {"eval.probe_train_per_class": 0}  # fields newer than the cached keys, left out at these
 TRAINING_ONLY = (  # config fields (or sections, with a trailing dot) that do not change step 0 or its probe
     *OPERATIONAL_FIELDS, "total_steps", "batch_size", "grad_accum_steps", "optim.", "mesh.",
     "eval.num_points", "eval.first_fraction", "eval.cooldown_fraction", "eval.val_split", "eval.val_batches",
@@ -36,7 +37,7 @@ def init_key(config: ml_collections.ConfigDict) -> str:
     flat = flatten(json.loads(config.to_json()))
     kept = {name: value for name, value in flat.items()
             if not any(name == field or field.endswith(".") and name.startswith(field)
-                       for field in TRAINING_ONLY)}
+                       for field in TRAINING_ONLY) and UNKEYED_DEFAULTS.get(name, ...) != value}
     digest = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
     return f"{config.objective}-{config.size}-s{config.seed}-{digest}"
 

@@ -40,11 +40,18 @@ def probe_checkpoint(
     max_test: int | None = None,
     output: str | Path | None = None,
     step: int | None = None,
+    train_per_class: int | None = None,
 ) -> dict[str, Any]:
     """The probe record of the checkpoint of ``step`` in ``workdir`` (default the latest; step 0 is the
-    initialisation), also written to ``output`` if given."""
+    initialisation), also written to ``output`` if given; ``train_per_class`` examples of each class of the
+    training split instead of the first ``max_train`` when given."""
     files = RunFiles(workdir)
     config = load_run_config(files)
+    if train_per_class is not None:
+        if train_per_class < 1 or max_train is not None:
+            raise ConfigError(f"--train-per-class {train_per_class}: give a positive number of examples per "
+                              "class, and not with --max-train")
+        config.eval.probe_train_per_class = train_per_class
     if not os.access(files.root, os.W_OK):  # found before anything is computed
         raise ConfigError(f"--workdir {files.root} is not writable, so probe.json cannot be written there; "
                           "copy the run to a folder you can write to")
@@ -69,7 +76,8 @@ def probe_checkpoint(
                                                          max_test=max_test)
 
     result = {"dataset": evaluation.data.name, "label": evaluation.data.label, "step": step,
-              "train_examples": train_examples, "test_examples": test_examples, **record}
+              "train_examples": train_examples, "test_examples": test_examples,
+              "test_split": evaluation.config.eval.test_split, **record}
     progress = [r for r in files.read_metrics() if r["step"] == step]
     if progress:
         result["flops"] = progress[-1]["flops"]

@@ -75,10 +75,10 @@ def job_name(dataset: str, step: int, final_step: int) -> str:
 
 
 def _probe_one(run_dir: Path, output: Path, dataset: str, step: int, max_train: int | None,
-               max_test: int | None) -> dict[str, Any]:
+               max_test: int | None, train_per_class: int | None) -> dict[str, Any]:
     e = load_run_config(RunFiles(run_dir)).eval
-    result = probe_checkpoint(run_dir, dataset=dataset, step=step,
-                              max_train=max_train or e.probe_train_examples,
+    result = probe_checkpoint(run_dir, dataset=dataset, step=step, train_per_class=train_per_class,
+                              max_train=None if train_per_class else max_train or e.probe_train_examples,
                               max_test=max_test or e.probe_test_examples)
     if jax.process_index() == 0:
         write_json_atomic(output, {"status": COMPLETED, **result})
@@ -86,7 +86,8 @@ def _probe_one(run_dir: Path, output: Path, dataset: str, step: int, max_train: 
 
 
 def probe_sweep(sweep_dir: str | Path, dataset: str, *, points: str = "final", max_train: int | None = None,
-                max_test: int | None = None, lease_timeout_s: float = LEASE_TIMEOUT_S,
+                max_test: int | None = None, train_per_class: int | None = None,
+                lease_timeout_s: float = LEASE_TIMEOUT_S,
                 out: Print = print) -> dict[str, int]:
     """Probes on ``dataset`` every completed run of the sweep at its final point (or, ``points="all"``,
     every eval point) not probed there yet; returns how many jobs were probed here, found done, or left to
@@ -108,7 +109,7 @@ def probe_sweep(sweep_dir: str | Path, dataset: str, *, points: str = "final", m
             beats.hold(job, generation)
             try:
                 result = _probe_one(run_dir, store.run_dir(job) / PROBE_RESULT, dataset, step, max_train,
-                                    max_test)
+                                    max_test, train_per_class)
             finally:
                 store.release(job, generation)
         counts["probed"] += 1

@@ -92,6 +92,15 @@ def test_unprepared_tfds_name_gives_the_fix(tmp_path):
         pipeline.ensure_built(make_data_config(name="mnist", data_dir=str(tmp_path)))
 
 
+def test_unprepared_manual_download_names_the_files_and_where_they_go(tmp_path):
+    with pytest.raises(DataError) as error:
+        pipeline.ensure_built(make_data_config(name="imagenet2012", data_dir=str(tmp_path)))
+    message = str(error.value)
+    assert "\n" not in message and "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert f"put those files in {tmp_path}/downloads/manual, then run `tfds build imagenet2012" in message
+    assert pipeline.labelled_split("imagenet2012", "test") == "validation"  # its test labels are all -1
+
+
 def test_num_examples(data_config):
     assert pipeline.num_examples(data_config, "validation") == 500
     assert pipeline.num_examples(data_config, "validation[:40]") == 40
@@ -211,6 +220,30 @@ def test_eval_covers_each_example_once_in_order(data_config):
     assert [len(b["label"]) for b in batches] == [64] * 7 + [52]
     images = np.concatenate([b["image"] for b in batches])
     np.testing.assert_array_equal(images, np.stack([source[i]["image"] for i in range(500)]))
+
+
+def test_a_per_class_subset_is_exact_deterministic_and_decodes_only_what_it_keeps(data_config, monkeypatch):
+    decode = pipeline.tfds.features.Image.decode_example_np
+    decoded = []
+    monkeypatch.setattr(pipeline.tfds.features.Image, "decode_example_np",
+                        lambda feature, *args, **kw: decoded.append(1) or decode(feature, *args, **kw))
+    passes = [list(pipeline.make_eval_iterator(data_config, "train", batch_size=64, per_class=7))
+              for _ in range(2)]
+    classes = pipeline.ensure_built(data_config).info.features["label"].num_classes
+    assert len(decoded) == 2 * 7 * classes  # of the split's 2000 images, only the chosen ones
+    assert_batches_equal(*passes)
+    labels = np.concatenate([batch["label"] for batch in passes[0]])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=classes), [7] * classes)
+    indices = pipeline.per_class_indices(data_config, "train", 7)
+    source = pipeline.ensure_built(data_config).as_data_source(split="train")
+    np.testing.assert_array_equal(np.concatenate([batch["image"] for batch in passes[0]]),
+                                  np.stack([source[int(i)]["image"] for i in indices]))
+    assert not set(indices) <= set(range(7 * classes + 50))  # drawn across the split, not its first rows
+    count = pipeline.split_labels(data_config, "train", ("label", "count"), per_class=7)
+    np.testing.assert_array_equal(count["label"], labels)
+    with pytest.raises(DataError, match=r"classes of 'label' have fewer than 400 examples in split 'train' "
+                                        r"of 'scenes/32_small' \(.*\); ask for at most \d+ per class"):
+        pipeline.per_class_indices(data_config, "train", 400)
 
 
 def test_eval_shards_partition_the_split(data_config):
