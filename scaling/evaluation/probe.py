@@ -72,12 +72,11 @@ def probe_checkpoint(
             checkpoints.close()
         # checks the data set and its labels before any feature is computed
         evaluation = prepare_evaluation(config, state, dataset=dataset, layers=layers)
-        record, train_examples, test_examples = evaluate(evaluation, params, max_train=max_train,
-                                                         max_test=max_test)
+        evaluated = evaluate(evaluation, params, max_train=max_train, max_test=max_test)
 
     result = {"dataset": evaluation.data.name, "label": evaluation.data.label, "step": step,
-              "train_examples": train_examples, "test_examples": test_examples,
-              "test_split": evaluation.config.eval.test_split, **record}
+              "train_examples": evaluated.train_examples, "test_examples": evaluated.test_examples,
+              "test_split": evaluation.config.eval.test_split, **evaluated.record}
     progress = [r for r in files.read_metrics() if r["step"] == step]
     if progress:
         result["flops"] = progress[-1]["flops"]
