@@ -5,9 +5,12 @@ Writes webdataset shards of photo-sized JPEGs (smooth colour fields with noise, 
 90), imports them with ``scaling data import``'s code (its rate is printed too), then reads batches of the
 training pipeline (``data.train_transform``, default ``inception_crop(224)|flip``) for each worker count,
 rounds interleaved and repeated; prints the median images/s of each and the median over rounds of its ratio
-to the first worker count in the same round. Compare it
-with a train step's images/s (``benchmarks/train_step.py``, per chip x chips per host) to see whether input
-keeps up. Run ``python benchmarks/input_throughput.py --help`` for the options.
+to the first worker count in the same round. Beside it, the train step's images/s on this host for
+``--objective`` at ``--model-size`` on ``--size`` px images (patch ``--patch-size``, 77-token captions, batch
+``--batch-size``; ``benchmarks/train_step.py``'s timing, after compilation), and each worker count's ratio of
+input to step images/s: input keeps up where it is at least 1. On a TPU host the step's rate is the per-chip
+rate times the chips per host (``scaling plan --input-images-per-s`` compares them per planned run).
+Run ``python benchmarks/input_throughput.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 from PIL import Image
+from train_step import ROOT, step_seconds
 
+from scaling.config import load_config_file
 from scaling.data import pipeline
 from scaling.data.importer import import_shards
+
+CAPTION_TOKENS = 77  # CLIP's text length, for the text towers and decoders of the timed step
 
 
 def photo(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -74,6 +81,14 @@ def images_per_second(config, batch_size: int, batches: int) -> float:
     return rate
 
 
+def step_config(objective: str, model_size: str, image_size: int, patch_size: int, batch_size: int):
+    config = load_config_file(ROOT / "experiments" / f"{objective}.py", f"size={model_size}")
+    config.batch_size, config.data.image_size, config.model.patch_size = batch_size, image_size, patch_size
+    config.data.max_caption_len = CAPTION_TOKENS
+    config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
+    return config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="images written and imported")
@@ -85,6 +100,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=24, help="timed batches per measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the worker counts")
+    parser.add_argument("--objective", default="clip", help="the objective whose train step is timed")
+    parser.add_argument("--model-size", default="nano", help="its size (experiments' size ladder)")
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3, help="timed train steps")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,13 +118,20 @@ def main() -> None:
                 config = data_config(folder / "tfds", args.transform, args.size, workers)
                 rates[workers].append(images_per_second(config, args.batch_size, args.batches))
 
+    config = step_config(args.objective, args.model_size, args.size, args.patch_size, args.batch_size)
+    step_rate = args.batch_size / step_seconds(config, args.steps)[0]
+
     print(f"{args.images} JPEGs of {args.width}x{args.height}; import {imported:.0f} images/s; "
           f"train transform {args.transform!r}; median of {args.rounds} interleaved rounds")
+    print(f"train step: {args.objective} size {args.model_size}, {args.size} px, patch {args.patch_size}, "
+          f"batch {args.batch_size}: {step_rate:.1f} images/s on this host")
     base = rates[args.workers[0]]
-    print(f"{'workers':>8} {'images/s':>10} {'x ' + str(args.workers[0]) + ' workers':>14}")
+    print(f"{'workers':>8} {'images/s':>10} {'x ' + str(args.workers[0]) + ' workers':>14} {'/ step':>8}")
     for workers, measured in rates.items():
         ratio = statistics.median(rate / first for rate, first in zip(measured, base, strict=True))
-        print(f"{workers:>8} {statistics.median(measured):>10.0f} {ratio:>14.2f}")
+        median = statistics.median(measured)
+        print(f"{workers:>8} {median:>10.0f} {ratio:>14.2f} {median / step_rate:>8.2f}")
+
 
 if __name__ == "__main__":
     main()
