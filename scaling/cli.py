@@ -70,6 +70,8 @@ flags.DEFINE_multi_string("reference", [], "analyze: LABEL=ACCURACY, a level sta
                           "set's published raw-pixel floor) to draw on the figures; repeatable")
 flags.DEFINE_string("topology", None, "plan: TPU slice, e.g. v5p-64 or v5p:4x4x2")
 flags.DEFINE_string("mesh", None, "plan: mesh such as data=2,fsdp=16 (default: search candidates)")
+flags.DEFINE_float("input-images-per-s", None, "plan: measured input images/s per host (benchmarks/"
+                   "input_throughput.py); adds what each run needs per host and flags a shortfall")
 flags.DEFINE_string("name", None, "data import: name of the data set to write (then data.name=NAME)")
 flags.DEFINE_string("data-dir", None, f"data import: TFDS folder to write it in (default: ${DATA_DIR_ENV} "
                     f"or {DEFAULT_DATA_DIR})")
@@ -86,7 +88,7 @@ USAGES = {  # one line each, so that an error message that ends with one stays o
     "analyze": "scaling analyze SWEEP_DIR [MORE_SWEEP_DIRS...] [--metric probe_error] [--layer best|NAME] "
                "[--boots N] [--min-steps 100] [--seed 0] [--out DIR] [--reference LABEL=ACCURACY ...]",
     "plan": "scaling plan sweeps/<name>.py|experiments/<objective>.py[:size=...] --topology v5p-64 "
-            "[--mesh data=..,fsdp=..,tensor=..] [--root DIR]",
+            "[--mesh data=..,fsdp=..,tensor=..] [--input-images-per-s N] [--root DIR]",
     "data": "scaling data import SHARD.tar [MORE_SHARDS...] --name NAME [--data-dir DIR]",
 }
 USAGE = "usage:\n" + "\n".join(f"  {usage}" for usage in USAGES.values())
@@ -105,7 +107,7 @@ COMMAND_FLAGS = {  # the flags each command reads, in the order its help lists t
     "sweep": ("root", "executor", "max-parallel", "dry-run", "launch", "tpu", "zone", "cluster",
               "distributed", "lease-timeout", "retry-failed"),
     "analyze": ("metric", "layer", "boots", "min-steps", "seed", "out", "reference"),
-    "plan": ("topology", "mesh", "root"),
+    "plan": ("topology", "mesh", "input-images-per-s", "root"),
     "data": ("name", "data-dir"),
 }
 HELP_ARGS = ("--help", "-h", "-help", "--helpshort")
@@ -204,17 +206,26 @@ def analyze_command(argv: list[str]) -> None:
 def plan_command(argv: list[str]) -> None:
     if len(argv) != 2 or not FLAGS.topology:
         fail(f"give one sweep or config file and --topology; usage: {USAGES['plan']}")
+    input_rate = FLAGS["input-images-per-s"].value
+    if input_rate is not None and not input_rate > 0:
+        fail(f"--input-images-per-s {input_rate}: give the measured input images/s per host, a positive "
+             "number (python benchmarks/input_throughput.py measures it)")
     topology = plan.parse_topology(FLAGS.topology)
     mesh = plan.parse_mesh(FLAGS.mesh) if FLAGS.mesh else None
     sweep = load_runs(argv[1])
     directory = Path(FLAGS.root) / sweep.name
     rows = plan.plan_runs([(run.run_id, run.config) for run in sweep.runs], topology,
                           directory / "plan-cache", mesh)
+    if input_rate is not None:
+        rows = plan.with_input(rows, topology.hosts, input_rate)
     totals = plan.totals(rows)
     csv_path, json_path = plan.write_outputs(rows, totals, directory / f"plan-{topology.name}")
     print(plan.format_table(rows))
+    short = "" if input_rate is None else (
+        f"; input of {input_rate:.0f} images/s per host ({topology.hosts} hosts) keeps up with "
+        f"{totals['fit'] - totals['input_short']}/{totals['fit']} of them")
     print(f"{totals['fit']}/{totals['runs']} runs fit {topology.name} ({topology.chips} chips); "
-          f"{totals['chip_hours']:.1f} chip-hours for those that fit; "
+          f"{totals['chip_hours']:.1f} chip-hours for those that fit{short}; "
           f"compiled in {totals['compile_s']:.0f} s; wrote {csv_path} and {json_path}")
 
 

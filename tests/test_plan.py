@@ -6,6 +6,7 @@ import math
 
 import jax
 import pytest
+from helpers import load_experiment
 
 from scaling import plan
 from scaling.errors import ConfigError
@@ -46,6 +47,34 @@ def test_slice_names_become_chip_grids(text, grid, name):
     topology = plan.parse_topology(text)
     assert topology.grid == grid
     assert topology.name == name
+
+
+@pytest.mark.parametrize(("text", "hosts"), [("v5p-8", 1), ("v5p-64", 8), ("v5e-8", 1), ("v5e-16", 4),
+                                           ("v6e-256", 64), ("v4-32", 4)])
+def test_a_slice_has_one_host_per_4_chips_beyond_a_single_host_slice(text, hosts):
+    assert plan.parse_topology(text).hosts == hosts
+
+
+def test_the_input_column_sets_what_each_run_needs_per_host_against_the_measured_rate():
+    """Batch 256 in 0.1 s is 2,560 images/s, 320 per host of a v5p-64: 400 measured keep up with it, not with
+    the same batch in 0.05 s; a step not costed (it does not fit) has no need."""
+    config, topology = load_experiment("clip"), plan.parse_topology("v5p-64")
+    config.batch_size = 256
+    steps = {"fast": 0.05, "slow": 0.1, "too big": math.nan}
+    measured = {"mesh": "data=32,fsdp=1,tensor=1", "remat": "none", "total_gib": 2.0, "dominant": "arguments",
+                "xla_over_analytic": 1.0, "mfu": 0.5, "compile_s": 1.0, "mesh_reason": "fastest"}
+    step = lambda step_s: {**measured, "step_s": step_s, "fits": not math.isnan(step_s)}
+    rows = [{**plan.runs.run_row(run_id, config, topology, step(step_s)), "cached": False}
+            for run_id, step_s in steps.items()]
+    fast, slow, big = plan.with_input(rows, topology.hosts, 400.0)
+    assert (slow["input_needed_per_host"], slow["input_ratio"], slow["input_keeps_up"]) == (320, 1.25, True)
+    assert (fast["input_needed_per_host"], fast["input_ratio"], fast["input_keeps_up"]) == (640, 0.625, False)
+    assert math.isnan(big["input_ratio"])
+    assert plan.totals([fast, slow, big])["input_short"] == 1
+    header, *lines = plan.table.format_table([fast, slow, big]).splitlines()
+    assert header.split()[7:9] == ["ms/step", "img/s/host"] and "input/needed" in header
+    assert "640" in lines[0] and "0.62 SHORT" in lines[0] and "1.25" in lines[1] and "SHORT" not in lines[1]
+    assert "input" not in plan.table.format_table(rows)  # without a measured rate, no column
 
 
 @pytest.mark.parametrize(

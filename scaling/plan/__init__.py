@@ -15,17 +15,18 @@ One idea per module, each using only those before it:
 - ``compile``: one compile of a run's step and its memory and cost rows (a depth override cuts stacks).
 - ``meshes``: the mesh (and remat) search over candidate meshes.
 - ``runs``: planning many runs, with shared compiles and the cache.
-- ``table``: totals, the printed table, the CSV and JSON outputs.
+- ``table``: totals, the input column (a measured input rate against each run's need), the printed
+  table, the CSV and JSON outputs.
 """
 
 from scaling.plan.compile import compile_train_step, cost_row, measure, memory_row, mesh_name, step_cost
 from scaling.plan.meshes import RANKING_BLOCKS, choose_mesh, parse_mesh, with_layout
 from scaling.plan.runs import plan_runs
-from scaling.plan.table import format_table, totals, write_outputs
+from scaling.plan.table import format_table, totals, with_input, write_outputs
 from scaling.plan.tpus import GIB, PlanError, Topology, parse_topology, topology_devices
 
 __all__ = [
     "GIB", "RANKING_BLOCKS", "PlanError", "Topology", "choose_mesh", "compile_train_step", "cost_row",
     "format_table", "measure", "memory_row", "mesh_name", "parse_mesh", "parse_topology", "plan_runs",
-    "step_cost", "topology_devices", "totals", "with_layout", "write_outputs",
+    "step_cost", "topology_devices", "totals", "with_input", "with_layout", "write_outputs",
 ]

@@ -1,9 +1,11 @@
-"""A plan's outputs: totals over its runs, the table ``scaling plan`` prints, and its CSV and JSON files."""
+"""A plan's outputs: totals over its runs, the input each run needs per host against a measured input rate,
+the table ``scaling plan`` prints, and its CSV and JSON files."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,34 @@ def totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fit": sum(row["fits"] for row in rows),
         "chip_hours": sum(row["chip_hours"] for row in rows if row["fits"]),
         "compile_s": sum(row["compile_s"] for row in rows if not row["cached"]),
+        **({"input_short": sum(not row["input_keeps_up"] for row in rows if row["fits"])}
+           if rows and "input_keeps_up" in rows[0] else {}),
     }
 
 
+def with_input(rows: Sequence[dict[str, Any]], hosts: int, images_per_s: float) -> list[dict[str, Any]]:
+    """``rows`` with the input each run's step needs and how a measured input rate compares:
+    ``input_needed_per_host`` (images/s: batch / step time / hosts), ``input_per_host`` (the measured
+    images/s per host, e.g. from benchmarks/input_throughput.py), ``input_ratio`` (measured over needed;
+    NaN where the step was not costed) and ``input_keeps_up`` (the ratio at least 1)."""
+    planned = []
+    for row in rows:
+        needed = row["batch_size"] / row["step_s"] / hosts  # NaN for a step not costed
+        ratio = images_per_s / needed
+        planned.append({**row, "hosts": hosts, "input_needed_per_host": needed,
+                        "input_per_host": images_per_s, "input_ratio": ratio,
+                        "input_keeps_up": bool(ratio >= 1)})
+    return planned
+
+
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}" + ("" if value >= 1 else " SHORT")
+
+
+INPUT_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("input_needed_per_host", "img/s/host", lambda v: "-" if math.isnan(v) else f"{v:.0f}"),
+    ("input_ratio", "input/needed", _ratio),
+)
 COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("run_id", "run", str),
     ("mesh", "mesh", str),
@@ -36,9 +63,14 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    cells = [[header for _, header, _ in COLUMNS]]
-    cells += [[fmt(row[key]) for key, _, fmt in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    """One line per run; the input columns after the step's where ``with_input`` added them."""
+    columns = COLUMNS
+    if rows and "input_ratio" in rows[0]:
+        at = next(i for i, (key, _, _) in enumerate(COLUMNS) if key == "step_s") + 1
+        columns = (*COLUMNS[:at], *INPUT_COLUMNS, *COLUMNS[at:])
+    cells = [[header for _, header, _ in columns]]
+    cells += [[fmt(row[key]) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
                                                                                            strict=True)))
              for line in cells]

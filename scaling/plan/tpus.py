@@ -1,4 +1,5 @@
-"""The TPU catalogue: chip generations (HBM, peak FLOP/s, cores), slice names and chip grids, and the
+"""The TPU catalogue: chip generations (HBM, peak FLOP/s, cores, chips per host), slice names, chip grids and
+hosts, and the
 compile-only devices of a topology (``jax.experimental.topologies``, with libtpu on a CPU host)."""
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ class PlanError(ConfigError):
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """One TPU generation: HBM per chip, peak bfloat16 FLOP/s per chip, TensorCores per chip."""
+    """One TPU generation: HBM per chip, peak bfloat16 FLOP/s per chip, TensorCores per chip, and the most
+    chips of a single-host slice (a larger slice has HOST_CHIPS per host)."""
 
     hbm_bytes: int
     peak_flops: float
     cores_per_chip: int  # slice names such as v5p-64 count TensorCores: 2 per chip on v4 and v5p
     dims: int  # torus dimensions of its topology names (v5p:4x4x4, v5e:4x4)
+    single_host_chips: int  # v5e-8 and v6e-8 are one host of 8 chips; v4-8 and v5p-8 one of 4
 
 
+HOST_CHIPS = 4  # chips per host of a multi-host slice, every generation here
 CHIPS: dict[str, Chip] = {
-    "v4": Chip(32 * GIB, 275e12, 2, 3),
-    "v5e": Chip(16 * GIB, 197e12, 1, 2),
-    "v5p": Chip(95 * GIB, 459e12, 2, 3),
-    "v6e": Chip(32 * GIB, 918e12, 1, 2),
+    "v4": Chip(32 * GIB, 275e12, 2, 3, 4),
+    "v5e": Chip(16 * GIB, 197e12, 1, 2, 8),
+    "v5p": Chip(95 * GIB, 459e12, 2, 3, 4),
+    "v6e": Chip(32 * GIB, 918e12, 1, 2, 8),
 }
 ALIASES = {"v5litepod": "v5e"}
 
@@ -54,6 +58,11 @@ class Topology:
     @property
     def chips(self) -> int:
         return math.prod(self.grid)
+
+    @property
+    def hosts(self) -> int:
+        """TPU VM hosts of the slice, each feeding its own chips' share of the batch."""
+        return 1 if self.chips <= self.chip.single_host_chips else self.chips // HOST_CHIPS
 
     @property
     def name(self) -> str:
