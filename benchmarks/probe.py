@@ -8,24 +8,35 @@ validation accuracy, refit on all of train, score on test. scikit-learn uses
 ``StandardScaler`` + ``LogisticRegression(solver="lbfgs", C=C, tol=1e-4, max_iter=1000)``.
 
 Our first call includes every JAX compilation; a second call in the same process is reported
-as the warm time. Run ``python benchmarks/probe.py --help`` for the options.
+as the warm time. Each of our probes is reported with the process's peak resident memory during it
+(Linux: the high-water mark ``VmHWM`` reset through ``/proc/self/clear_refs`` before the call) and the
+compiled solver's own memory (XLA's ``memory_analysis()``: arguments, outputs, temporaries), and the 10-
+and 25-shot ridge probes of ``scaling.evaluation.fewshot`` are timed the same way. At ImageNet's probe
+shape, with classes that a linear probe separates in part: ``--num-classes 1000 --dim 1024 --num-train 50000
+--num-test 50000 --separation 0.4 --signal-rank 256 --skip-sklearn --skip-plain --skip-warm``.
+Run ``python benchmarks/probe.py --help`` for the options.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from scaling.evaluation import fewshot, logistic
 from scaling.evaluation import linear_probe as lp
 from scaling.evaluation.logistic import SolverOptions
+
+MiB = 2**20
 
 
 def make_features(
@@ -119,6 +130,65 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+def peak_rss_bytes() -> int:
+    """The process's resident-memory high-water mark (VmHWM)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def measured(function, *args, **kwargs):
+    """(result, seconds, peak resident bytes during the call, resident bytes before it)."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current resident size
+    before = peak_rss_bytes()
+    result, seconds = timed(function, *args, **kwargs)
+    return result, seconds, peak_rss_bytes(), before
+
+
+def compiled_memory(compiled) -> str:
+    """XLA's memory analysis of a compiled function, in MiB."""
+    analysis = compiled.memory_analysis()
+    sizes = (analysis.argument_size_in_bytes, analysis.output_size_in_bytes, analysis.temp_size_in_bytes)
+    arguments, outputs, temporaries = (size / MiB for size in sizes)
+    return f"arguments {arguments:.0f} MiB, outputs {outputs:.0f} MiB, temporaries {temporaries:.0f} MiB"
+
+
+def solver_memory(num_rows: int, dim: int, num_classes: int, solver: SolverOptions) -> str:
+    """The memory analysis of the compiled L-BFGS solve the C sweep runs once per C."""
+    data = jax.eval_shape(functools.partial(logistic._prepare, num_classes=num_classes),
+                          jax.ShapeDtypeStruct((num_rows, dim), jnp.float32),
+                          jax.ShapeDtypeStruct((num_rows,), jnp.int32),
+                          jax.ShapeDtypeStruct((num_rows,), jnp.float32))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    lowered = logistic._solve.lower(data, jax.ShapeDtypeStruct((dim, num_classes), jnp.float32),
+                                    jax.ShapeDtypeStruct((num_classes,), jnp.float32), scalar, scalar,
+                                    max_iter=solver.max_iter, precondition=solver.precondition)
+    return compiled_memory(lowered.compile())
+
+
+def ridge_memory(shots: int, seeds: int, num_test: int, dim: int, num_classes: int) -> str:
+    """The memory analysis of the compiled few-shot ridge probe (every seed of one shot count)."""
+    rows = shots * num_classes
+    lowered = fewshot._ridge_accuracies.lower(
+        jax.ShapeDtypeStruct((seeds, rows, dim), jnp.float32), jax.ShapeDtypeStruct((seeds, rows), jnp.int32),
+        jax.ShapeDtypeStruct((num_test, dim), jnp.float32), jax.ShapeDtypeStruct((num_test,), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.float32), num_classes=num_classes)
+    return compiled_memory(lowered.compile())
+
+
+def report_fewshot(x_train, y_train, x_test, y_test, shots: tuple[int, ...]) -> None:
+    seeds = len(fewshot.DEFAULT_FEWSHOT_SEEDS)
+    for k in shots:
+        result, seconds, peak, before = measured(fewshot.fewshot_ridge, x_train, y_train, x_test, y_test,
+                                                 shots=(k,))
+        accuracy = result["shots"][str(k)]["mean_accuracy"]
+        print(f"{k}-shot ridge ({seeds} seeds, {k * int(y_train.max() + 1)} rows each): {seconds:.1f} s "
+              f"including compilation, peak resident {peak / MiB:.0f} MiB ({(peak - before) / MiB:+.0f} MiB "
+              f"over the {before / MiB:.0f} MiB before); mean test acc {accuracy:.4f}; compiled: "
+              f"{ridge_memory(k, seeds, len(y_test), x_train.shape[1], int(y_train.max() + 1))}", flush=True)
+
+
 def evenly_spaced_subset(values: tuple[float, ...], count: int | None) -> tuple[float, ...]:
     if count is None or count >= len(values):
         return values
@@ -133,6 +203,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--separation", type=float, default=0.2, help="class-mean spread")
+    parser.add_argument("--signal-rank", type=int, default=64,
+                        help="feature directions the class means differ along (1,000 classes: 256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-4, help="gradient tolerance, both sides")
     parser.add_argument("--max-iter", type=int, default=1000)
@@ -144,6 +216,9 @@ def parse_args() -> argparse.Namespace:
         "selection time (default: the full grid, 5 to 12 minutes at the default size on 2 cores)",
     )
     parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument("--skip-warm", action="store_true", help="time our C sweep once (cold) only")
+    parser.add_argument("--fewshot", type=int, nargs="*", default=[10, 25],
+                        help="shot counts of the few-shot ridge probes to time (none: skip)")
     parser.add_argument(
         "--skip-plain", action="store_true", help="skip timing L-BFGS without the preconditioner"
     )
@@ -159,7 +234,7 @@ def main() -> None:
         args.dim,
         args.num_classes,
         separation=args.separation,
-        signal_rank=64,
+        signal_rank=args.signal_rank,
         seed=args.seed,
     )
     print(
@@ -169,14 +244,23 @@ def main() -> None:
     solver = SolverOptions(tol=args.tol, max_iter=args.max_iter)
     protocol = {"c_grid": c_grid, "seed": args.seed, "solver": solver}
 
-    ours, ours_cold = timed(lp.select_and_evaluate, x_train, y_train, x_test, y_test, **protocol)
-    ours_again, ours_warm = timed(lp.select_and_evaluate, x_train, y_train, x_test, y_test, **protocol)
-    assert ours_again["test_accuracy"] == ours["test_accuracy"]
+    ours, ours_cold, peak, before = measured(lp.select_and_evaluate, x_train, y_train, x_test, y_test,
+                                             **protocol)
+    warm = ""
+    if not args.skip_warm:
+        ours_again, ours_warm = timed(lp.select_and_evaluate, x_train, y_train, x_test, y_test, **protocol)
+        assert ours_again["test_accuracy"] == ours["test_accuracy"]
+        warm = f", {ours_warm:.2f} s warm"
     print(
-        f"ours (JAX, preconditioned L-BFGS): {ours_cold:.2f} s including compilation, "
-        f"{ours_warm:.2f} s warm; best C {ours['best_C']:g}, test acc {ours['test_accuracy']:.4f}; "
-        f"iterations per C {list(ours['iterations_per_C'].values())}, refit {ours['refit_iterations']}"
+        f"ours (JAX, preconditioned L-BFGS): {ours_cold:.2f} s including compilation{warm}; best C "
+        f"{ours['best_C']:g}, test acc {ours['test_accuracy']:.4f}; iterations per C "
+        f"{list(ours['iterations_per_C'].values())}, refit {ours['refit_iterations']}"
     )
+    features = (x_train.nbytes + x_test.nbytes) / MiB
+    print(f"  peak resident memory {peak / MiB:.0f} MiB ({(peak - before) / MiB:+.0f} MiB over the "
+          f"{before / MiB:.0f} MiB before, which hold {features:.0f} MiB of features); compiled solve per C: "
+          f"{solver_memory(len(y_train), args.dim, args.num_classes, solver)}", flush=True)
+    report_fewshot(x_train, y_train, x_test, y_test, tuple(args.fewshot))
     if not args.skip_plain:
         plain, plain_seconds = timed(
             lp.select_and_evaluate, x_train, y_train, x_test, y_test,

@@ -88,10 +88,12 @@ def _ridge_accuracies(
         mean_D, scale_D = standardisation(x_nD, jnp.ones(x_nD.shape[0], jnp.float32))
         targets_nK = jax.nn.one_hot(labels_n, num_classes, dtype=jnp.float32)
         w_DK, b_K = fit_ridge(standardise(x_nD, mean_D, scale_D), targets_nK, l2)
-        predictions_M = jnp.argmax(standardise(x_test_MD, mean_D, scale_D) @ w_DK + b_K, axis=1)
+        w_DK, b_K = w_DK / scale_D[:, None], b_K - (mean_D / scale_D) @ w_DK  # reads x_test unstandardised
+        predictions_M = jnp.argmax(x_test_MD @ w_DK + b_K, axis=1)
         return jnp.mean((predictions_M == labels_test_M).astype(jnp.float32))
 
-    return jax.vmap(accuracy)(x_SnD, labels_Sn)
+    # one draw after another: vmapped, every draw's [M, K] test scores would be live at once
+    return jax.lax.map(lambda draw: accuracy(*draw), (x_SnD, labels_Sn))
 
 
 def fewshot_ridge(

@@ -71,8 +71,13 @@ class LogisticProbe(NamedTuple):
     grad_max_abs: jax.Array
 
 
-class FitData(NamedTuple):
-    """Standardised features in the two layouts the solver reads, plus its preconditioner.
+@functools.partial(jax.tree_util.register_dataclass, meta_fields=("num_classes",),
+                   data_fields=("features", "features_transposed", "labels", "weights", "mean", "scale",
+                                "eigvals", "basis"))
+@dataclasses.dataclass(frozen=True)
+class FitData:
+    """Standardised features in the two layouts the solver reads, the labels as class ids (never one-hot:
+    at 1,000 classes an [N, K] float32 copy is as large as the features), plus the preconditioner.
 
     Rows with weight 0 (the validation rows during C selection) take no part in the fit or in
     the statistics; they are kept so selection and refit share one array shape and one
@@ -81,12 +86,13 @@ class FitData(NamedTuple):
 
     features: jax.Array
     features_transposed: jax.Array
-    targets: jax.Array
+    labels: jax.Array  # [N] int32 in [0, num_classes)
     weights: jax.Array
     mean: jax.Array
     scale: jax.Array
     eigvals: jax.Array
     basis: jax.Array
+    num_classes: int
 
 
 def _feature_eigenbasis(z_ND: jax.Array, weights_N: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -118,12 +124,13 @@ def _prepare(x_ND: jax.Array, labels_N: jax.Array, weights_N: jax.Array, num_cla
     return FitData(
         features=z_ND,
         features_transposed=z_ND.T,
-        targets=jax.nn.one_hot(labels_N, num_classes, dtype=jnp.float32),
+        labels=jnp.maximum(labels_N, 0).astype(jnp.int32),  # a -1 (unseen class) row has weight 0
         weights=weights_N,
         mean=mean_D,
         scale=scale_D,
         eigvals=eigvals_R,
         basis=basis_DR,
+        num_classes=num_classes,
     )
 
 
@@ -156,9 +163,9 @@ def _features_times_bwd(zT_DN, cotangent_NK):
 _features_times.defvjp(_features_times_fwd, _features_times_bwd)
 
 
-def _mean_cross_entropy(logits_NK: jax.Array, targets_NK: jax.Array, weights_N: jax.Array) -> jax.Array:
+def _mean_cross_entropy(logits_NK: jax.Array, labels_N: jax.Array, weights_N: jax.Array) -> jax.Array:
     log_norm_N = jax.nn.logsumexp(logits_NK, axis=1)
-    cross_entropy_N = log_norm_N - jnp.sum(targets_NK * logits_NK, axis=1)
+    cross_entropy_N = log_norm_N - jnp.take_along_axis(logits_NK, labels_N[:, None], axis=1)[:, 0]
     return weights_N @ cross_entropy_N / jnp.sum(weights_N)
 
 
@@ -189,7 +196,7 @@ def _solve(
     precondition: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """L-BFGS on ``w = P u``: in ``u`` the penalised cross-entropy's curvature is close to uniform."""
-    num_classes = data.targets.shape[1]
+    num_classes = data.num_classes
     l2_strength = 1.0 / (C * jnp.sum(data.weights))
     if precondition:
         d_R, d_null, d_bias = _preconditioner(data.eigvals, l2_strength, num_classes)
@@ -207,7 +214,7 @@ def _solve(
         w_DK, b_K = to_weights(params)
         logits_NK = _features_times(w_DK, data.features, data.features_transposed) + b_K
         penalty = 0.5 * l2_strength * jnp.sum(jnp.square(w_DK))
-        return _mean_cross_entropy(logits_NK, data.targets, data.weights) + penalty
+        return _mean_cross_entropy(logits_NK, data.labels, data.weights) + penalty
 
     def grad_max_abs(grad):
         g_u_DK, g_c_K = grad
@@ -252,7 +259,7 @@ def fit_prepared(
     init: tuple[jax.Array, jax.Array] | None = None,
 ) -> LogisticProbe:
     """The probe fitted on prepared data, from ``init`` (weights, bias) or zeros."""
-    num_classes = data.targets.shape[1]
+    num_classes = data.num_classes
     feature_dim = data.features.shape[1]
     if init is None:
         init = (jnp.zeros((feature_dim, num_classes)), jnp.zeros((num_classes,)))
