@@ -127,6 +127,16 @@ def state_shardings(state: nnx.State, mesh: Mesh):
     return jax.tree.map(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def batch_shards(batch: int) -> int:
+    """Into how many parts the current mesh splits a leading batch dimension of ``batch`` rows (1 outside
+    a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = logical_to_spec(("batch",), (batch,), dict(mesh.shape))[0] or ()
+    return math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Sharding of an input array whose leading dimension is the batch: the ``batch`` rule's mesh axes,
     whatever the batch size (the data pipeline hands each batch shard its rows)."""

@@ -29,6 +29,7 @@ from scaling import flops
 from scaling.data.captions import caption_length, class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
+from scaling.models.chunks import in_chunks
 from scaling.models.layers import Dense
 from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import Size, get_size
@@ -265,8 +266,7 @@ class Captioning(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
 
     def features(self, model: CaptioningModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
         del rng
-        _, hidden = model.encode(images_BHWC)
-        return pooled_layer_features(hidden)
+        return in_chunks(lambda x_BHWC: pooled_layer_features(model.encode(x_BHWC)[1]), images_BHWC)
 
     def train_flops_per_example(self) -> float:
         c = self.config

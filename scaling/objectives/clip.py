@@ -22,6 +22,7 @@ from scaling import flops
 from scaling.data.captions import caption_length, class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
+from scaling.models.chunks import in_chunks
 from scaling.models.layers import Dense
 from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import Size, get_size
@@ -178,8 +179,7 @@ class Clip(BaseObjective, ZeroShotScorer, CaptionScorer):
 
     def features(self, model: ClipModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
         del rng
-        _, hidden = model.image(images_BHWC)
-        return pooled_layer_features(hidden)
+        return in_chunks(lambda x_BHWC: pooled_layer_features(model.image(x_BHWC)[1]), images_BHWC)
 
     def caption_outputs(self, model: ClipModel, images_BHWC: Array, captions, rng: Array) -> dict:
         """``image_embedding`` [B, E] and ``text_embedding/<level>`` [B, E] for each level's captions

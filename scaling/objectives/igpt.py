@@ -27,6 +27,7 @@ from flax import nnx
 from scaling import flops
 from scaling.data.palette import dequantize, load_or_fit_palette, quantize
 from scaling.errors import ConfigError
+from scaling.models.chunks import in_chunks
 from scaling.models.layers import Dense
 from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import get_size
@@ -130,8 +131,12 @@ class Igpt(BaseObjective, Prepared, SampleWriter):
         the start token, whose activations are the same for every image. The last pixel is never an
         input in training, so its position's activations receive no training signal."""
         del rng
-        _, hidden = model(prepend_start(self.tokenize(images_BHWC), self.start_token)[:, :-1])
-        return pooled_layer_features([h_BLD[:, 1:] for h_BLD in hidden])
+
+        def pooled(x_BHWC):
+            _, hidden = model(prepend_start(self.tokenize(x_BHWC), self.start_token)[:, :-1])
+            return pooled_layer_features([h_BLD[:, 1:] for h_BLD in hidden])
+
+        return in_chunks(pooled, images_BHWC)
 
     def complete(self, model: IgptModel, indices_BL: Array, rng: Array, *, given: int,
                  num_samples: int) -> Array:

@@ -18,6 +18,7 @@ from flax import nnx
 
 from scaling import flops
 from scaling.data.pipeline import label_classes
+from scaling.models.chunks import in_chunks
 from scaling.models.layers import Dense
 from scaling.models.parametrization import Parametrization
 from scaling.models.sizes import get_size
@@ -60,8 +61,7 @@ class Supervised(BaseObjective):
 
     def features(self, model: SupervisedModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
         del rng
-        _, hidden = model.image(images_BHWC)
-        return pooled_layer_features(hidden)
+        return in_chunks(lambda x_BHWC: pooled_layer_features(model.image(x_BHWC)[1]), images_BHWC)
 
     def train_flops_per_example(self) -> float:
         c = self.config

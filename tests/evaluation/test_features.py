@@ -1,9 +1,15 @@
-"""The probe examples of a run's evaluations: read once, served again in the same order."""
+"""The probe examples of a run's evaluations: read once, served again in the same order; their features
+computed a chunk of the batch at a time."""
 
+import jax
 import numpy as np
+from flax import nnx
+from helpers import load_experiment, random_batch
 
 from scaling.evaluation import features
 from scaling.evaluation.features import SplitImages
+from scaling.models import chunks
+from scaling.objectives.diffusion import Diffusion
 
 
 def test_a_split_is_read_once_for_every_evaluation_unless_it_exceeds_the_memory_budget(tiny_config,
@@ -26,3 +32,21 @@ def test_a_split_is_read_once_for_every_evaluation_unless_it_exceeds_the_memory_
     for _ in range(2):
         assert sum(len(batch["label"]) for batch in small.batches("test", 300)) == 300
     assert reads == ["test"] * 3
+
+
+def test_features_computed_in_chunks_are_those_of_the_whole_batch(monkeypatch):
+    """Diffusion's features (noise drawn for the whole batch, every timestep) in four passes of four
+    images each are the features of one pass over all sixteen."""
+    config = load_experiment("diffusion")
+    config.diffusion.condition = "none"
+    objective = Diffusion(config)
+    model = objective.init(nnx.Rngs(0))
+    images = random_batch(config, 16)["image"]
+    whole = objective.features(model, images, jax.random.key(1))
+    monkeypatch.setattr(chunks, "ROWS", 4)
+    chunked = objective.features(model, images, jax.random.key(1))
+    passes = jax.make_jaxpr(lambda x: objective.features(model, x, jax.random.key(1)))(images)
+    assert "scan" in str(passes)  # a loop over the chunks
+    assert sorted(chunked) == sorted(whole)
+    for name, value in whole.items():
+        np.testing.assert_allclose(chunked[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

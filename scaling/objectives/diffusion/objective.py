@@ -22,6 +22,7 @@ from scaling import flops
 from scaling.data.captions import caption_length
 from scaling.data.pipeline import label_classes
 from scaling.errors import ConfigError
+from scaling.models.chunks import in_chunks
 from scaling.models.sizes import get_size
 from scaling.models.transformer import normalize_images, pooled_layer_features
 from scaling.objectives.base import BaseObjective, CaptionScorer, SampleWriter, ZeroShotScorer
@@ -166,15 +167,18 @@ class Diffusion(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
     def features(self, model: DiffusionModel, images_BHWC: Array, rng: Array) -> dict[str, Array]:
         """Pooled block outputs, null condition, for the images noised to each of ``feature_timesteps``
         with the same noise: {"layer_01/t0": [B, D], "layer_01/t30": ...}."""
-        batch = images_BHWC.shape[0]
-        noise_BHWC = jax.random.normal(rng, images_BHWC.shape)
-        features = {}
-        for t in self.config.diffusion.feature_timesteps:
-            t_B = jnp.full((batch,), t)
-            _, x_t_BHWC, _ = self.noised(images_BHWC, t_B, noise_BHWC)
-            _, hidden = model(x_t_BHWC, t_B, model.null_condition(batch))
-            features.update({f"{layer}/t{t}": f_BD for layer, f_BD in pooled_layer_features(hidden).items()})
-        return features
+        def pooled(x_BHWC, noise_BHWC):
+            batch = x_BHWC.shape[0]
+            features = {}
+            for t in self.config.diffusion.feature_timesteps:
+                t_B = jnp.full((batch,), t)
+                _, x_t_BHWC, _ = self.noised(x_BHWC, t_B, noise_BHWC)
+                _, hidden = model(x_t_BHWC, t_B, model.null_condition(batch))
+                features.update({f"{layer}/t{t}": f_BD
+                                 for layer, f_BD in pooled_layer_features(hidden).items()})
+            return features
+
+        return in_chunks(pooled, images_BHWC, jax.random.normal(rng, images_BHWC.shape))
 
     def epsilon_error(self, model: DiffusionModel, images_BHWC: Array, condition_BE: Array | None,
                       timesteps_B: Array, noise_BHWC: Array) -> Array:
