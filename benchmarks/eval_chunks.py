@@ -1,9 +1,11 @@
-"""Probe features of one evaluation batch in chunks (scaling.models.chunks) against the whole batch at once.
+"""Probe features and zero-shot class scores of one evaluation batch in chunks (scaling.models.chunks)
+against the whole batch at once.
 
-For each objective, at initialisation, the jitted features of ``--batch`` CIFAR-10 test images are timed
-with every pass over the whole batch and with ``--rows`` images per pass, interleaved ``--repeats`` times;
-it prints the median of the per-repeat time ratios (chunked / whole) and the largest difference between
-the two sets of features (0: the very same values).
+For each objective, at initialisation, the jitted features (and, where the objective scores classes, the
+zero-shot scores of CIFAR-10's classes) of ``--batch`` CIFAR-10 test images are timed with one pass over
+the whole batch and with ``--rows`` images per pass, interleaved ``--repeats`` times; it prints the median
+of the per-repeat time ratios (chunked / whole) and the largest difference between the two results
+(0: the very same values).
 
     python benchmarks/eval_chunks.py [--objectives igpt,clip] [--size mu] [--rows 64] [--batch 256]
 """
@@ -19,7 +21,9 @@ import numpy as np
 
 from scaling.config import load_config_file
 from scaling.data.pipeline import make_eval_iterator
-from scaling.evaluation.features import make_features_fn
+from scaling.evaluation.evaluator import class_names
+from scaling.evaluation.features import BatchFn, make_features_fn
+from scaling.evaluation.zero_shot import supports_zero_shot
 from scaling.models import chunks
 from scaling.sharding import make_mesh
 from scaling.state import build_model_state
@@ -39,8 +43,18 @@ def study_config(objective: str, size: str):
     return config
 
 
-def compare(objective: str, size: str, rows: int, batch: int, repeats: int) -> tuple[float, float]:
-    """(median time ratio chunked / whole, largest absolute feature difference)."""
+def batch_functions(state, data) -> dict[str, BatchFn]:
+    """The jitted features of the objective and, where it scores the probe label's classes, its scores."""
+    functions = {"features": make_features_fn(state.objective, state.model)}
+    if supports_zero_shot(state.objective):
+        names = class_names(data)
+        functions["zero-shot"] = jax.jit(lambda params, images, rng: state.objective.zero_shot_scores(
+            state.model(params), images, names, rng))
+    return functions
+
+
+def compare(objective: str, size: str, rows: int, batch: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """{function: (median time ratio chunked / whole, largest absolute difference of its outputs)}."""
     config = study_config(objective, size)
     mesh = make_mesh(config.mesh)
     with jax.set_mesh(mesh):
@@ -50,19 +64,24 @@ def compare(objective: str, size: str, rows: int, batch: int, repeats: int) -> t
         rng = jax.random.key(0)
         fns, outputs = {}, {}
         for per_pass in (WHOLE, rows):
-            chunks.ROWS = per_pass  # read when the function is traced, at its first call below
-            fns[per_pass] = make_features_fn(state.objective, state.model)
-            outputs[per_pass] = jax.block_until_ready(fns[per_pass](params, images, rng))
-        difference = max(float(np.abs(np.asarray(outputs[rows][k]) - np.asarray(outputs[WHOLE][k])).max())
-                         for k in outputs[WHOLE])
-        seconds = {per_pass: [] for per_pass in fns}
+            chunks.ROWS = per_pass  # read when a function is traced, at its first call below
+            for name, fn in batch_functions(state, config.data).items():
+                fns[name, per_pass] = fn
+                outputs[name, per_pass] = jax.block_until_ready(fn(params, images, rng))
+        seconds = {key: [] for key in fns}
         for _ in range(repeats):
-            for per_pass, fn in fns.items():
+            for key, fn in fns.items():
                 start = time.perf_counter()
                 jax.block_until_ready(fn(params, images, rng))
-                seconds[per_pass].append(time.perf_counter() - start)
-    ratio = float(np.median(np.array(seconds[rows]) / np.array(seconds[WHOLE])))
-    return ratio, difference
+                seconds[key].append(time.perf_counter() - start)
+    results = {}
+    for name in {name for name, _ in fns}:
+        chunked, whole = outputs[name, rows], outputs[name, WHOLE]
+        difference = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                         for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole), strict=True))
+        ratio = float(np.median(np.array(seconds[name, rows]) / np.array(seconds[name, WHOLE])))
+        results[name] = (ratio, difference)
+    return results
 
 
 def main() -> None:
@@ -73,10 +92,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'objective':<12}{'time chunked/whole':>20}{'max |difference|':>18}")
+    print(f"{'objective':<12}{'function':<12}{'time chunked/whole':>20}{'max |difference|':>18}")
     for objective in args.objectives.split(","):
-        ratio, difference = compare(objective, args.size, args.rows, args.batch, args.repeats)
-        print(f"{objective:<12}{ratio:>20.3f}{difference:>18.2e}", flush=True)
+        for name, (ratio, difference) in sorted(compare(objective, args.size, args.rows, args.batch,
+                                                        args.repeats).items()):
+            print(f"{objective:<12}{name:<12}{ratio:>20.3f}{difference:>18.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ protocol (zero-shot for CLIP and captioning, diffusion probed at its noise level
 raw-pixel floor) and its ladder (a warmup-stable-decay run to the top budget with cool-down branches, and
 a second seed at 1/32 of it: two budgets per objective), with the top budget and the probe examples both
 divided by ``--scale`` so that training and evaluation shrink together. It runs in a fresh folder (the
-compilation and pixel-probe caches are shared, as in a study) and prints, from the runs' own accounts,
-the evaluation share of the sweep's wall, each objective's evaluation seconds and every probe and
-zero-shot accuracy, so a change can be checked for both speed and numbers at the same seed.
+compilation and pixel-probe caches are shared, as in a study; the runs' cached init probes are removed
+first, so each invocation probes every initialisation, as a study does once) and prints, from the runs'
+own accounts, the evaluation share of the sweep's wall, each objective's evaluation seconds per part
+(``eval_s/<part>`` of the eval records) and every probe and zero-shot accuracy, so a change can be
+checked for both speed and numbers at the same seed.
 ``--zero-shot-points final`` sets ``eval.zero_shot_points`` of every run (zero-shot at the end of each
 schedule only), the protocol lever to weigh against the study's default (``all``).
 
@@ -25,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scaling.data.pipeline import resolve_data_dir
+from scaling.evaluation.init_probe import CACHE_FOLDER, init_key
 from scaling.sweeps.runner import run_sweep
 from scaling.sweeps.spec import Sweep, available_objectives, wsd_ladder
 
@@ -49,6 +53,14 @@ def miniature(size: str, scale: float, objectives: list[str], zero_shot_points: 
                                 "eval.zero_shot_points": zero_shot_points}
     runs = wsd_ladder(objectives, {size: study.TOP_BUDGETS[size] / scale}, fields, adjust=short_warmup)
     return Sweep("study_miniature", runs)
+
+
+def forget_init_probes(sweep: Sweep) -> None:
+    """Removes the cached init probes of the miniature's runs, so that every invocation measures the same
+    work: in a study each initialisation is probed once, and here each run has its own."""
+    for run in sweep.runs:
+        path = resolve_data_dir(run.config.data) / CACHE_FOLDER / f"{init_key(run.config)}.json"
+        path.unlink(missing_ok=True)
 
 
 def short_warmup(config) -> None:
@@ -123,6 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sweep = miniature(args.size, args.scale, args.objectives.split(","), args.zero_shot_points)
+    forget_init_probes(sweep)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         start = time.perf_counter()

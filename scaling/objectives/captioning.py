@@ -214,15 +214,19 @@ class Captioning(BaseObjective, ZeroShotScorer, CaptionScorer, SampleWriter):
         """[B, K]: each class's prompt log-likelihood given the image, averaged over templates. Per image
         and template, the encoder and the prompts' common prefix run once and each prompt only past it."""
         del rng
-        context_BMD, _ = model.encode(images_BHWC)
         tokenizer, limit = get_tokenizer(self.config.data.tokenizer), caption_length(self.config.data)
-        scores = []
+        prompts_per_template = []
         for template in prompt_templates(self.config.data.name):
             prompts = class_prompts(class_names, (template,))
             longest = max(len(prompt.encode()) for prompt in prompts) + 2  # BOS and EOS
-            tokens_KT, mask_KT = tokenize_prompts(tokenizer, prompts, min(longest, limit))
-            scores.append(_prompt_log_likelihoods(model, context_BMD, tokens_KT, mask_KT))
-        return jnp.stack(scores, axis=-1).mean(axis=-1)
+            prompts_per_template.append(tokenize_prompts(tokenizer, prompts, min(longest, limit)))
+
+        def scores(x_BHWC):
+            context_BMD, _ = model.encode(x_BHWC)
+            return jnp.stack([_prompt_log_likelihoods(model, context_BMD, tokens_KT, mask_KT)
+                              for tokens_KT, mask_KT in prompts_per_template], axis=-1).mean(axis=-1)
+
+        return in_chunks(scores, images_BHWC)
 
     def greedy_captions(self, model: CaptioningModel, images_BHWC, max_len: int | None = None) -> np.ndarray:
         """Greedy autoregressive captions [B, max_len]: BOS, tokens, EOS, then padding.

@@ -199,8 +199,8 @@ class Clip(BaseObjective, ZeroShotScorer, CaptionScorer):
         )
         text_UE = model.embed_texts(jnp.asarray(tokens_UT), jnp.asarray(mask_UT))
         class_KE = _l2_normalize(text_UE.reshape(len(class_names), -1, text_UE.shape[-1]).mean(axis=1))
-        image_BE, _ = model.embed_images(images_BHWC)
-        return jnp.einsum("be,ke->bk", image_BE, class_KE)
+        return in_chunks(lambda x_BHWC: jnp.einsum("be,ke->bk", model.embed_images(x_BHWC)[0], class_KE),
+                         images_BHWC)
 
     def train_flops_per_example(self) -> float:
         c = self.config
