@@ -11,10 +11,12 @@ own accounts, the evaluation share of the sweep's wall, each objective's evaluat
 (``eval_s/<part>`` of the eval records) and every probe and zero-shot accuracy, so a change can be
 checked for both speed and numbers at the same seed.
 ``--zero-shot-points final`` sets ``eval.zero_shot_points`` of every run (zero-shot at the end of each
-schedule only), the protocol lever to weigh against the study's default (``all``).
+schedule only) and ``--zero-shot-examples N`` the study's ``eval.zero_shot_examples`` (zero-shot on the
+first N of its probe test examples, divided by ``--scale`` here): protocol levers to weigh against the
+study's defaults (``all``, 0: every probe test example).
 
     python benchmarks/study_eval_share.py [--size mu] [--scale 8] [--objectives clip,igpt] [--keep DIR]
-                                          [--zero-shot-points all|final]
+                                          [--zero-shot-points all|final] [--zero-shot-examples 4300]
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def study_module():
     return module
 
 
-def miniature(size: str, scale: float, objectives: list[str], zero_shot_points: str = "all") -> Sweep:
+def miniature(size: str, scale: float, objectives: list[str], zero_shot_points: str = "all",
+              zero_shot_examples: int = 0) -> Sweep:
     study = study_module()
     probe_examples = {key: int(study.FIELDS[key] / scale)
                       for key in ("eval.probe_train_examples", "eval.probe_test_examples")}
     fields = lambda objective: {**study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **probe_examples,
-                                "eval.zero_shot_points": zero_shot_points}
+                                "eval.zero_shot_points": zero_shot_points,
+                                "eval.zero_shot_examples": int(zero_shot_examples / scale)}
     runs = wsd_ladder(objectives, {size: study.TOP_BUDGETS[size] / scale}, fields, adjust=short_warmup)
     return Sweep("study_miniature", runs)
 
@@ -132,9 +136,12 @@ def main() -> None:
     parser.add_argument("--keep", default="", help="run in this folder (kept) instead of a temporary one")
     parser.add_argument("--zero-shot-points", default="all", choices=("all", "final"),
                         help="eval.zero_shot_points of every run")
+    parser.add_argument("--zero-shot-examples", type=int, default=0,
+                        help="eval.zero_shot_examples of the study (divided by --scale like the probe's)")
     args = parser.parse_args()
 
-    sweep = miniature(args.size, args.scale, args.objectives.split(","), args.zero_shot_points)
+    sweep = miniature(args.size, args.scale, args.objectives.split(","), args.zero_shot_points,
+                      args.zero_shot_examples)
     forget_init_probes(sweep)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)

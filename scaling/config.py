@@ -121,6 +121,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.batch_size = 256
     c.eval.zero_shot = True
     c.eval.zero_shot_points = "all"  # or "final": zero-shot scored at the end-of-schedule point only
+    c.eval.zero_shot_examples = 0  # zero-shot on the first N probe test examples; 0 -> all of them
     c.eval.caption_level = ""  # captions of validation batches; "" -> data.caption_level
     c.eval.caption_levels = ()  # held-out caption metrics per level, e.g. ("short", "descriptive")
     c.eval.caption_examples = 256  # held-out test examples of those metrics
@@ -354,6 +355,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     _require(config.eval.zero_shot_points in ZERO_SHOT_POINTS,
              f"eval.zero_shot_points: {config.eval.zero_shot_points!r} not in {ZERO_SHOT_POINTS}; all scores "
              "zero-shot at every eval point, final at the end of the schedule only")
+    _require(config.eval.zero_shot_examples >= 0,
+             f"eval.zero_shot_examples: {config.eval.zero_shot_examples} must be 0 (every probe test "
+             "example) or a positive count")
     _require(
         config.data.max_caption_len == 0 or config.data.max_caption_len >= 2,
         f"data.max_caption_len: {config.data.max_caption_len} leaves no room for BOS and EOS; use 0 "

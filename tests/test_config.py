@@ -17,6 +17,7 @@ from scaling.objectives import validate_config
     ("mesh.data", 3, "multiply to 3 but there are 8 devices; set one axis to -1"),
     ("optim.warmup_steps", 10_000, "must be below total_steps"),
     ("eval.zero_shot_points", "last", r"eval.zero_shot_points: 'last' not in \('all', 'final'\)"),
+    ("eval.zero_shot_examples", -1, "eval.zero_shot_examples: -1 must be 0"),
     ("optim.warmup_examples", 640, "optim.warmup_examples: 640 and optim.warmup_steps: 30 both set a warmup"),
 ])
 def test_validation_names_the_field(field, value, message):

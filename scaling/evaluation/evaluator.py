@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -41,11 +42,13 @@ from scaling.sharding import shard_batch
 from scaling.state import ModelState
 from scaling.workdir import Stopwatch
 
-EVAL_PARTS = ("features_train", "features_test", "probe", "fewshot", "pixel_floor", "extra_labels",
-              "caption_levels")
+EVAL_PARTS = ("features_train", "features_test", "zero_shot", "probe", "fewshot", "pixel_floor",
+              "extra_labels", "caption_levels")
 """Where an evaluation's seconds go (``eval_s/<part>`` in eval records, with ``val_loss``): the feature
-passes over each split (the test split's with the class scores of zero-shot), the linear probes of every
-layer, the few-shot probes, the raw-pixel floor (cached), the extra labels' probes and caption metrics."""
+passes over each split (the test split's with the class scores of zero-shot, unless
+``eval.zero_shot_examples`` scores fewer examples in a pass of its own, ``zero_shot``), the linear probes
+of every layer, the few-shot probes, the raw-pixel floor (cached), the extra labels' probes and caption
+metrics."""
 PREDICTION = "class_prediction"  # beside the test split's features: the class-score prediction
 Features = tuple[dict[str, np.ndarray], np.ndarray]  # ({layer: [N, D]}, labels [N])
 
@@ -147,6 +150,7 @@ class Evaluation:
     data: ml_collections.ConfigDict  # the probe data set and label
     features_fn: BatchFn  # of the train split
     test_fn: BatchFn  # of the test split: the features and, with class scores, PREDICTION
+    predict_fn: BatchFn | None  # PREDICTION alone, for zero-shot on fewer test examples than the probe's
     extra_labels: tuple[str, ...]
     pixel_floor: bool
     caption_levels: CaptionLevelEval | None  # eval.caption_levels' held-out caption metrics
@@ -158,6 +162,17 @@ class Evaluated(NamedTuple):
     train_examples: int
     test_examples: int
     seconds: dict[str, float]  # per part of EVAL_PARTS
+
+
+def first_examples(batches: Iterable[dict[str, np.ndarray]], count: int | None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """The batches cut after their first ``count`` examples (all when None)."""
+    for batch in batches:
+        if count is not None and count <= 0:
+            return
+        kept = batch if count is None else {key: value[:count] for key, value in batch.items()}
+        count = None if count is None else count - len(kept["label"])
+        yield kept
 
 
 def with_predictions(features_fn: BatchFn, predict_fn: BatchFn) -> BatchFn:
@@ -210,12 +225,14 @@ def prepare_evaluation(
     if layers:
         features_fn = select_layers(features_fn, state, data, layers, config.eval.batch_size)
     wanted = names and zero_shot and supports_zero_shot(state.objective)
-    test_fn = features_fn
+    test_fn, predict_fn = features_fn, None
     if wanted:
-        test_fn = with_predictions(features_fn, make_zero_shot_fn(state.objective, state.model, names))
+        zero_shot_fn = make_zero_shot_fn(state.objective, state.model, names)
+        test_fn = with_predictions(features_fn, zero_shot_fn)
+        predict_fn = jax.jit(lambda p, x, rng: {PREDICTION: zero_shot_fn(p, x, rng)})
     levels = config.eval.get("caption_levels", ())
     caption_levels = CaptionLevelEval(config, state.objective, state.model, state.mesh) if levels else None
-    return Evaluation(state, config, data, features_fn, test_fn, extra_labels, pixel_floor,
+    return Evaluation(state, config, data, features_fn, test_fn, predict_fn, extra_labels, pixel_floor,
                       caption_levels, SplitImages(data, batch_size=config.eval.batch_size))
 
 
@@ -229,16 +246,24 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
     per_class = train_per_class(evaluation.config)
     clock = Stopwatch(EVAL_PARTS)
 
-    def over(fn: BatchFn, split: str, limit: int | None, per_class: int = 0) -> Features:
-        return map_split(fn, params, evaluation.images.batches(split, limit, per_class),
-                         mesh=evaluation.state.mesh, batch_size=e.batch_size, seed=seed)
+    def over(fn: BatchFn, split: str, limit: int | None, per_class: int = 0,
+             scored: int | None = None) -> Features:
+        batches = first_examples(evaluation.images.batches(split, limit, per_class), scored)
+        return map_split(fn, params, batches, mesh=evaluation.state.mesh, batch_size=e.batch_size, seed=seed)
 
+    zero_shot = zero_shot and evaluation.predict_fn is not None
+    scored = e.get("zero_shot_examples", 0) or None  # zero-shot's test examples, the first of the probe's
+    apart = zero_shot and scored is not None and (max_test is None or scored < max_test)
     with clock("features_train"):
         train = over(evaluation.features_fn, e.train_split, max_train, per_class)
     with clock("features_test"):
-        test_outputs, test_labels = over(evaluation.test_fn if zero_shot else evaluation.features_fn,
-                                         e.test_split, max_test)
-    predictions = test_outputs.pop(PREDICTION, None)
+        test_outputs, test_labels = over(evaluation.test_fn if zero_shot and not apart
+                                         else evaluation.features_fn, e.test_split, max_test)
+    predictions, scored_labels = test_outputs.pop(PREDICTION, None), test_labels
+    if apart:
+        with clock("zero_shot"):
+            outputs, scored_labels = over(evaluation.predict_fn, e.test_split, max_test, scored=scored)
+        predictions = outputs[PREDICTION]
     test = (test_outputs, test_labels)
     train_examples, test_examples = len(train[1]), len(test[1])
     record = probe_record(train, test, seed=seed, clock=clock)
@@ -252,7 +277,7 @@ def evaluate(evaluation: Evaluation, params, *, max_train: int | None, max_test:
             record.update(extra_label_record(data, train[0], test[0], evaluation.extra_labels,
                                              train_split=e.train_split, test_split=e.test_split, seed=seed))
     if predictions is not None:
-        record[evaluation.state.objective.class_score_field] = float(np.mean(predictions == test_labels))
+        record[evaluation.state.objective.class_score_field] = float(np.mean(predictions == scored_labels))
     if evaluation.caption_levels is not None:
         with clock("caption_levels"):
             record.update(evaluation.caption_levels(params))

@@ -27,8 +27,8 @@ UNKEYED_DEFAULTS = {"eval.probe_train_per_class": 0}  # fields newer than the ca
 TRAINING_ONLY = (  # config fields (or sections, with a trailing dot) that do not change step 0 or its probe
     *OPERATIONAL_FIELDS, "total_steps", "batch_size", "grad_accum_steps", "optim.", "mesh.",
     "eval.num_points", "eval.first_fraction", "eval.cooldown_fraction", "eval.val_split", "eval.val_batches",
-    "eval.zero_shot", "eval.zero_shot_points", "eval.caption_level", "eval.caption_levels",
-    "eval.caption_examples",
+    "eval.zero_shot", "eval.zero_shot_points", "eval.zero_shot_examples", "eval.caption_level",
+    "eval.caption_levels", "eval.caption_examples",
 )
 
 

@@ -6,6 +6,8 @@ from helpers import load_experiment, random_batch, run_steps
 from scaling.data import cifar10_jpeg
 from scaling.data.captions import TEMPLATES, class_prompts, prompt_templates
 from scaling.data.tokenizer import get_tokenizer
+from scaling.evaluation.evaluator import PREDICTION, evaluate, prepare_evaluation
+from scaling.evaluation.features import map_split
 from scaling.objectives import build_objective
 from scaling.sharding import make_mesh
 from scaling.state import build_model_state
@@ -72,3 +74,20 @@ def test_diffusion_classifier_picks_the_class_the_model_was_conditioned_on():
     scores = overfit_then_score(config, batch, 250)
     assert (np.isfinite(scores).sum(axis=1) == 2).all()  # only the kept classes are scored fully
     assert np.mean(scores.argmax(axis=1) == labels) >= 0.75  # chance is 0.25
+
+
+def test_zero_shot_examples_scores_the_first_probe_test_examples_in_a_pass_of_its_own(tiny_config):
+    config = tiny_config("clip", **{"eval.zero_shot_examples": 100, "eval.probe_train_examples": 200,
+                                    "eval.probe_test_examples": 200})
+    config.mesh.update(ONE_DEVICE)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        state = build_model_state(config, mesh)
+        params = jax.jit(lambda: state.init_params(0), out_shardings=state.param_shardings)()
+        evaluation = prepare_evaluation(config, state)
+        evaluated = evaluate(evaluation, params, max_train=200, max_test=200)
+        outputs, labels = map_split(evaluation.test_fn, params, evaluation.images.batches("test", 200),
+                                    mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed)
+    assert evaluated.test_examples == 200  # the probe's test examples are all there
+    assert evaluated.record["zero_shot_accuracy"] == np.mean(outputs[PREDICTION][:100] == labels[:100])
+    assert evaluated.seconds["zero_shot"] > 0
