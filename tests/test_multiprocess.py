@@ -1,4 +1,5 @@
-"""Two JAX processes (gloo CPU collectives, 2 devices each) run a sweep together, as TPU hosts do.
+"""Two JAX processes (gloo CPU collectives, 2 devices each) run a sweep together, as TPU hosts do, and
+train a fixed batch to the losses one process on one device gets.
 
 Run as a script, this file is one of those processes:
     python tests/test_multiprocess.py PORT PROCESS_ID ROOT OUT DATA_DIR
@@ -98,7 +99,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.devices(PROCESSES * LOCAL_DEVICES)  # for the one-process reference
 def test_two_processes_run_a_sweep_together_and_only_process_0_writes(tmp_path, data_dir):
     root, port = tmp_path / "runs", free_port()
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
@@ -127,8 +127,8 @@ def test_two_processes_run_a_sweep_together_and_only_process_0_writes(tmp_path, 
             "results.csv"} <= set(reports[0]["writes"])
     assert reports[1]["writes"] == []  # process 1 trained too, but wrote nothing but its checkpoint shards
 
-    devices = jax.devices()[:PROCESSES * LOCAL_DEVICES]
-    single = fixed_batch_losses(sweep.runs[0].config, random_batch(sweep.runs[0].config, BATCH), devices)
+    config = sweep.runs[0].config
+    single = fixed_batch_losses(config, random_batch(config, BATCH), jax.devices())  # one device
     assert reports[0]["losses"] == pytest.approx(single, rel=1e-5)
     assert reports[1]["losses"] == reports[0]["losses"]
 
