@@ -61,6 +61,16 @@ def test_sweep_probes_at_every_point_killed_and_rerun_run_once_and_join_the_tabl
     assert zero_shot.iloc[-1] == probed.scenes_32_small_zero_shot_accuracy.iloc[-1]
     assert probed.scenes_32_small_zero_shot_accuracy.notna().all()
 
+    # a per-class training subset is a probe set of its own: its own job and columns
+    counts = probe_sweep(sweep_dir, PROBE_SET, train_per_class=8, out=lambda _: None)
+    assert counts == {"probed": 1, "done": 0, "held": 0}
+    subset = json.loads((run_dir / "probes" / "scenes_32_small_8perclass" / "result.json").read_text())
+    assert (subset["train_examples"], subset["train_per_class"], subset["step"]) == (64, 8, 6)  # 8 shapes
+    table = build_table(sweep_dir)
+    (final,) = table[table["scenes_32_small_8perclass_probe_accuracy"].notna()].itertuples()
+    assert final.step == 6 and final.scenes_32_small_8perclass_probe_accuracy == subset["probe_accuracy"]
+    assert getattr(final, COLUMN) == probed.set_index("step").loc[6, COLUMN]  # the full probe's kept
+
     (run_dir / "checkpoints" / "1").rename(run_dir / "1.aside")  # as a run trained without keeping it
     with pytest.raises(ConfigError, match="kept no checkpoint of its eval points at steps 1; probe its "
                        "final point .* --config.keep_eval_checkpoints=true"):

@@ -76,7 +76,8 @@ def probe_checkpoint(
 
     result = {"dataset": evaluation.data.name, "label": evaluation.data.label, "step": step,
               "train_examples": evaluated.train_examples, "test_examples": evaluated.test_examples,
-              "test_split": evaluation.config.eval.test_split, **evaluated.record}
+              "test_split": evaluation.config.eval.test_split,
+              **({"train_per_class": train_per_class} if train_per_class else {}), **evaluated.record}
     progress = [r for r in files.read_metrics() if r["step"] == step]
     if progress:
         result["flops"] = progress[-1]["flops"]

@@ -69,8 +69,8 @@ def probe_steps(run_dir: Path, points: str) -> list[int]:
     return sorted(evals | {kept[-1]})
 
 
-def job_name(dataset: str, step: int, final_step: int) -> str:
-    key = dataset_key(dataset)
+def job_name(dataset: str, step: int, final_step: int, train_per_class: int | None = None) -> str:
+    key = dataset_key(dataset, train_per_class)
     return key if step == final_step else f"{key}-step{step}"
 
 
@@ -100,7 +100,8 @@ def probe_sweep(sweep_dir: str | Path, dataset: str, *, points: str = "final", m
             for steps in [probe_steps(run_dir, points)] for step in steps]
     counts: Counter[str] = Counter()
     for run_dir, step, final_step in jobs:
-        store, job = Store(run_dir, PROBES, lease_timeout_s), job_name(dataset, step, final_step)
+        store = Store(run_dir, PROBES, lease_timeout_s)
+        job = job_name(dataset, step, final_step, train_per_class)
         generation = store.claim(job)
         if generation is None:
             counts["done" if store.finished_state(job) else "held"] += 1

@@ -42,7 +42,7 @@ CONFIG_COLUMNS = {  # column -> dotted config field
 }
 RUN_COLUMNS = ("run_id", "status", *CONFIG_COLUMNS, "captions", "budget", "budget_unit", "budget_amount")
 POINT_COLUMNS = ("kind", "point", "step", "examples", "flops", "wall_s")
-PROBE_KEYS = ("status", "dataset", "step", "flops")  # of a probe job's result: not joined as its fields
+PROBE_KEYS = ("status", "dataset", "train_per_class", "step", "flops")  # of a probe job's result: not joined
 PROBES = "probes"  # a run's probes on other data sets: probes/<data set key>/result.json
 PROBE_RESULT = "result.json"  # written by scaling.sweeps.probes
 
@@ -85,9 +85,11 @@ def with_points(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(point=current.where(~((table["kind"] == "eval") & current.isna()), inferred))
 
 
-def dataset_key(dataset: str) -> str:
-    """A data set's name as a folder and column prefix: ``scenes/32`` -> ``scenes_32``."""
-    return re.sub(r"[^A-Za-z0-9]", "_", dataset)
+def dataset_key(dataset: str, train_per_class: int | None = None) -> str:
+    """A probe set's name as a folder and column prefix: ``scenes/32`` -> ``scenes_32``, and with a per-class
+    training subset ``imagenet2012`` -> ``imagenet2012_25perclass``."""
+    key = re.sub(r"[^A-Za-z0-9]", "_", dataset)
+    return f"{key}_{train_per_class}perclass" if train_per_class else key
 
 
 def probe_results(run_dir: Path) -> list[dict[str, Any]]:
@@ -99,10 +101,11 @@ def probe_results(run_dir: Path) -> list[dict[str, Any]]:
 def with_probes(records: list[dict[str, Any]], probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's records with the fields of each probe on another data set (scaling.sweeps.probes) joined
     onto its main eval record at the probed step (not a cool-down branch forked there) as
-    ``<data set>_<field>``, or onto a new eval record there."""
+    ``<data set>_<field>`` (``<data set>_<N>perclass_<field>`` for a per-class training subset), or onto a
+    new eval record there."""
     records = [dict(record) for record in records]
     for probe in probes:
-        prefix = dataset_key(probe["dataset"]) + "_"
+        prefix = dataset_key(probe["dataset"], probe.get("train_per_class")) + "_"
         fields = {f"{prefix}{name}": value for name, value in probe.items() if name not in PROBE_KEYS}
         at_step = [r for r in records if r.get("kind") == "eval" and r["step"] == probe["step"]
                    and r.get("point") != COOLDOWN_BRANCH and "cooldown_steps" not in r]
