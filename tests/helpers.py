@@ -1,5 +1,6 @@
 """Test helpers shared by every test file: experiment configs, random batches, the ``scaling`` command in
-this process, the real trainer pieces on a chosen mesh, and the matmul operand dtypes of a traced function."""
+this process, folders built once per session for all xdist workers, the real trainer pieces on a chosen
+mesh, and the matmul operand dtypes of a traced function."""
 
 import fcntl
 import json
