@@ -77,7 +77,7 @@ def test_diffusion_classifier_picks_the_class_the_model_was_conditioned_on():
 
 
 def test_zero_shot_examples_scores_the_first_probe_test_examples_in_a_pass_of_its_own(tiny_config):
-    config = tiny_config("clip", **{"eval.zero_shot_examples": 100, "eval.probe_train_examples": 200,
+    config = tiny_config("clip", **{"eval.zero_shot_examples": 100, "eval.probe_train_examples": 100,
                                     "eval.probe_test_examples": 200})
     config.mesh.update(ONE_DEVICE)
     mesh = make_mesh(config.mesh, jax.devices()[:1])
@@ -85,7 +85,7 @@ def test_zero_shot_examples_scores_the_first_probe_test_examples_in_a_pass_of_it
         state = build_model_state(config, mesh)
         params = jax.jit(lambda: state.init_params(0), out_shardings=state.param_shardings)()
         evaluation = prepare_evaluation(config, state)
-        evaluated = evaluate(evaluation, params, max_train=200, max_test=200)
+        evaluated = evaluate(evaluation, params, max_train=100, max_test=200)
         outputs, labels = map_split(evaluation.test_fn, params, evaluation.images.batches("test", 200),
                                     mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed)
     assert evaluated.test_examples == 200  # the probe's test examples are all there
