@@ -2,9 +2,9 @@
 stay in cache.
 
 An evaluation's batch (``eval.batch_size``, 256 by default) is larger than a device computes efficiently
-without gradients: on a 2-core CPU host, four passes over 64 images took 0.33 to 0.76 of the time of one
-pass over 256 (``benchmarks/eval_chunks.py``, medians of interleaved ratios on a loaded host; CLIP and
-captioning gain most, iGPT least). ``in_chunks`` runs a per-example
+without gradients: on a 2-core CPU host, four passes over 64 images took 0.53 to 0.84 of the time of one
+pass over 256 at size mu and 0.68 to 0.92 at nano (``benchmarks/eval_chunks.py``, medians of interleaved
+ratios, load average about 6; CLIP and captioning gain most, iGPT least). ``in_chunks`` runs a per-example
 function over ``ROWS`` examples per device at a time (one ``lax.map``), each chunk taking every
 ``n``-th example so it stays sharded over the batch's mesh axes as the batch was.
 """
