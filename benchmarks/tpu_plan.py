@@ -1,22 +1,26 @@
-"""Our train step compiled for a TPU slice, from a CPU host: XLA's step-time estimate, temporaries per chip
-and the implied MFU, for the reference ViT-B/16 shapes.
+"""Our train step compiled for a TPU slice, from a CPU host: XLA's step-time estimate, temporaries and bytes
+accessed per chip, and the implied MFU, for the reference ViT image-tower shapes.
 
 Reference: ImageTower size "b" (width 768, depth 12, 12 heads, MLP 3072), 224x224 images, patch 16,
 batch 1024, a linear classification head with softmax cross-entropy, AdamW, FSDP over the 8 chips of
-v5p:2x2x2, model.dtype bfloat16. MFU here is 6ND (6 x parameters x image tokens of the batch) over
-the estimate times the chips' bfloat16 peak, as in the reference table.
+v5p:2x2x2, model.dtype bfloat16 (``--size``, ``--batch-size`` and ``--topology`` change the shape; FSDP
+spans every chip; ``--residual-dtype`` lists the residual streams to compile, ``--remat`` the policies).
+MFU here is 6ND (6 x parameters x image tokens of the batch) over the estimate times the chips' bfloat16
+peak, as in the reference table.
 
-Two estimates: the program as compiled by default ("as compiled", the reference table's method), whose
-windowed einsums (FSDP products looped over shards) XLA's cost analysis counts once; and the program
-the planner costs, compiled without them, where every product is counted ("planner").
+The estimate is of the program as compiled by default (the reference table's method), whose windowed
+einsums (FSDP products looped over shards) XLA's cost analysis counts once. ``--planner`` adds the
+estimate the planner uses, from a second compile without them where every product is counted.
 Needs libtpu (``pip install -e ".[tpu]"``).
 
-    JAX_PLATFORMS=cpu python benchmarks/tpu_plan.py [--topology v5p:2x2x2] [--remat none,dots]
+    JAX_PLATFORMS=cpu python benchmarks/tpu_plan.py [--topology v5p:2x2x2] [--size b] [--batch-size 1024]
+        [--residual-dtype float32,bfloat16] [--remat none,dots] [--planner]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import jax
@@ -73,9 +77,11 @@ def six_nd(config, objective: LinearClassification) -> float:
     return 6.0 * parameters * tokens
 
 
-def reference_config(chips: int, remat: str):
-    config = load_config_file(ROOT / "experiments" / "clip.py", "size=b")
-    config.batch_size, config.model.dtype, config.model.remat = 1024, "bfloat16", remat
+def reference_config(chips: int, remat: str, size: str = "b", batch_size: int = 1024,
+                     residual_dtype: str = "float32"):
+    config = load_config_file(ROOT / "experiments" / "clip.py", f"size={size}")
+    config.batch_size, config.model.dtype, config.model.remat = batch_size, "bfloat16", remat
+    config.model.residual_dtype = residual_dtype
     config.data.image_size, config.model.patch_size = 224, 16
     config.mesh.update({"data": 1, "fsdp": chips, "tensor": 1})
     return config
@@ -84,23 +90,33 @@ def reference_config(chips: int, remat: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--topology", default="v5p:2x2x2")
+    parser.add_argument("--size", default="b")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--residual-dtype", default="float32")
     parser.add_argument("--remat", default="none")
+    parser.add_argument("--planner", action="store_true", help="also the planner's every-product estimate")
     args = parser.parse_args()
     topology = plan.parse_topology(args.topology)
     devices = plan.topology_devices(topology)
-    print(f"{'step':<40}{'as compiled':>13}{'MFU':>6}{'planner':>11}{'MFU':>6}{'temporaries/chip':>18}"
-          "   (MFU: 6ND / (estimate x chips x bfloat16 peak))")
-    for remat in args.remat.split(","):
-        config = reference_config(len(devices), remat)
+    planner_header = f"{'planner':>11}{'MFU':>6}" if args.planner else ""
+    print(f"{'step':<44}{'estimate':>11}{'MFU':>6}{'temporaries':>13}{'accessed':>13}{planner_header}"
+          "   (per chip; MFU: 6ND / (estimate x chips x bfloat16 peak))")
+    for remat, residual in itertools.product(args.remat.split(","), args.residual_dtype.split(",")):
+        config = reference_config(len(devices), remat, args.size, args.batch_size, residual)
         objective = LinearClassification(config)
-        row = plan.measure(config, topology, devices, objective)
-        as_compiled = plan.step_cost(plan.compile_train_step(config, devices, objective)[0])
+        compiled, _ = plan.compile_train_step(config, devices, objective)
+        seconds = plan.step_cost(compiled)["optimal_seconds"]
+        cost = compiled.cost_analysis()
+        accessed_gib = (cost[0] if isinstance(cost, list) else cost)["bytes accessed"] / plan.GIB
+        temporaries_gib = compiled.memory_analysis().temp_size_in_bytes / plan.GIB
         model_flops = six_nd(config, objective) / (topology.chips * topology.chip.peak_flops)
-        label = f"ours (ViT-B/16, bfloat16, remat={remat})"
-        seconds = as_compiled["optimal_seconds"]
-        print(f"{label:<40}{1e3 * seconds:>10.1f} ms{model_flops / seconds:>6.2f}"
-              f"{1e3 * row['step_s']:>8.1f} ms{model_flops / row['step_s']:>6.2f}"
-              f"{row['temporaries_gib']:>14.1f} GiB", flush=True)
+        label = f"{args.size}/{config.model.patch_size} batch {args.batch_size} {residual} remat={remat}"
+        line = (f"{label:<44}{1e3 * seconds:>8.1f} ms{model_flops / seconds:>6.3f}"
+                f"{temporaries_gib:>9.2f} GiB{accessed_gib:>9.1f} GiB")
+        if args.planner:
+            planner_s = plan.cost_row(config, topology, devices, objective)["step_s"]
+            line += f"{1e3 * planner_s:>8.1f} ms{model_flops / planner_s:>6.3f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"
+    c.model.residual_dtype = "float32"  # the stream between blocks; bfloat16 halves its bytes on TPU
     c.model.patch_size = 4
     c.model.positions = "learned"
     c.model.scan_layers = False  # one compiled block looped over stacked parameters (deep models)
@@ -309,6 +310,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     for field in ("total_steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
         _require(config[field] > 0, f"{field}: must be positive, got {config[field]}")
     _require(config.model.dtype in DTYPES, f"model.dtype: {config.model.dtype!r} not in {DTYPES}")
+    _require(config.model.residual_dtype in DTYPES,
+             f"model.residual_dtype: {config.model.residual_dtype!r} not in {DTYPES}")
     _require(config.model.parametrization in PARAMETRIZATIONS,
              f"model.parametrization: unknown {config.model.parametrization!r}; choose one of "
              f"{', '.join(PARAMETRIZATIONS)}")

@@ -49,7 +49,8 @@ OPERATIONAL_FIELDS = (
 # the field existed, so published run ids and recorded config.json files stay valid.
 LATER_FIELDS = {"optim.warmup_examples": 0, "model.parametrization": "standard", "model.base_width": 32,
                 "data.caption_field": "", "data.train_transform": "", "data.eval_transform": "",
-                "eval.zero_shot_points": "all", "eval.probe_train_per_class": 0, "eval.zero_shot_examples": 0}
+                "eval.zero_shot_points": "all", "eval.probe_train_per_class": 0, "eval.zero_shot_examples": 0,
+                "model.residual_dtype": "float32"}
 
 
 def is_writer() -> bool:

@@ -10,6 +10,7 @@ from scaling.objectives import validate_config
     ("size", "huge", "size: unknown 'huge'"),
     ("batch_size", 12, "batch_size: 12 is not divisible by the 8 batch shards .*multiple of 8"),
     ("model.dtype", "float16", "model.dtype"),
+    ("model.residual_dtype", "float16", r"model.residual_dtype: .float16. not in \(.float32., .bfloat16.\)"),
     ("model.parametrization", "mu-p", "model.parametrization: unknown 'mu-p'; choose one of standard, mup"),
     ("model.base_width", 64, r"model.base_width: 64 must be positive and at most the width of size mu \(32"),
     ("model.patch_size", 5, "does not divide data.image_size"),

@@ -4,8 +4,9 @@ Parameters are float32 and carry logical axis names in their ``axes`` metadata (
 Every matmul goes through ``einsum``: with a bfloat16 compute dtype it multiplies bfloat16 operands with
 float32 accumulation in the forward pass and in both backward products. Inside attention and MLP
 blocks the products are returned in bfloat16 too (activations kept for the backward pass: half the
-bytes), attention logits included; norms, the softmax (upcast inside its fusion), the residual stream
-and every head's output stay float32.
+bytes), attention logits included; norms, the softmax (upcast inside its fusion) and every head's
+output stay float32. The residual stream is float32 or bfloat16 (``Stacking.residual_dtype``); each add
+into it is done in float32.
 """
 
 from __future__ import annotations
@@ -340,12 +341,15 @@ class Block(nnx.Module):
         condition_BE: Array | None = None,
         past: KeysValues | None = None,
     ):
+        """The block's output, in ``x``'s dtype (the residual stream's): each branch is added in float32
+        and the sum rounded once."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaptive_parameters(condition_BE)
+        residual = lambda x_BLD, branch_BLD: (x_BLD.astype(jnp.float32) + branch_BLD).astype(x_BLD.dtype)
         attention_in_BLD = modulate(self.attention_norm(x_BLD), shift_a, scale_a)
-        x_BLD = x_BLD + gate(self.attention(attention_in_BLD, mask_BLL, past=past), gate_a)
+        x_BLD = residual(x_BLD, gate(self.attention(attention_in_BLD, mask_BLL, past=past), gate_a))
         if self.cross_attention is not None:
-            x_BLD = x_BLD + self.cross_attention(self.cross_norm(x_BLD), None, context_BMD)
-        x_BLD = x_BLD + gate(self.mlp(modulate(self.mlp_norm(x_BLD), shift_m, scale_m)), gate_m)
+            x_BLD = residual(x_BLD, self.cross_attention(self.cross_norm(x_BLD), None, context_BMD))
+        x_BLD = residual(x_BLD, gate(self.mlp(modulate(self.mlp_norm(x_BLD), shift_m, scale_m)), gate_m))
         return constrain(x_BLD, ("batch", "length", "embed"))
 
 
@@ -383,7 +387,8 @@ class Positions(nnx.Module):
 
     def __call__(self, x_BLD: Array, offset: int | Array = 0) -> Array:
         """``x`` plus the embeddings of positions ``offset`` to ``offset + L`` (a continuation of a
-        cached prefix of ``offset`` positions, which may be traced; 1-D tables only)."""
+        cached prefix of ``offset`` positions, which may be traced; 1-D tables only), added in float32
+        and returned in ``x``'s dtype."""
         _, length, width = x_BLD.shape
         if self.table is not None:
             table = self.table[...]
@@ -391,15 +396,17 @@ class Positions(nnx.Module):
             table = sincos_positions_2d(int(round(length**0.5)), width)
         else:
             table = sincos_positions(max(self.length, length), width)
-        return x_BLD + jax.lax.dynamic_slice_in_dim(table, offset, length)
+        return (x_BLD + jax.lax.dynamic_slice_in_dim(table, offset, length)).astype(x_BLD.dtype)
 
 
 class PatchEmbed(nnx.Module):
     """Splits [B, H, W, C] images into non-overlapping patches and projects each to ``width``."""
 
-    def __init__(self, patch: int, channels: int, width: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, patch: int, channels: int, width: int, *, dtype, rngs: nnx.Rngs,
+                 out_dtype=jnp.float32):
         self.patch = patch
-        self.proj = Dense((patch * patch * channels,), (width,), (None, "embed"), dtype=dtype, rngs=rngs)
+        self.proj = Dense((patch * patch * channels,), (width,), (None, "embed"), dtype=dtype, rngs=rngs,
+                          out_dtype=out_dtype)
 
     def __call__(self, images_BHWC: Array) -> Array:
         B, H, W, C = images_BHWC.shape

@@ -44,16 +44,21 @@ REMAT_POLICIES = {
 class Stacking:
     """How a stack's blocks are built and compiled: their ``parametrization`` (initialisation, attention
     scale, learning-rate factors); the backward-pass ``remat`` policy; ``scan``: one block compiled and
-    looped over parameters stacked on a ``layers`` axis."""
+    looped over parameters stacked on a ``layers`` axis; ``residual_dtype``: the dtype of the residual
+    stream between blocks (each block adds its branches in float32 and rounds once; norms run in float32
+    either way). A bfloat16 stream halves the bytes every block reads, writes and keeps for the backward
+    pass."""
 
     remat: str = "none"
     scan: bool = False
     parametrization: Parametrization = STANDARD
+    residual_dtype: str = "float32"
 
     @classmethod
     def of(cls, model_config) -> Stacking:
         """The stacking that a config's ``model`` section asks for."""
-        return cls(model_config.remat, model_config.scan_layers, Parametrization.of(model_config))
+        return cls(model_config.remat, model_config.scan_layers, Parametrization.of(model_config),
+                   model_config.residual_dtype)
 
 
 def rematerialized(block_call, policy: str):
@@ -109,6 +114,10 @@ class Transformer(nnx.Module):
         self.final_norm = LayerNorm(size.width, use_scale=not condition_width)
         self.stacking = stacking
 
+    def stream(self, x_BLD: Array) -> Array:
+        """``x`` as the first blocks' input: in the residual stream's dtype, sharded as it."""
+        return constrain(x_BLD.astype(self.stacking.residual_dtype), ("batch", "length", "embed"))
+
     def __call__(
         self,
         x_BLD: Array,
@@ -118,7 +127,7 @@ class Transformer(nnx.Module):
         past: Cache | None = None,
     ) -> tuple[Array, list[Array]]:
         """``past`` (``keys_values`` of earlier positions) makes this a continuation of them."""
-        x_BLD = constrain(x_BLD, ("batch", "length", "embed"))
+        x_BLD = self.stream(x_BLD)
         apply = rematerialized(Block.__call__, self.stacking.remat)
         if self.stacking.scan:
 
@@ -140,7 +149,7 @@ class Transformer(nnx.Module):
     def keys_values(self, x_BLD: Array, hidden: list[Array], condition_BE: Array | None = None) -> Cache:
         """The self-attention keys and values of every block in a pass whose input was ``x`` and whose
         block outputs were ``hidden``: the cache a continuation (``past``) attends to."""
-        inputs = [constrain(x_BLD, ("batch", "length", "embed")), *hidden[:-1]]
+        inputs = [self.stream(x_BLD), *hidden[:-1]]
         if self.stacking.scan:
             per_block = nnx.vmap(lambda block, x_BLD: block.keys_values(x_BLD, condition_BE),
                                  in_axes=(0, 0), out_axes=0)
@@ -158,7 +167,8 @@ class ImageTower(nnx.Module):
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch}")
         self.num_patches = (image_size // patch) ** 2
-        self.embed = PatchEmbed(patch, 3, size.width, dtype=dtype, rngs=rngs)
+        self.embed = PatchEmbed(patch, 3, size.width, dtype=dtype, rngs=rngs,
+                                out_dtype=stacking.residual_dtype)
         self.positions = Positions(self.num_patches, size.width, positions, rngs=rngs, grid=True)
         self.transformer = Transformer(size, dtype=dtype, rngs=rngs, stacking=stacking)
 
