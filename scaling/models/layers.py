@@ -4,9 +4,11 @@ Parameters are float32 and carry logical axis names in their ``axes`` metadata (
 Every matmul goes through ``einsum``: with a bfloat16 compute dtype it multiplies bfloat16 operands with
 float32 accumulation in the forward pass and in both backward products. Inside attention and MLP
 blocks the products are returned in bfloat16 too (activations kept for the backward pass: half the
-bytes), attention logits included; norms, the softmax (upcast inside its fusion) and every head's
-output stay float32. The residual stream is float32 or bfloat16 (``Stacking.residual_dtype``); each add
-into it is done in float32.
+bytes), attention logits included; norms, the softmax (upcast inside its fusion), the blocks' output
+projections (attention ``out``, MLP ``down``) and every head's output stay float32. The residual stream is
+float32 or bfloat16 (``Stacking.residual_dtype``); each add into it is done in float32. On CPU biases are
+added in float32 before the rounding to bfloat16, so their gradients are float32 sums: XLA's CPU backend
+turns a bfloat16 sum over every token into a slow tree of windowed reductions (TPU sums it in one pass).
 """
 
 from __future__ import annotations
@@ -138,15 +140,16 @@ class Dense(nnx.Module):
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
 
     def __call__(self, x: Array) -> Array:
+        product_dtype = self.out_dtype if self.bias is None or bfloat16_results() else jnp.float32
         if flat_matmuls():
             lead = x.shape[: x.ndim - len(self.in_shape)]
             kernel_IO = self.kernel[...].reshape(int(np.prod(self.in_shape)), int(np.prod(self.out_shape)))
-            y = einsum("...i,io->...o", x.reshape(*lead, -1), kernel_IO, self.dtype, self.out_dtype)
+            y = einsum("...i,io->...o", x.reshape(*lead, -1), kernel_IO, self.dtype, product_dtype)
             y = y.reshape(*lead, *self.out_shape)
         else:
             ins, outs = "ijkl"[: len(self.in_shape)], "opqr"[: len(self.out_shape)]
-            y = einsum(f"...{ins},{ins}{outs}->...{outs}", x, self.kernel[...], self.dtype, self.out_dtype)
-        return y if self.bias is None else y + self.bias[...].astype(y.dtype)
+            y = einsum(f"...{ins},{ins}{outs}->...{outs}", x, self.kernel[...], self.dtype, product_dtype)
+        return y if self.bias is None else (y + self.bias[...].astype(y.dtype)).astype(self.out_dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -207,7 +210,7 @@ class Attention(nnx.Module):
             self.key_value = projection((context_width,), (2, heads, head_dim),
                                         ("embed", None, "heads", "kv"), fused=True,
                                         scaling=parametrization.hidden(context_width))
-        self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"))
+        self.out = projection((heads, head_dim), (width,), ("heads", "kv", "embed"), out_dtype=jnp.float32)
         self.dtype = dtype
         self.scale = parametrization.attention_scale(head_dim, width)
 
@@ -263,7 +266,7 @@ class Mlp(nnx.Module):
                  parametrization: Parametrization = STANDARD):
         dense = partial(Dense, dtype=dtype, rngs=rngs, out_dtype=dtype, scaling=parametrization.hidden(width))
         self.up = dense((width,), (hidden,), ("embed", "mlp"))
-        self.down = dense((hidden,), (width,), ("mlp", "embed"))
+        self.down = dense((hidden,), (width,), ("mlp", "embed"), out_dtype=jnp.float32)
 
     def __call__(self, x_BLD: Array) -> Array:
         return self.down(jax.nn.gelu(self.up(x_BLD)))
