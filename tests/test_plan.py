@@ -12,6 +12,10 @@ from scaling import plan
 from scaling.errors import ConfigError
 from scaling.models.sizes import get_size
 
+# Compiled TPU programs live in this module's memory (each_step_compiled_once), not in the disk cache:
+# its tests run on one xdist worker (``--dist loadgroup``), so each program compiles once per suite.
+pytestmark = pytest.mark.xdist_group("tpu_compiles")
+
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None, reason='libtpu not installed (pip install -e ".[tpu]")'
 )
