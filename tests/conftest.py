@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import ROOT, built_once, load_experiment  # noqa: E402
+from helpers import ROOT, built_once, load_experiment, tiny_fields  # noqa: E402
 
 from scaling.analysis.figures import compute_figure  # noqa: E402
 from scaling.config import load_python_file  # noqa: E402
@@ -86,10 +86,8 @@ def tiny_sweep(tmp_path_factory, data_dir) -> dict:
     Medium captions, unlike the quickstart's short ones, tell the 16 images of a batch apart. Tests copy
     what they write into."""
     quickstart = load_python_file(ROOT / "sweeps" / "quickstart.py")
-    fields = {**quickstart.FIELDS, "data.name": "scenes/32_small", "data.data_dir": data_dir,
-              "data.image_size": 16, "data.caption_level": "medium", "batch_size": 16,
-              "checkpoint_every": 10, "log_every": 5,
-              "optim.warmup_steps": 2, "optim.learning_rate": 3e-3, "eval.val_batches": 1,
+    fields = {**quickstart.FIELDS, **tiny_fields(data_dir), "data.caption_level": "medium",
+              "optim.learning_rate": 3e-3, "eval.num_points": 1, "eval.val_batches": 1,
               "eval.probe_train_examples": 300, "eval.probe_test_examples": 200}
     wsd = {**fields, "optim.schedule": "wsd", "eval.num_points": 3, "eval.first_fraction": 0.25}
     runs = {"plain": grid(["clip"], ["mu"], [Budget.steps(20)],
