@@ -15,11 +15,18 @@ added when the first runs put mu's optimum at 8e-3 and then at 1.6e-2, the grid'
 diffusion). iGPT's loss at mu still fell to 6.4e-2, so its grid is 2e-3 to 1.28e-1 (its runs at 5e-4 and
 1e-3, at mu only, were the worst of its grid by 0.7 nats or more, and stay in the results). An optimum
 on its grid's edge is reported as "widen the grid".
+At nano (width 128) each grid is 5 points a factor 2 apart (``log_grid``), centred where the drift from
+mu to micro puts the optimum next: the grid point nearest micro's loss optimum times its ratio to mu's
+(``scaling analyze`` of the mu and micro runs). CLIP: µP 5.8e-3 -> 3.2e-3, so 1.7e-3 and a centre of
+2e-3; standard 5.8e-3 -> 1.9e-3, so 6.4e-4 and 5e-4. iGPT: µP 3.8e-2 -> 3.3e-2, so 2.9e-2 and 3.2e-2;
+standard 3.8e-2 -> 1.7e-2, so 7.5e-3 and 8e-3. A nano optimum on its grid's edge gets the next point
+added. Objectives without a centre here (their micro runs were not finished when it was set) keep the
+whole grid.
 Runs go size by size (every objective at mu, then micro, then nano), so the cheap widths finish first.
 """
 
 from scaling.data.cifar10_jpeg import CAPTION_TOKENS
-from scaling.sweeps.spec import TUNING_LEARNING_RATES, Sweep, tuning_runs
+from scaling.sweeps.spec import TUNING_LEARNING_RATES, Sweep, log_grid, tuning_runs
 
 FIELDS = {
     "batch_size": 128,
@@ -41,7 +48,16 @@ PER_OBJECTIVE = {
     "igpt": {"data.caption_level": "none"},
 }
 IGPT_RATES = (*TUNING_LEARNING_RATES[2:], 1.28e-1)
+NANO_CENTRES = {("clip", "mup"): 2e-3, ("clip", "standard"): 5e-4,
+                ("igpt", "mup"): 3.2e-2, ("igpt", "standard"): 8e-3}
+
+
+def rates(objective: str, size: str, parametrization: str) -> tuple[float, ...]:
+    centre = NANO_CENTRES.get((objective, parametrization)) if size == "nano" else None
+    if centre:
+        return log_grid(centre, points=5)
+    return IGPT_RATES if objective == "igpt" else TUNING_LEARNING_RATES
 
 
 def get_sweep() -> Sweep:
-    return Sweep("tune_cifar10", tuning_runs(FIELDS, PER_OBJECTIVE, objective_rates={"igpt": IGPT_RATES}))
+    return Sweep("tune_cifar10", tuning_runs(FIELDS, PER_OBJECTIVE, rates=rates))

@@ -193,19 +193,23 @@ TUNING_LEARNING_RATES = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2)
 TUNING_BUDGET = Budget.steps(150)  # past initialisation: the analysis counts a point trained from 100 steps
 
 
+Rates = Callable[[str, str, str], Sequence[float]]  # (objective, size, parametrization) -> learning rates
+
+
 def tuning_runs(fields: dict[str, Any], per_objective: dict[str, dict[str, Any]] | None = None, *,
                 sizes: Sequence[str] = ("mu", "micro", "nano"), budget: Budget = TUNING_BUDGET,
-                learning_rates: Sequence[float] = TUNING_LEARNING_RATES,
-                objective_rates: dict[str, Sequence[float]] | None = None) -> list[RunSpec]:
-    """A learning-rate tuning sweep's runs: every objective at every size over ``learning_rates`` (or its
-    own grid in ``objective_rates``), under the standard parametrisation and under µP, with ``fields``
-    (and ``per_objective[objective]``) set. Size by size, so every objective's cheap widths finish before
-    the wide ones start."""
-    rates = lambda objective: tuple((objective_rates or {}).get(objective, learning_rates))
+                rates: Rates = lambda objective, size, parametrization: TUNING_LEARNING_RATES
+                ) -> list[RunSpec]:
+    """A learning-rate tuning sweep's runs: every objective at every size over the learning rates
+    ``rates(objective, size, parametrization)`` gives (by default ``TUNING_LEARNING_RATES``), under the
+    standard parametrisation and under µP, with ``fields`` (and ``per_objective[objective]``) set. Size
+    by size, so every objective's cheap widths finish before the wide ones start; a grid of its own per
+    objective, size or parametrisation leaves the other runs' ids as they were."""
     return [run for size in sizes for objective in available_objectives()
+            for parametrization in ("standard", "mup")
             for run in grid([objective], [size], [budget],
-                            axes={"model.parametrization": ("standard", "mup"),
-                                  "optim.learning_rate": rates(objective)},
+                            axes={"model.parametrization": (parametrization,),
+                                  "optim.learning_rate": tuple(rates(objective, size, parametrization))},
                             fields={**fields, **(per_objective or {}).get(objective, {})})]
 
 

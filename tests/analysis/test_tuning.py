@@ -17,14 +17,15 @@ def bowl(learning_rates, optimum: float, curvature: float = 0.05, floor: float =
     return floor + curvature * (np.log2(learning_rates) - np.log2(optimum)) ** 2
 
 
-def test_a_tuning_sweep_gives_one_objective_its_own_grid_and_leaves_the_others_runs_as_they_were():
-    shared = tuning_runs({}, sizes=("mu",))
-    own = tuning_runs({}, sizes=("mu",), objective_rates={"igpt": (2e-3, 4e-3, 8e-3)})
-    rates = lambda runs, objective: sorted({run.config.optim.learning_rate for run in runs
-                                            if run.config.objective == objective})
-    assert rates(own, "igpt") == [2e-3, 4e-3, 8e-3] and rates(shared, "igpt") == list(TUNING_LEARNING_RATES)
-    assert [run.run_id for run in own if run.config.objective != "igpt"] == \
-        [run.run_id for run in shared if run.config.objective != "igpt"]
+def test_a_tuning_sweep_gives_one_grid_its_own_rates_and_leaves_the_others_runs_as_they_were():
+    narrowed = lambda *grid: (2e-3, 4e-3, 8e-3) if grid == ("igpt", "micro", "mup") else TUNING_LEARNING_RATES
+    shared = tuning_runs({}, sizes=("mu", "micro"))
+    own = tuning_runs({}, sizes=("mu", "micro"), rates=narrowed)
+    ours = lambda run: (run.config.objective, run.config.size, run.config.model.parametrization) == \
+        ("igpt", "micro", "mup")
+    rates = lambda runs: sorted(run.config.optim.learning_rate for run in runs if ours(run))
+    assert rates(own) == [2e-3, 4e-3, 8e-3] and rates(shared) == list(TUNING_LEARNING_RATES)
+    assert [run.run_id for run in own if not ours(run)] == [run.run_id for run in shared if not ours(run)]
 
 
 def test_the_optimum_of_a_noisy_bowl_lies_near_its_minimum_inside_its_interval():
