@@ -82,7 +82,8 @@ def tiny_sweep(tmp_path_factory, data_dir) -> dict:
     """A finished sweep of three mu-sized CLIP runs with the quickstart's fields on the small scenes set at
     16 pixels (a 768-pixel reference probe): 20 warmup-stable-decay steps evaluated at steps 5, 10 and 20,
     once ``plain`` and once ``branched`` (cool-down branches at 5 and 10), and a ``short`` 10-step cosine
-    run. Gives {"dir": the sweep's folder, "runs": {name: run folder}, "lines": what the runner printed}.
+    run. Gives {"dir": the sweep's folder, "runs": {name: run folder}, "lines": what the runner printed,
+    "fields": the ``short`` run's fields}.
     Medium captions, unlike the quickstart's short ones, tell the 16 images of a batch apart. Tests copy
     what they write into."""
     quickstart = load_python_file(ROOT / "sweeps" / "quickstart.py")
@@ -103,7 +104,7 @@ def tiny_sweep(tmp_path_factory, data_dir) -> dict:
 
     root = built_once(tmp_path_factory, "tiny_sweep", build)
     return {"dir": root / "tiny", "runs": {name: root / "tiny" / run.run_id for name, (run,) in runs.items()},
-            "lines": (root / "runner.out").read_text().splitlines()}
+            "lines": (root / "runner.out").read_text().splitlines(), "fields": fields}
 
 
 @pytest.fixture

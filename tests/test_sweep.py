@@ -163,10 +163,8 @@ def test_racing_claims_have_exactly_one_winner(tmp_path, earlier_lease):
 # --- running -----------------------------------------------------------------------------------------
 
 
-def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(tmp_path, data_dir):
-    small_eval = {"eval.num_points": 1, "eval.probe_train_examples": 128, "eval.probe_test_examples": 64,
-                  "eval.val_split": "", "eval.zero_shot": False}
-    fields = tiny_fields(data_dir, **small_eval)
+def test_failures_are_recorded_the_rest_complete_and_reruns_skip_finished_runs(tmp_path, tiny_sweep):
+    fields = tiny_sweep["fields"]  # its short run again: each program it compiles is in the cache
     unstable = {"log_every": 1, "optim.learning_rate": 1e9, "optim.warmup_steps": 0, "optim.grad_clip": 1e9}
     sweep = Sweep("mixed", [
         *grid(["clip"], ["mu"], [Budget.steps(10)], fields=fields),
