@@ -29,7 +29,7 @@ from scaling.models.parametrization import PARAMETRIZATIONS
 from scaling.models.sizes import LADDER
 from scaling.schedule import warmup_steps
 from scaling.sharding import MESH_AXES, MeshError, resolve_mesh_shape
-from scaling.workdir import flatten
+from scaling.workdir import LATER_FIELDS, flatten
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "wsd")
@@ -126,6 +126,9 @@ def base_config(objective: str, arg: str | None = None) -> ml_collections.Config
     c.eval.caption_level = ""  # captions of validation batches; "" -> data.caption_level
     c.eval.caption_levels = ()  # held-out caption metrics per level, e.g. ("short", "descriptive")
     c.eval.caption_examples = 256  # held-out test examples of those metrics
+    # the evaluations of each eval record, in record order (scaling.evaluation.registry), each where it
+    # applies: zero_shot with eval.zero_shot, extra_labels and caption_levels when those are set, ...
+    c.eval.evals = tuple(LATER_FIELDS["eval.evals"])
     if options:
         raise ConfigError(
             f"unknown config argument(s) {sorted(options)} for {objective}; "

@@ -50,7 +50,9 @@ OPERATIONAL_FIELDS = (
 LATER_FIELDS = {"optim.warmup_examples": 0, "model.parametrization": "standard", "model.base_width": 32,
                 "data.caption_field": "", "data.train_transform": "", "data.eval_transform": "",
                 "eval.zero_shot_points": "all", "eval.probe_train_per_class": 0, "eval.zero_shot_examples": 0,
-                "model.residual_dtype": "float32"}
+                "model.residual_dtype": "float32",
+                "eval.evals": ["linear_probe", "fewshot", "pixel_floor", "extra_labels", "zero_shot",
+                               "caption_levels", "val_loss"]}
 
 
 def is_writer() -> bool:
@@ -92,7 +94,12 @@ def result_fields(config: dict[str, Any]) -> dict[str, Any]:
     """Dotted fields of a config that change results: all but the operational ones and the
     ``LATER_FIELDS`` that hold the value of runs written before them."""
     return {name: value for name, value in flatten(config).items()
-            if name not in OPERATIONAL_FIELDS and LATER_FIELDS.get(name, ...) != value}
+            if name not in OPERATIONAL_FIELDS and LATER_FIELDS.get(name, ...) != as_json(value)}
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (a tuple as a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

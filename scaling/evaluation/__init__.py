@@ -7,6 +7,9 @@
 - ``fewshot``: closed-form ridge probes from k examples per class.
 - ``pixel_reference``: the raw-pixel probe a model's features must beat, cached.
 - ``zero_shot``: which objectives score classes and the jitted predictor.
-- ``evaluator``: the one ``evaluate()`` and the trainer's ``Evaluator``.
+- ``caption_levels``: held-out caption metrics per caption level.
+- ``registry``: the one interface of an evaluation, the registry by name, ``eval.evals``.
+- ``evals``: the registered evaluations, one module each.
+- ``evaluator``: the one ``evaluate()`` over them and the trainer's ``Evaluator``.
 - ``probe``: ``scaling probe`` on a run's latest checkpoint.
 """

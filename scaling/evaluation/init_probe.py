@@ -20,10 +20,11 @@ import ml_collections
 from scaling.data.pipeline import resolve_data_dir
 from scaling.evaluation.evaluator import evaluate, prepare_evaluation
 from scaling.state import ModelState
-from scaling.workdir import OPERATIONAL_FIELDS, flatten, read_json, write_json_atomic
+from scaling.workdir import LATER_FIELDS, OPERATIONAL_FIELDS, flatten, read_json, write_json_atomic
 
 CACHE_FOLDER = "init_probes"
-UNKEYED_DEFAULTS = {"eval.probe_train_per_class": 0}  # fields newer than the cached keys, left out at these
+UNKEYED_DEFAULTS = {  # fields newer than the cached keys, left out at these
+    "eval.probe_train_per_class": 0, "eval.evals": LATER_FIELDS["eval.evals"]}
 TRAINING_ONLY = (  # config fields (or sections, with a trailing dot) that do not change step 0 or its probe
     *OPERATIONAL_FIELDS, "total_steps", "batch_size", "grad_accum_steps", "optim.", "mesh.",
     "eval.num_points", "eval.first_fraction", "eval.cooldown_fraction", "eval.val_split", "eval.val_batches",
@@ -52,9 +53,7 @@ def init_probe(config: ml_collections.ConfigDict, state: ModelState, params) -> 
     cached = cached_init_probe(config)
     if cached is not None:
         return cached
-    probe_config = config.copy_and_resolve_references()
-    probe_config.eval.caption_levels = ()
-    evaluation = prepare_evaluation(probe_config, state, zero_shot=False, pixel_floor=True)
+    evaluation = prepare_evaluation(config, state, point="init")
     limits = dict(max_train=config.eval.probe_train_examples, max_test=config.eval.probe_test_examples)
     record = evaluate(evaluation, params, **limits).record
     write_json_atomic(resolve_data_dir(config.data) / CACHE_FOLDER / f"{init_key(config)}.json", record)

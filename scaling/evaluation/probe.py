@@ -3,9 +3,10 @@
 
 Restores the parameters alone into the run's model state (no optimizer), or re-creates them from the run's
 seed for step 0 (its initialisation, never checkpointed), and runs the one evaluation
-(``scaling.evaluation.evaluator.evaluate``): the full linear-probe protocol per layer (regularisation
-chosen on a held-out validation part of train, refit, one test score), few-shot, extra labels, and
-zero-shot accuracy where the objective supports it.
+(``scaling.evaluation.evaluator.evaluate``) with the run's ``eval.evals`` that run on a checkpoint: the
+full linear-probe protocol per layer (regularisation chosen on a held-out validation part of train, refit,
+one test score), few-shot, extra labels, zero-shot accuracy where the objective supports it and caption
+metrics; not the raw-pixel floor or the validation loss, which are the trainer's.
 """
 
 from __future__ import annotations
@@ -71,12 +72,12 @@ def probe_checkpoint(
         if checkpoints:
             checkpoints.close()
         # checks the data set and its labels before any feature is computed
-        evaluation = prepare_evaluation(config, state, dataset=dataset, layers=layers)
+        evaluation = prepare_evaluation(config, state, point="checkpoint", dataset=dataset, layers=layers)
         evaluated = evaluate(evaluation, params, max_train=max_train, max_test=max_test)
 
-    result = {"dataset": evaluation.data.name, "label": evaluation.data.label, "step": step,
+    result = {"dataset": evaluation.setup.data.name, "label": evaluation.setup.data.label, "step": step,
               "train_examples": evaluated.train_examples, "test_examples": evaluated.test_examples,
-              "test_split": evaluation.config.eval.test_split,
+              "test_split": evaluation.setup.config.eval.test_split,
               **({"train_per_class": train_per_class} if train_per_class else {}), **evaluated.record}
     progress = [r for r in files.read_metrics() if r["step"] == step]
     if progress:

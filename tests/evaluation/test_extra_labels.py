@@ -6,7 +6,7 @@ from helpers import load_experiment
 
 from scaling.data.pipeline import make_eval_iterator, split_labels
 from scaling.errors import ConfigError
-from scaling.evaluation.evaluator import extra_label_record
+from scaling.evaluation.evals.extra_labels import extra_label_record
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from sklearn.preprocessing import StandardScaler
 
 from scaling.evaluation import fewshot, logistic
 from scaling.evaluation import linear_probe as lp
-from scaling.evaluation.evaluator import chosen_probe, probe_record
+from scaling.evaluation.evals.fewshot import fewshot_fields
+from scaling.evaluation.evals.linear_probe import chosen_probe, linear_probe_fields
 from scaling.evaluation.logistic import SolverOptions
 
 
@@ -350,12 +351,12 @@ def test_layer_names_must_match():
         lp.probe_layers({"a": x, "b": x}, y, {"a": x}, y)
 
 
-def test_probe_record_reports_fewshot_per_layer_without_the_full_label_best_layer(digits):
+def test_probe_fields_report_fewshot_per_layer_without_the_full_label_best_layer(digits):
     x_train, y_train, x_test, y_test = digits
     noise = np.random.default_rng(0)
     train = ({"pixels": x_train, "noise": noise.normal(size=x_train.shape).astype(np.float32)}, y_train)
     test = ({"pixels": x_test, "noise": noise.normal(size=x_test.shape).astype(np.float32)}, y_test)
-    record = probe_record(train, test, shots=(5,))
+    record = {**linear_probe_fields(train, test), **fewshot_fields(train, test, shots=(5,))}
     assert record["probe_layer"] == "pixels" and "probe_timestep" not in record
     assert 1e-6 <= record["probe_C"] <= 1e2  # what validation chose, within the grid
     assert record["probe_val_accuracy"] > 0.7

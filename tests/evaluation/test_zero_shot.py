@@ -6,7 +6,8 @@ from helpers import load_experiment, random_batch, run_steps
 from scaling.data import cifar10_jpeg
 from scaling.data.captions import TEMPLATES, class_prompts, prompt_templates
 from scaling.data.tokenizer import get_tokenizer
-from scaling.evaluation.evaluator import PREDICTION, evaluate, prepare_evaluation
+from scaling.evaluation.evals.zero_shot import PREDICTION
+from scaling.evaluation.evaluator import evaluate, prepare_evaluation
 from scaling.evaluation.features import map_split
 from scaling.objectives import build_objective
 from scaling.sharding import make_mesh
@@ -84,10 +85,12 @@ def test_zero_shot_examples_scores_the_first_probe_test_examples_in_a_pass_of_it
     with jax.set_mesh(mesh):
         state = build_model_state(config, mesh)
         params = jax.jit(lambda: state.init_params(0), out_shardings=state.param_shardings)()
-        evaluation = prepare_evaluation(config, state)
+        evaluation = prepare_evaluation(config, state, point="checkpoint")
         evaluated = evaluate(evaluation, params, max_train=100, max_test=200)
-        outputs, labels = map_split(evaluation.test_fn, params, evaluation.images.batches("test", 200),
-                                    mesh=mesh, batch_size=config.eval.batch_size, seed=config.seed)
+        zero_shot = next(kind for kind in evaluation.evals if kind.name == "zero_shot")
+        test_images = evaluation.setup.images.batches("test", 200)
+        outputs, labels = map_split(zero_shot.predict_fn, params, test_images, mesh=mesh,
+                                    batch_size=config.eval.batch_size, seed=config.seed)
     assert evaluated.test_examples == 200  # the probe's test examples are all there
     assert evaluated.record["zero_shot_accuracy"] == np.mean(outputs[PREDICTION][:100] == labels[:100])
     assert evaluated.seconds["zero_shot"] > 0
