@@ -231,6 +231,8 @@ CASES = [
      ["train", "--config", CLIP, "--workdir", RUN, *TINY, "--config.optim.learning_rate=0.01"],
      2, ["holds a run with a different config (fields optim.learning_rate differ from config.json)",
          "use a new --workdir"]),
+    ("unknown evaluation", None, [*NEW_RUN, "--config.eval.evals=('linear_probe', 'knn')"],
+     2, ["eval.evals: ['knn'] not registered; choose among", "'linear_probe'", "'zero_shot'"]),
     ("unknown data set", None, [*NEW_RUN, "--config.data.name=nonexistent_ds"],
      2, ["no data set 'nonexistent_ds'", "scenes, digits, cifar10_jpeg", "tfds build NAME --data_dir=",
          "data.data_dir"]),
