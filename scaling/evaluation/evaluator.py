@@ -75,7 +75,7 @@ class Evaluated(NamedTuple):
     record: dict[str, Any]
     train_examples: int
     test_examples: int
-    seconds: dict[str, float]  # per part: the feature passes and each evaluation's (Evaluation.parts)
+    seconds: dict[str, float]  # features_train, features_test and each evaluation's part
 
 
 def select_layers(features_fn: BatchFn, state: ModelState, data, layers: tuple[str, ...],
