@@ -44,4 +44,3 @@ class ValLoss(Eval):
             if batch["label"].shape[0] == local_size
         ]
         return {"val_loss": float(np.mean(losses)) if losses else float("nan")}
-
