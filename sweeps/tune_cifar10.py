@@ -20,9 +20,9 @@ mu to micro puts the optimum next: the grid point nearest micro's loss optimum t
 (``scaling analyze`` of the mu and micro runs). CLIP: µP 5.8e-3 -> 3.2e-3, so 1.7e-3 and a centre of
 2e-3; standard 5.8e-3 -> 1.9e-3, so 6.4e-4 and 5e-4. iGPT: µP 3.8e-2 -> 3.3e-2, so 2.9e-2 and 3.2e-2;
 standard 3.8e-2 -> 1.7e-2, so 7.5e-3 and 8e-3. Diffusion: µP 3.3e-2 -> 2.1e-2, so 1.3e-2 and 1.6e-2;
-standard 3.3e-2 -> 1.4e-2, so 5.8e-3 and 8e-3. A nano optimum on its grid's edge gets the next point
-added. Objectives without a centre here (their micro runs were not finished when it was set) keep the
-whole grid.
+standard 3.3e-2 -> 1.4e-2, so 5.8e-3 and 8e-3. Captioning: µP 1.18e-2 -> 1.28e-2, so 1.4e-2 and
+1.6e-2; standard 1.18e-2 -> 7.0e-3, so 4.1e-3 and 4e-3. A nano optimum on its grid's edge gets the next point
+added.
 Runs go size by size (every objective at mu, then micro, then nano), so the cheap widths finish first.
 """
 
@@ -51,7 +51,8 @@ PER_OBJECTIVE = {
 IGPT_RATES = (*TUNING_LEARNING_RATES[2:], 1.28e-1)
 NANO_CENTRES = {("clip", "mup"): 2e-3, ("clip", "standard"): 5e-4,
                 ("igpt", "mup"): 3.2e-2, ("igpt", "standard"): 8e-3,
-                ("diffusion", "mup"): 1.6e-2, ("diffusion", "standard"): 8e-3}
+                ("diffusion", "mup"): 1.6e-2, ("diffusion", "standard"): 8e-3,
+                ("captioning", "mup"): 1.6e-2, ("captioning", "standard"): 4e-3}
 
 
 def rates(objective: str, size: str, parametrization: str) -> tuple[float, ...]:
