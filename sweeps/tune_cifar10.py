@@ -23,7 +23,8 @@ standard 3.8e-2 -> 1.7e-2, so 7.5e-3 and 8e-3. Diffusion: µP 3.3e-2 -> 2.1e-2, 
 standard 3.3e-2 -> 1.4e-2, so 5.8e-3 and 8e-3. Captioning: µP 1.18e-2 -> 1.28e-2, so 1.4e-2 and
 1.6e-2; standard 1.18e-2 -> 7.0e-3, so 4.1e-3 and 4e-3. A nano optimum on its grid's edge gets the next point
 added.
-Runs go size by size (every objective at mu, then micro, then nano), so the cheap widths finish first.
+Runs go size by size (every objective at mu, then micro, then nano), so the cheap widths finish first;
+iGPT's nano runs, each as long as the other objectives' ten nano runs together, go last.
 """
 
 from scaling.data.cifar10_jpeg import CAPTION_TOKENS
@@ -63,4 +64,6 @@ def rates(objective: str, size: str, parametrization: str) -> tuple[float, ...]:
 
 
 def get_sweep() -> Sweep:
-    return Sweep("tune_cifar10", tuning_runs(FIELDS, PER_OBJECTIVE, rates=rates))
+    runs = tuning_runs(FIELDS, PER_OBJECTIVE, rates=rates)
+    last = [run for run in runs if run.config.objective == "igpt" and run.config.size == "nano"]
+    return Sweep("tune_cifar10", [run for run in runs if run not in last] + last)
