@@ -464,3 +464,14 @@ def test_a_wsd_ladder_gives_each_size_honest_points_and_a_second_seed_at_its_sma
         assert main.config.batch_size == 16
         first_branch = min(cooldown_branches(main.config))
         assert first_branch == pytest.approx(extra.config.total_steps, rel=0.1)
+
+
+def test_a_wsd_ladders_top_seeds_train_to_the_top_budget_evaluated_only_at_its_end():
+    runs = wsd_ladder(["clip"], {"nano": 6.4e12}, lambda objective: {"batch_size": 16}, points=4,
+                      first_fraction=1 / 16, extra_seeds=(), top_seeds=(1, 2))
+    main, *tops = runs
+    assert [run.config.seed for run in runs] == [0, 1, 2]
+    assert main.config.eval.num_points == 4 and cooldown_branches(main.config)
+    for top in tops:
+        assert top.budget == main.budget and top.config.total_steps == main.config.total_steps
+        assert top.config.eval.num_points == 1 and not cooldown_branches(top.config)

@@ -249,12 +249,13 @@ def grid(objectives: Iterable[str], sizes: Iterable[str], budgets: Iterable[Budg
 
 def wsd_ladder(objectives: Iterable[str], top_budgets: dict[str, float],
                fields: Callable[[str], dict[str, Any]], *, points: int = 3, first_fraction: float = 1 / 32,
-               extra_seeds: Iterable[int] = (1,), seeds: Iterable[int] = (0,),
+               extra_seeds: Iterable[int] = (1,), seeds: Iterable[int] = (0,), top_seeds: Iterable[int] = (),
                axes: dict[str, Sequence[Any]] | None = None, adjust: Adjust | None = None) -> list[RunSpec]:
     """Honest points cheaply: per objective, size and each of ``seeds`` one warmup-stable-decay run to the
     size's top budget, evaluated at ``points`` training-compute fractions log-spaced from
-    ``first_fraction`` to 1, each earlier one forking a cool-down branch (``eval.cooldown_fraction``); and
-    each of ``extra_seeds`` run on its own to the smallest of those budgets, for the seed-to-seed spread.
+    ``first_fraction`` to 1, each earlier one forking a cool-down branch (``eval.cooldown_fraction``);
+    each of ``extra_seeds`` run on its own to the smallest of those budgets, and each of ``top_seeds`` to
+    the top budget evaluated only at its end (no branches), for the seed-to-seed spread.
     ``fields(objective)`` gives the dotted config fields of that objective's runs; ``axes`` are swept as
     in ``grid``, their values in the run ids."""
     runs = []
@@ -263,6 +264,8 @@ def wsd_ladder(objectives: Iterable[str], top_budgets: dict[str, float],
         runs += grid([objective], [size], [Budget.flops(top)], seeds, axes=axes,
                      fields={**shared, "eval.num_points": points}, adjust=adjust)
         runs += grid([objective], [size], [Budget.flops(top * first_fraction)], seeds=extra_seeds, axes=axes,
+                     fields={**shared, "eval.num_points": 1}, adjust=adjust)
+        runs += grid([objective], [size], [Budget.flops(top)], seeds=top_seeds, axes=axes,
                      fields={**shared, "eval.num_points": 1}, adjust=adjust)
     return runs
 
