@@ -1,4 +1,4 @@
-"""Each objective's analytic training FLOPs within 5% of XLA's cost analysis of the compiled step.
+"""Each objective's analytic training FLOPs within 5% of XLA's cost analysis of the lowered train step.
 
 Sizes are wide enough that the elementwise work the formulas leave out (norms, GELU, softmax, adaLN
 modulation) stays a few percent; at width 192 it reaches about 5-7%.
