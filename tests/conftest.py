@@ -1,8 +1,8 @@
 """The test process and shared fixtures: one simulated CPU device (a test marked ``devices(n)`` runs in a
 child process with n), programs compiled without most of XLA's optimisations (compiling, not running, is
 most of a tiny test's time), a persistent XLA compilation cache in pytest's cache folder, tiny configs,
-and what is built once per session and shared by the xdist workers: the small scenes set and a tiny
-finished sweep (helpers that are not fixtures live in helpers.py)."""
+what is built once per session and shared by the xdist workers (the small scenes set and a tiny finished
+sweep) and a captioner trained once per session (helpers that are not fixtures live in helpers.py)."""
 
 import os
 import subprocess
@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import ROOT, built_once, load_experiment, tiny_fields  # noqa: E402
+from helpers import ROOT, built_once, load_experiment, overfit, shape_caption_batch, tiny_fields  # noqa: E402
 
 from scaling.analysis.figures import compute_figure  # noqa: E402
 from scaling.config import load_python_file  # noqa: E402
@@ -105,6 +105,17 @@ def tiny_sweep(tmp_path_factory, data_dir) -> dict:
     root = built_once(tmp_path_factory, "tiny_sweep", build)
     return {"dir": root / "tiny", "runs": {name: root / "tiny" / run.run_id for name, (run,) in runs.items()},
             "lines": (root / "runner.out").read_text().splitlines(), "fields": fields}
+
+
+@pytest.fixture(scope="session")
+def overfit_captioner() -> dict:
+    """The mu captioner trained 60 steps on one batch of random images captioned by their shapes
+    (helpers.overfit and shape_caption_batch). Its tests share the xdist group ``overfit_captioner``, so
+    one worker trains it."""
+    config = load_experiment("captioning")
+    config.data.max_caption_len = 32
+    config.optim.update(learning_rate=3e-3, warmup_steps=2)
+    return overfit(config, shape_caption_batch(config), 60)
 
 
 @pytest.fixture

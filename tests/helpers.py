@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from scaling import cli
 from scaling.config import load_config_file
 from scaling.data.batch import synthetic_batch
+from scaling.data.captions import TEMPLATES
+from scaling.data.tokenizer import get_tokenizer
 from scaling.flops import xla_flops
 from scaling.schedule import learning_rates
 from scaling.step import build_training
@@ -132,10 +134,11 @@ def matmul_operand_dtypes(fn, *args) -> list[tuple[str, str]]:
 
 
 def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
-    """The first loss and gradients on one fixed batch, the losses of ``steps`` train steps on it and the
-    final state. Without steps they come from ``value_and_grad``; with steps, from the first step itself
-    (one compiled program, not two): its loss, and its gradients as AdamW took them (the first moment
-    after one step: (1 - b1) times the clipped gradients)."""
+    """The first loss and gradients on one fixed batch, the losses of ``steps`` train steps on it, the
+    final parameters and optimizer state, and the model state that reads them. Without steps the loss
+    and gradients come from ``value_and_grad``; with steps, from the first step itself (one compiled
+    program, not two): its loss, and its gradients as AdamW took them (the first moment after one step:
+    (1 - b1) times the clipped gradients)."""
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh_axes)
     training = build_training(config, devices=devices)
@@ -147,7 +150,7 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
             loss_fn = lambda p: training.state.objective.loss(training.state.model(p), global_batch, rng)[0]
             first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
             return {"first_loss": float(first_loss), "grads": jax.device_get(grads), "losses": [],
-                    "params": params, "opt_state": opt_state}
+                    "params": params, "opt_state": opt_state, "state": training.state}
         rates = learning_rates(config.optim, config.total_steps, config.batch_size)
         losses = []
         for step in range(steps):
@@ -157,7 +160,26 @@ def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
             if step == 0:
                 grads = jax.device_get(optax.tree.get(opt_state, "mu"))
         return {"first_loss": losses[0], "grads": grads, "losses": losses, "params": params,
-                "opt_state": opt_state}
+                "opt_state": opt_state, "state": training.state}
+
+
+SHAPES = ("circle", "square", "triangle", "star")
+
+
+def shape_caption_batch(config) -> dict[str, np.ndarray]:
+    """16 random images, image i labelled i % 4 and captioned "a <SHAPES[i % 4]>"."""
+    batch = random_batch(config, 16)
+    labels_B = np.arange(16) % len(SHAPES)
+    captions = [TEMPLATES[0].format(SHAPES[label]) for label in labels_B]
+    tokens, mask = get_tokenizer(config.data.tokenizer).encode_batch(captions, config.data.max_caption_len)
+    batch.update(label=labels_B.astype(np.int32), caption_tokens=np.asarray(tokens, np.int32),
+                 caption_mask=np.asarray(mask, np.int32))
+    return batch
+
+
+def overfit(config, batch, steps: int) -> dict:
+    """``run_steps`` on one device of ``steps`` steps on ``batch``, which it holds too."""
+    return {**run_steps(config, batch, jax.devices()[:1], ONE_DEVICE, steps), "batch": batch}
 
 
 def first_step_rng(config) -> jax.Array:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import assert_meshes_agree, load_experiment, random_batch, run_steps
+from helpers import SHAPES, assert_meshes_agree, load_experiment, random_batch
 from PIL import Image
 
 from scaling import train as trainer
@@ -17,8 +17,6 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.errors import ConfigError
 from scaling.objectives import build_objective, validate_config
 from scaling.objectives.captioning import SAMPLE_TILE, decoder_inputs
-from scaling.sharding import make_mesh
-from scaling.state import build_model_state
 from scaling.workdir import RunFiles
 
 TOKENIZER = get_tokenizer("byte")
@@ -196,24 +194,13 @@ def test_eight_devices_match_one_device():
     assert kernel.sharding.spec == jax.P("fsdp", None, "tensor", None)
 
 
-def test_greedy_decoding_reproduces_an_overfit_caption():
-    config = load_experiment("captioning")
-    config.captioning.parallel_fraction = 0.0
-    config.data.max_caption_len = 16
-    config.optim.learning_rate, config.optim.warmup_steps, config.total_steps = 3e-3, 2, 40
-    batch = random_batch(config, 8)
-    tokens, mask = TOKENIZER.encode_batch(["a red circle"] * 8, 16)
-    batch.update(caption_tokens=tokens, caption_mask=mask)
-    devices, axes = jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1}
-    run = run_steps(config, batch, devices, axes, config.total_steps)
-    config.mesh.update(axes)
-    state = build_model_state(config, make_mesh(config.mesh, devices))
-    model = state.model(jax.device_get(run["params"]))
-
+@pytest.mark.xdist_group("overfit_captioner")
+def test_greedy_decoding_reproduces_each_images_overfit_caption(overfit_captioner):
+    batch, state = overfit_captioner["batch"], overfit_captioner["state"]
+    model = state.model(jax.device_get(overfit_captioner["params"]))
     generated_BT = state.objective.greedy_captions(model, batch["image"])
-    assert generated_BT.shape == (8, 16)
-    assert [TOKENIZER.decode(row) for row in generated_BT] == ["a red circle"] * 8
-    np.testing.assert_array_equal(generated_BT, tokens)
+    captions = [f"a {SHAPES[label]}" for label in batch["label"]]  # differing with the image
+    assert [TOKENIZER.decode(row) for row in generated_BT] == captions
+    np.testing.assert_array_equal(generated_BT, batch["caption_tokens"])
     short_BT = state.objective.greedy_captions(model, batch["image"], max_len=5)
-    assert short_BT.shape == (8, 5) and (short_BT[:, -1] == TOKENIZER.eos_id).all()
-    assert math.isfinite(run["losses"][-1]) and run["losses"][-1] < 0.1 * run["losses"][0]
+    assert short_BT.shape == (16, 5) and (short_BT[:, -1] == TOKENIZER.eos_id).all()
