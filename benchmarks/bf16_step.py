@@ -1,10 +1,12 @@
 """The bfloat16 train step against the float32 one, per objective: its speed, and what it learns.
 
-Speed: each objective's step (float32 parameters and optimizer state; ``model.dtype`` the compute dtype)
-is compiled once per dtype on one fixed synthetic batch, then timed in alternation: ``--repeats`` rounds
-of ``--steps`` float32 steps followed by as many bfloat16 steps, so both see the same load. Prints per
-objective the median float32/bfloat16 time ratio (above 1: bfloat16 is faster) with the smallest and
-largest round's ratio, and each dtype's median seconds per step.
+What is bfloat16 is ``--field``: ``model.dtype``, the compute (parameters and optimizer state stay
+float32), or ``model.residual_dtype``, the residual stream between blocks under bfloat16 compute (as in
+``benchmarks/tpu_plan.py``'s matrix). Speed: each objective's step is compiled once per dtype on one fixed
+synthetic batch, then timed in alternation: ``--repeats`` rounds of ``--steps`` float32 steps followed by
+as many bfloat16 steps, so both see the same load. Prints per objective the median float32/bfloat16 time
+ratio (above 1: bfloat16 is faster) with the smallest and largest round's ratio, and each dtype's median
+seconds per step.
 
 Quality (``--train-steps N``): each objective trains N steps on CIFAR-10 in both dtypes at each of
 ``--seeds`` seeds, with the v2 study's fields (``sweeps/cifar10_objectives_v2.py``: its data, captions,
@@ -16,7 +18,8 @@ seeds, beside the float32 runs' own spread across seeds. The runs are a resumabl
 ``--workdir``, so an interrupted check resumes where it stopped.
 
     python benchmarks/bf16_step.py [--objectives clip,igpt] [--size nano] [--batch-size 128] [--repeats 5]
-    python benchmarks/bf16_step.py --train-steps 150 [--seeds 3] [--workdir runs/bf16_check]
+    python benchmarks/bf16_step.py --train-steps 150 [--seeds 3] [--workdir runs]  # runs/bf16_check
+    python benchmarks/bf16_step.py --field model.residual_dtype --train-steps 150  # bf16_residual_check
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ from scaling.workdir import END_OF_SCHEDULE
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16")
+FIXED = {"model.dtype": {}, "model.residual_dtype": {"model.dtype": "bfloat16"}}  # besides --field, per field
+CHECKS = {"model.dtype": "bf16_check", "model.residual_dtype": "bf16_residual_check"}  # the quality sweeps
 
 
-def config_for(objective: str, size: str, dtype: str, batch_size: int):
+def config_for(objective: str, size: str, field: str, dtype: str, batch_size: int):
     config = load_config_file(ROOT / "experiments" / f"{objective}.py", f"size={size}")
-    config.batch_size, config.model.dtype = batch_size, dtype
+    config.update_from_flattened_dict({**FIXED[field], field: dtype, "batch_size": batch_size})
     config.mesh.update({"data": -1, "fsdp": 1, "tensor": 1})
     return config
 
@@ -73,27 +78,29 @@ def compiled_steps(config):
     return run
 
 
-def quality_sweep(objectives: list[str], size: str, steps: int, seeds: int, probe_examples: int) -> Sweep:
-    """Every objective at ``size`` for ``steps`` steps in both dtypes at each seed, with the v2 study's
-    fields and tuned rows, probed once at the end (no zero-shot)."""
+def quality_sweep(objectives: list[str], size: str, field: str, steps: int, seeds: int,
+                  probe_examples: int) -> Sweep:
+    """Every objective at ``size`` for ``steps`` steps with ``field`` in both dtypes at each seed, with the
+    v2 study's fields and tuned rows, probed once at the end (no zero-shot)."""
     study = load_python_file(SWEEPS_DIR / "cifar10_objectives_v2.py")
     fields = lambda objective: {
         **study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **tuned_fields(study.STUDY, objective),
         "checkpoint_every": steps, "eval.num_points": 1, "eval.zero_shot": False,
-        "eval.probe_train_examples": probe_examples, "eval.probe_test_examples": probe_examples}
+        "eval.probe_train_examples": probe_examples, "eval.probe_test_examples": probe_examples,
+        **FIXED[field]}
     runs = [run for objective in objectives
             for run in grid([objective], [size], [Budget.steps(steps)], range(seeds),
-                            axes={"model.dtype": DTYPES}, fields=fields(objective))]
-    return Sweep("bf16_check", runs)
+                            axes={field: DTYPES}, fields=fields(objective))]
+    return Sweep(CHECKS[field], runs)
 
 
-def paired_differences(table) -> dict[str, dict[str, np.ndarray]]:
+def paired_differences(table, field: str) -> dict[str, dict[str, np.ndarray]]:
     """Per objective, ``loss`` and ``probe``: bfloat16 minus float32 at each seed both dtypes finished,
     and the float32 runs' own values (``*_float32``) for the spread across seeds."""
     ends = table[(table["kind"] == "eval") & (table["point"] == END_OF_SCHEDULE)].drop_duplicates(
         "run_id", keep="last").set_index("run_id")
     ends = ends.assign(loss=final_train_loss(table).reindex(ends.index))
-    values = ends.pivot_table(index=["objective", "seed"], columns="model.dtype",
+    values = ends.pivot_table(index=["objective", "seed"], columns=field,
                               values=["loss", "probe_accuracy"]).dropna()
     out = {}
     for objective, rows in values.groupby(level="objective"):
@@ -115,9 +122,9 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def print_quality(differences: dict[str, dict[str, np.ndarray]]) -> None:
-    print("bfloat16 minus float32, paired by seed: mean [95% t-interval over seeds]; float32's own standard "
-          "deviation across seeds beside it")
+def print_quality(differences: dict[str, dict[str, np.ndarray]], field: str) -> None:
+    print(f"{field} bfloat16 minus float32, paired by seed: mean [95% t-interval over seeds]; float32's own "
+          "standard deviation across seeds beside it")
     print(f"{'objective':<12}{'seeds':>6}{'final loss diff':>32}{'f32 sd':>9}{'probe acc diff':>32}"
           f"{'f32 sd':>9}")
     for objective, d in differences.items():
@@ -130,14 +137,18 @@ def print_quality(differences: dict[str, dict[str, np.ndarray]]) -> None:
 
 def check_quality(args) -> None:
     objectives = [name for name in args.objectives.split(",") if name in available_objectives()]
-    sweep = quality_sweep(objectives, args.size, args.train_steps, args.seeds, args.probe_examples)
+    sweep = quality_sweep(objectives, args.size, args.field, args.train_steps, args.seeds,
+                          args.probe_examples)
     run_sweep(sweep, Path(args.workdir), out=lambda line: print(line, file=sys.stderr, flush=True))
-    print_quality(paired_differences(build_table(Path(args.workdir) / sweep.name)))
+    print_quality(paired_differences(build_table(Path(args.workdir) / sweep.name), args.field), args.field)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
+    parser.add_argument("--field", choices=tuple(FIXED), default="model.dtype",
+                        help="what is bfloat16 in the second arm: the compute, or the residual stream under "
+                             "bfloat16 compute")
     parser.add_argument("--size", default="nano")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
@@ -154,11 +165,11 @@ def main() -> None:
         check_quality(args)
         return
 
-    print(f"size {args.size}, batch {args.batch_size}, {args.repeats} interleaved rounds of {args.steps} "
-          "steps per dtype")
+    print(f"{args.field}, size {args.size}, batch {args.batch_size}, {args.repeats} interleaved rounds of "
+          f"{args.steps} steps per dtype")
     print(f"{'objective':<12}{'f32 s/step':>11}{'bf16 s/step':>12}{'f32/bf16':>10}{'[min, max]':>16}")
     for objective in args.objectives.split(","):
-        runs = {dtype: compiled_steps(config_for(objective, args.size, dtype, args.batch_size))
+        runs = {dtype: compiled_steps(config_for(objective, args.size, args.field, dtype, args.batch_size))
                 for dtype in DTYPES}
         seconds = {dtype: [] for dtype in DTYPES}
         for _ in range(args.repeats):
