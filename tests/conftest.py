@@ -1,9 +1,11 @@
 """The test process and shared fixtures: one simulated CPU device (a test marked ``devices(n)`` runs in a
 child process with n), programs compiled without most of XLA's optimisations (compiling, not running, is
 most of a tiny test's time), a persistent XLA compilation cache in pytest's cache folder, tiny configs,
-what is built once per session and shared by the xdist workers (the small scenes set and a tiny finished
-sweep) and a captioner trained once per session (helpers that are not fixtures live in helpers.py)."""
+what is built once per session and shared by the xdist workers (the small scenes set, a tiny finished
+sweep, a tiny captioning run) and a captioner overfit once per session (helpers that are not fixtures live
+in helpers.py)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,7 +17,15 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from helpers import ROOT, built_once, load_experiment, overfit, shape_caption_batch, tiny_fields  # noqa: E402
+from helpers import (  # noqa: E402
+    ROOT,
+    built_once,
+    load_experiment,
+    overfit,
+    shape_caption_batch,
+    tiny_experiment,
+    tiny_fields,
+)
 
 from scaling.analysis.figures import compute_figure  # noqa: E402
 from scaling.config import load_python_file  # noqa: E402
@@ -23,6 +33,7 @@ from scaling.data.pipeline import ensure_built  # noqa: E402
 from scaling.sweeps.executors import with_device_count  # noqa: E402
 from scaling.sweeps.runner import run_sweep  # noqa: E402
 from scaling.sweeps.spec import Budget, Sweep, grid  # noqa: E402
+from scaling.train import train  # noqa: E402
 
 DATA_DIR_ENV = "SCALING_TEST_DATA_DIR"  # a child process reuses its parent's data set
 CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
@@ -118,21 +129,19 @@ def overfit_captioner() -> dict:
     return overfit(config, shape_caption_batch(config), 60)
 
 
+@pytest.fixture(scope="session")
+def captioner_run(tmp_path_factory, data_dir) -> dict:
+    """A 20-step mu captioning run of the trainer on the small scenes set, evaluated at its end with the
+    caption-level metrics of short and medium captions: {"config": its config, "dir": its folder}.
+    Tests copy what they write into."""
+    config = tiny_experiment(data_dir, "captioning", **{
+        "optim.learning_rate": 3e-3, "data.max_caption_len": 48, "eval.caption_levels": ("short", "medium"),
+        "eval.caption_examples": 32})
+    return {"config": config, "dir": built_once(tmp_path_factory, "captioner_run",
+                                                lambda path: train(config, path))}
+
+
 @pytest.fixture
 def tiny_config(data_dir):
-    """A factory for test-sized configs of any objective on the small scenes set."""
-
-    def make(objective: str = "clip", **overrides):
-        config = load_experiment(objective)
-        config.data.name, config.data.data_dir = "scenes/32_small", data_dir
-        config.batch_size, config.total_steps = 16, 20
-        config.checkpoint_every, config.log_every = 10, 5
-        config.optim.warmup_steps = 2
-        config.eval.update(num_points=1, batch_size=128, probe_train_examples=400,
-                           probe_test_examples=200, val_batches=1)
-        for key, value in overrides.items():
-            section, _, field = key.rpartition(".")
-            (config[section] if section else config)[field] = value
-        return config
-
-    return make
+    """A factory for test-sized configs of any objective on the small scenes set (helpers.tiny_experiment)."""
+    return functools.partial(tiny_experiment, data_dir)

@@ -37,6 +37,22 @@ def load_experiment(objective: str, arg: str = "size=mu"):
     return load_config_file(ROOT / "experiments" / f"{objective}.py", arg)
 
 
+def tiny_experiment(data_dir: str, objective: str = "clip", **overrides):
+    """A test-sized config of ``objective`` on the small scenes set in ``data_dir``, with ``overrides``
+    ({"section.field": value})."""
+    config = load_experiment(objective)
+    config.data.name, config.data.data_dir = "scenes/32_small", data_dir
+    config.batch_size, config.total_steps = 16, 20
+    config.checkpoint_every, config.log_every = 10, 5
+    config.optim.warmup_steps = 2
+    config.eval.update(num_points=1, batch_size=128, probe_train_examples=400,
+                       probe_test_examples=200, val_batches=1)
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (config[section] if section else config)[field] = value
+    return config
+
+
 def scaling(*args: str) -> int:
     """The exit status of ``scaling <args>`` run in this process (what it prints goes to capsys)."""
     saved, sys.argv = (sys.argv, signal.getsignal(signal.SIGTERM)), ["scaling", *map(str, args)]

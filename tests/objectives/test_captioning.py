@@ -10,7 +10,6 @@ from flax import nnx
 from helpers import SHAPES, assert_meshes_agree, load_experiment, random_batch
 from PIL import Image
 
-from scaling import train as trainer
 from scaling.data.captions import class_prompts, prompt_templates, tokenize_prompts
 from scaling.data.pipeline import make_eval_iterator
 from scaling.data.tokenizer import get_tokenizer
@@ -35,12 +34,11 @@ def jitted_loss(objective):
     return nnx.jit(lambda model, batch, rng: objective.loss(model, batch, rng))
 
 
-def test_loss_falls_under_the_real_trainer_and_samples_are_written(tiny_config, tmp_path):
-    config = tiny_config("captioning", **{"optim.learning_rate": 3e-3, "data.max_caption_len": 48})
-    result = trainer.train(config, tmp_path)
-    records = [r for r in RunFiles(tmp_path).read_metrics() if r["kind"] == "train"]
+def test_loss_falls_under_the_real_trainer_and_samples_are_written(captioner_run):
+    config, files = captioner_run["config"], RunFiles(captioner_run["dir"])
+    records = [r for r in files.read_metrics() if r["kind"] == "train"]
     first, last = records[0], records[-1]
-    assert result["status"] == "completed"
+    assert files.read_result()["status"] == "completed"
     # Logged from step 5 on; an untrained decoder starts near log(259) = 5.56.
     assert last["loss"] < min(first["loss"] - 0.5, 0.75 * math.log(TOKENIZER.vocab_size))
     assert last["token_accuracy"] > first["token_accuracy"]
@@ -49,7 +47,7 @@ def test_loss_falls_under_the_real_trainer_and_samples_are_written(tiny_config, 
     np.testing.assert_allclose(used * 16, np.round(used * 16), atol=1e-4)
     assert abs(used.mean() - config.captioning.parallel_fraction) < 0.25
 
-    samples = tmp_path / "samples"
+    samples = captioner_run["dir"] / "samples"
     lines = (samples / "captions.txt").read_text().splitlines()
     reference = next(make_eval_iterator(config.data, "test", batch_size=16, max_examples=16))
     assert len(lines) == 16
