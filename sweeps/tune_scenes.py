@@ -1,27 +1,27 @@
-"""Learning-rate tuning for the scenes study: every objective over a log grid of learning rates at sizes mu,
-micro and nano, under the standard parametrisation and under µP, at one small budget.
+"""Learning-rate tuning for the scenes study: every objective over a log grid of learning rates under µP
+at sizes mu and micro, at one small budget.
 
     scaling sweep sweeps/tune_scenes.py     # runs/tune_scenes/
     scaling analyze runs/tune_scenes        # report.md "Tuning" section, lr_optima.csv, lr_transfer_*.png
 
-The runs are those of ``sweeps/scenes_objectives.py`` (embedded scenes, descriptive captions, batch 64)
-except for what tuning needs: a cosine schedule to 150 steps at every size (past initialisation: the
-analysis counts a point as trained from 100 steps), a warmup of 1,024 examples (16 steps), one probe
-point at the end (2,000 training and 1,000 test scenes, the shape label) and the validation loss. The
-grid, 5e-4 to 6.4e-2 a factor 2 apart, holds the study's 1e-3 and, under µP with base width 32, rates up
-to 64x the one every nano matrix learns at (its top points were added when the CIFAR-10 tuning put mu's
-optimum at the top of a grid ending at 1.6e-2). Runs go size by size, so the cheap widths finish first.
-An optimum on the grid's edge is reported as "widen the grid".
-How long: 192 runs, 1.27e15 training FLOPs (``--dry-run``), 76% of it at nano. Timed here with 40-step
-``scaling train`` runs of this sweep's fields under µP while other jobs held the 2 cores (load 5 to 12):
-nano steps at 18 (CLIP), 16 (captioning), 13 (diffusion) and 14 (iGPT) GFLOP/s, mu CLIP at 13; an init
-plus a final probe took 16 s (mu CLIP) to 70-290 s (nano; iGPT the slowest). At those rates: about 24 h
-of steps, 5 h of evaluation and 1.5 h of compiles, so about 30 h; on free cores (nano near 60 GFLOP/s,
-mu and micro 15-30) about 11 h.
+The runs are those of ``sweeps/scenes_objectives_v2.py`` (embedded scenes, batch 64, µP with base width
+32, unconditional diffusion, iGPT without text; CLIP and captioning on descriptive captions, the dearest
+rung of its language ladder, whose rungs share one rate) except for what tuning needs: a cosine schedule
+to 150 steps (past initialisation: the analysis counts a point as trained from 100 steps), a warmup of
+1,024 examples (16 steps), one probe point at the end (2,000 training and 1,000 test scenes, the shape
+label). The grids are CIFAR-10's (``sweeps/tune_cifar10.py``), which bracketed every objective's
+optimum at mu and micro. Only µP, and only the two narrow widths: the CIFAR-10 tuning measured how far
+µP's optimum moves with width (``docs/results/lr_transfer/``), and the v2 rate is micro's, as there. At
+mu, the base width, µP and the standard parametrisation are the same network, so the standard runs
+would repeat these.
+How long: 62 runs, 1.35e14 training FLOPs (``--dry-run``), 80% of it at micro: at the 15-30 GFLOP/s
+these 2 cores reach at these widths, 1.5 to 3 hours of steps.
 """
 
-from scaling.sweeps.spec import Sweep, tuning_runs
+from scaling.config import load_python_file
+from scaling.sweeps.spec import SWEEPS_DIR, Sweep, tuning_runs
 
+CIFAR10 = load_python_file(SWEEPS_DIR / "tune_cifar10.py")  # its grids
 FIELDS = {
     "batch_size": 64,
     "checkpoint_every": 150,
@@ -30,6 +30,7 @@ FIELDS = {
     "optim.warmup_examples": 1024,
     "data.name": "scenes/32",
     "data.caption_level": "descriptive",
+    "model.parametrization": "mup",
     "eval.num_points": 1,
     "eval.zero_shot": False,
     "eval.probe_train_examples": 2000,
@@ -38,4 +39,5 @@ FIELDS = {
 
 
 def get_sweep() -> Sweep:
-    return Sweep("tune_scenes", tuning_runs(FIELDS))
+    return Sweep("tune_scenes", tuning_runs(FIELDS, CIFAR10.PER_OBJECTIVE, sizes=("mu", "micro"),
+                                            rates=CIFAR10.rates, parametrizations=("mup",)))

@@ -198,15 +198,15 @@ Rates = Callable[[str, str, str], Sequence[float]]  # (objective, size, parametr
 
 def tuning_runs(fields: dict[str, Any], per_objective: dict[str, dict[str, Any]] | None = None, *,
                 sizes: Sequence[str] = ("mu", "micro", "nano"), budget: Budget = TUNING_BUDGET,
-                rates: Rates = lambda objective, size, parametrization: TUNING_LEARNING_RATES
-                ) -> list[RunSpec]:
+                rates: Rates = lambda objective, size, parametrization: TUNING_LEARNING_RATES,
+                parametrizations: Sequence[str] = ("standard", "mup")) -> list[RunSpec]:
     """A learning-rate tuning sweep's runs: every objective at every size over the learning rates
-    ``rates(objective, size, parametrization)`` gives (by default ``TUNING_LEARNING_RATES``), under the
-    standard parametrisation and under µP, with ``fields`` (and ``per_objective[objective]``) set. Size
+    ``rates(objective, size, parametrization)`` gives (by default ``TUNING_LEARNING_RATES``), under each
+    of ``parametrizations``, with ``fields`` (and ``per_objective[objective]``) set. Size
     by size, so every objective's cheap widths finish before the wide ones start; a grid of its own per
     objective, size or parametrisation leaves the other runs' ids as they were."""
     return [run for size in sizes for objective in available_objectives()
-            for parametrization in ("standard", "mup")
+            for parametrization in parametrizations
             for run in grid([objective], [size], [budget],
                             axes={"model.parametrization": (parametrization,),
                                   "optim.learning_rate": tuple(rates(objective, size, parametrization))},
