@@ -6,6 +6,7 @@ sweep, a tiny captioning run) and a captioner overfit once per session (helpers 
 in helpers.py)."""
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from helpers import (  # noqa: E402
     built_once,
     load_experiment,
     overfit,
+    read_jsonl,
     shape_caption_batch,
     tiny_experiment,
     tiny_fields,
@@ -36,6 +38,9 @@ from scaling.sweeps.spec import Budget, Sweep, grid  # noqa: E402
 from scaling.train import train  # noqa: E402
 
 DATA_DIR_ENV = "SCALING_TEST_DATA_DIR"  # a child process reuses its parent's data set
+REPORTS_ENV = "SCALING_TEST_REPORTS"  # where a child process of devices(n) tests writes their outcomes
+CHILD_ID = pytest.StashKey[str]()  # a devices(n) test's id as the child process knows it
+CHILD_REPORTS: dict[int, tuple[dict[str, dict], str]] = {}  # per n: run_child's result
 CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
@@ -52,23 +57,63 @@ def pytest_configure(config):
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Puts the ``devices(n)`` tests of each n in one xdist group (before xdist names items by group), so
+    one worker runs them, in one child process."""
+    for item in items:
+        marker = item.get_closest_marker("devices")
+        if marker is not None:
+            item.stash[CHILD_ID] = item.nodeid
+            item.add_marker(pytest.mark.xdist_group(f"devices{marker.args[0]}"))
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem):
-    """A ``devices(n)`` test runs in ``python -m pytest <its id>`` with n devices unless this process has
-    them; its failure is the child's report."""
+    """A ``devices(n)`` test runs with n devices unless this process has them: in one child process
+    (``python -m pytest <ids>``) for all the session's ``devices(n)`` tests, started by the first of them;
+    each reports the child's outcome for it."""
     marker = pyfuncitem.get_closest_marker("devices")
     if marker is None or jax.device_count() == marker.args[0]:
         return None
-    data_dir = pyfuncitem._request.getfixturevalue("data_dir")
-    env = {**os.environ, "XLA_FLAGS": with_device_count(os.environ["XLA_FLAGS"], marker.args[0]),
-           DATA_DIR_ENV: data_dir}
-    basetemp = pyfuncitem._request.getfixturevalue("tmp_path") / "child"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(basetemp),
-         pyfuncitem.nodeid], cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"with {marker.args[0]} devices:\n{proc.stdout[-6000:]}{proc.stderr[-2000:]}",
-                    pytrace=False)
+    count = marker.args[0]
+    if count not in CHILD_REPORTS:
+        CHILD_REPORTS[count] = run_child(pyfuncitem, count)
+    reports, output = CHILD_REPORTS[count]
+    report = reports.get(pyfuncitem.stash[CHILD_ID])
+    if report is None:
+        pytest.fail(f"did not run with {count} devices:\n{output}", pytrace=False)
+    if report["outcome"] == "skipped":
+        pytest.skip(report["text"])
+    if report["outcome"] == "failed":
+        pytest.fail(f"with {count} devices:\n{report['text']}", pytrace=False)
     return True
+
+
+def run_child(item, count: int) -> tuple[dict[str, dict], str]:
+    """({test id: its report}, the end of what the child printed) of the session's ``devices(count)`` tests
+    run in a child process with ``count`` simulated devices."""
+    ids = [other.stash[CHILD_ID] for other in item.session.items
+           if (marker := other.get_closest_marker("devices")) and marker.args[0] == count]
+    folder = item._request.getfixturevalue("tmp_path_factory").mktemp(f"devices{count}")
+    reports_path = folder / "reports.jsonl"
+    env = {**os.environ, "XLA_FLAGS": with_device_count(os.environ["XLA_FLAGS"], count),
+           DATA_DIR_ENV: item._request.getfixturevalue("data_dir"), REPORTS_ENV: str(reports_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(folder / "tmp"),
+         *ids], cwd=item.config.rootpath, env=env, capture_output=True, text=True)
+    reports = {}
+    for report in read_jsonl(reports_path):  # a failed setup or teardown outweighs a passed call
+        if reports.get(report["id"], {}).get("outcome") != "failed":
+            reports[report["id"]] = report
+    return reports, f"{proc.stdout[-6000:]}{proc.stderr[-2000:]}"
+
+
+def pytest_runtest_logreport(report):
+    """In a child process of ``devices(n)`` tests, each test's outcome, for the parent."""
+    if REPORTS_ENV in os.environ and (report.when == "call" or report.outcome != "passed"):
+        with open(os.environ[REPORTS_ENV], "a") as reports:
+            reports.write(json.dumps({"id": report.nodeid, "outcome": report.outcome,
+                                      "text": report.longreprtext[-6000:]}) + "\n")
 
 
 @pytest.fixture(scope="session")

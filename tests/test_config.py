@@ -34,12 +34,12 @@ def test_config_argument_must_be_known():
         load_experiment("clip", "size=mu,width=3")
 
 
-@pytest.mark.devices(2)
+@pytest.mark.devices(8)
 def test_cli_reports_a_batch_the_devices_cannot_split_before_compiling(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     workdir = tmp_path / "run"
     assert scaling("train", "--config", "experiments/clip.py:size=mu", "--workdir", workdir,
-                   "--config.batch_size=7", "--config.mesh.data=2", "--config.mesh.fsdp=1",
+                   "--config.batch_size=12", "--config.mesh.data=8", "--config.mesh.fsdp=1",
                    "--config.mesh.tensor=1") == 2
-    assert "error: batch_size: 7 is not divisible by the 2 batch shards" in capsys.readouterr().err
+    assert "error: batch_size: 12 is not divisible by the 8 batch shards" in capsys.readouterr().err
     assert not (workdir / "checkpoints").exists()
