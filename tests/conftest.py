@@ -18,6 +18,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from _pytest.nodeid import NodeId  # noqa: E402
 from helpers import (  # noqa: E402
     ROOT,
     built_once,
@@ -56,15 +57,29 @@ def pytest_configure(config):
                       float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Puts the ``devices(n)`` tests of each n in one xdist group (before xdist names items by group), so
-    one worker runs them, in one child process."""
+def pytest_itemcollected(item):
+    """Puts the ``devices(n)`` tests of each n in one xdist group (as they are collected, before xdist
+    names items by group), so one worker runs them, in one child process."""
+    marker = item.get_closest_marker("devices")
+    if marker is not None:
+        item.stash[CHILD_ID] = item.nodeid
+        item.add_marker(pytest.mark.xdist_group(f"devices{marker.args[0]}"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` an xdist worker names each item of an xdist group ``<id>@<group>``, so the
+    scheduler sends the group to one worker. xdist 3.8 writes that name where pytest 9.2 no longer reads
+    it (pytest-dev/pytest-xdist#1386) and every group is silently split; this writes it where pytest reads
+    it, wherever the name lacks it."""
+    if not config.getoption("loadgroup", default=False):
+        return
     for item in items:
-        marker = item.get_closest_marker("devices")
-        if marker is not None:
-            item.stash[CHILD_ID] = item.nodeid
-            item.add_marker(pytest.mark.xdist_group(f"devices{marker.args[0]}"))
+        groups = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                  for mark in item.iter_markers("xdist_group")}
+        suffix = "@" + "_".join(sorted(groups))
+        if groups and not item.nodeid.endswith(suffix) and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @pytest.hookimpl(tryfirst=True)
