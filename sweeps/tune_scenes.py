@@ -9,11 +9,11 @@ The runs are those of ``sweeps/scenes_objectives_v2.py`` (embedded scenes, batch
 rung of its language ladder, whose rungs share one rate) except for what tuning needs: a cosine schedule
 to 150 steps (past initialisation: the analysis counts a point as trained from 100 steps), a warmup of
 1,024 examples (16 steps), one probe point at the end (2,000 training and 1,000 test scenes, the shape
-label). The grids are CIFAR-10's (``sweeps/tune_cifar10.py``), which bracketed every objective's
-optimum at mu and micro. Only µP, and only the two narrow widths: the CIFAR-10 tuning measured how far
-µP's optimum moves with width (``docs/results/lr_transfer/``), and the v2 rate is micro's, as there. At
-mu, the base width, µP and the standard parametrisation are the same network, so the standard runs
-would repeat these.
+label) and the validation loss (2 batches), which the analysis tunes on. The grids are CIFAR-10's
+(``sweeps/tune_cifar10.py``), which bracketed every objective's optimum at mu and micro. Only µP, and only
+the two narrow widths: the CIFAR-10 tuning measured how far µP's optimum moves with width
+(``docs/results/lr_transfer/``), and the v2 rate is micro's, as there. At mu, the base width, µP and the
+standard parametrisation are the same network, so the standard runs would repeat these.
 How long: 62 runs, 1.35e14 training FLOPs (``--dry-run``), 80% of it at micro: at the 15-30 GFLOP/s
 these 2 cores reach at these widths, 1.5 to 3 hours of steps.
 """
