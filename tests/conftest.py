@@ -18,7 +18,6 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # for this process
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-from _pytest.nodeid import NodeId  # noqa: E402
 from helpers import (  # noqa: E402
     ROOT,
     built_once,
@@ -37,6 +36,11 @@ from scaling.sweeps.executors import with_device_count  # noqa: E402
 from scaling.sweeps.runner import run_sweep  # noqa: E402
 from scaling.sweeps.spec import Budget, Sweep, grid  # noqa: E402
 from scaling.train import train  # noqa: E402
+
+try:  # pytest 9.2 and later, whose items xdist 3.8 misnames (pytest_collection_modifyitems below)
+    from _pytest.nodeid import NodeId
+except ImportError:
+    NodeId = None
 
 DATA_DIR_ENV = "SCALING_TEST_DATA_DIR"  # a child process reuses its parent's data set
 REPORTS_ENV = "SCALING_TEST_REPORTS"  # where a child process of devices(n) tests writes their outcomes
@@ -72,7 +76,7 @@ def pytest_collection_modifyitems(config, items):
     scheduler sends the group to one worker. xdist 3.8 writes that name where pytest 9.2 no longer reads
     it (pytest-dev/pytest-xdist#1386) and every group is silently split; this writes it where pytest reads
     it, wherever the name lacks it."""
-    if not config.getoption("loadgroup", default=False):
+    if NodeId is None or not config.getoption("loadgroup", default=False):
         return
     for item in items:
         groups = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
