@@ -65,6 +65,5 @@ def rates(objective: str, size: str, parametrization: str) -> tuple[float, ...]:
 
 
 def get_sweep() -> Sweep:
-    runs = tuning_runs(FIELDS, PER_OBJECTIVE, rates=rates)
-    last = [run for run in runs if run.config.objective == "igpt" and run.config.size == "nano"]
-    return Sweep("tune_cifar10", [run for run in runs if run not in last] + last)
+    igpt_nano_last = lambda run: run.config.objective == "igpt" and run.config.size == "nano"
+    return Sweep("tune_cifar10", sorted(tuning_runs(FIELDS, PER_OBJECTIVE, rates=rates), key=igpt_nano_last))
