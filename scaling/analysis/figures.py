@@ -11,7 +11,6 @@ accuracy's bootstrap interval as an error bar.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +28,7 @@ MARKERS = "osD^v<>ph*"
 COMPUTE_LABEL = "training compute (FLOPs)"
 LAW_STYLES = {"power": "-", "saturating": ":"}
 EXTRAPOLATE = 10.0  # fits drawn this far beyond the measured compute
+LEVEL_SPREAD = 1.25  # schedule ends within this factor of compute share an isoFLOP level
 
 
 def save(figure: Figure, stem: str | Path) -> list[Path]:
@@ -281,52 +281,60 @@ def backbone_params(size: str) -> int:
     return transformer_params(get_size(size))
 
 
+def schedule_ends(points: pd.DataFrame) -> pd.DataFrame:
+    """The points that end a learning-rate schedule (a run's end or a cool-down branch), with ``params``
+    (backbone parameters) and ``compute``: the level of training compute it shares with the other ends
+    within ``LEVEL_SPREAD`` x of the level's smallest (the sizes' ladders fork their branches at nearly the
+    same compute), labelled by the level's median FLOPs."""
+    ends = points[points["point"].isin(HONEST_POINTS)].sort_values("flops")
+    level, start, levels = -1, 0.0, []
+    for flops in ends["flops"]:
+        if flops > start * LEVEL_SPREAD:
+            level, start = level + 1, flops
+        levels.append(level)
+    ends = ends.assign(params=ends["size"].map(backbone_params), level=levels)
+    labels = ends.groupby("level")["flops"].median().map(lambda flops: f"{flops:.2g}")
+    return ends.assign(compute=ends["level"].map(labels))
+
+
 def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
-    """Per objective and budget with two or more sizes at the end of their schedules: the size with the
-    lowest error. Columns objective, budget, flops, sizes, best_size, best_params, error."""
-    ends = points[points["point"] == "end_of_schedule"]
+    """Per objective and compute level (``schedule_ends``) with two or more sizes: the size with the
+    lowest error (seeds averaged). Columns objective, compute, flops, sizes, best_size, best_params, error."""
     rows = []
-    for (objective, budget), group in ends.groupby(["objective", "budget"]):
+    for (objective, _), group in schedule_ends(points).groupby(["objective", "level"]):
         per_size = group.groupby("size")["error"].mean()
         if len(per_size) < 2:
             continue
         best = per_size.idxmin()
-        rows.append({"objective": objective, "budget": budget, "flops": group["flops"].median(),
-                     "sizes": len(per_size), "best_size": best, "best_params": backbone_params(best),
-                     "error": per_size[best]})
-    return pd.DataFrame(rows, columns=["objective", "budget", "flops", "sizes", "best_size", "best_params",
+        rows.append({"objective": objective, "compute": group["compute"].iloc[0],
+                     "flops": group["flops"].median(), "sizes": len(per_size), "best_size": best,
+                     "best_params": backbone_params(best), "error": per_size[best]})
+    return pd.DataFrame(rows, columns=["objective", "compute", "flops", "sizes", "best_size", "best_params",
                                        "error"])
 
 
 def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path,
                    levels: pd.DataFrame | None = None) -> list[Path]:
-    """Error against backbone parameters at each budget, one panel per objective (the isoFLOP view), over
-    the raw-pixel floor ``levels``."""
-    ends = points[points["point"] == "end_of_schedule"].copy()
-    ends["params"] = ends["size"].map(backbone_params)
-    objectives = sorted(set(ends["objective"])) or ["(no end-of-schedule points)"]
+    """Error against backbone parameters at each compute level with two or more sizes, one panel per
+    objective (the isoFLOP view), over the raw-pixel floor ``levels``."""
+    ends = schedule_ends(points)
+    objectives = sorted(set(ends["objective"])) or ["(no schedule ends)"]
     figure = Figure(figsize=(3.2 * len(objectives), 3.4), layout="constrained")
     panels = figure.subplots(1, len(objectives), squeeze=False)[0]
     for axes, objective in zip(panels, objectives, strict=True):
         group = ends[ends["objective"] == objective]
-        budgets = sorted(set(group["budget"]), key=_budget_order)
-        for i, budget in enumerate(budgets):
-            curve = group[group["budget"] == budget].groupby("params")["error"].mean()
-            axes.plot(curve.index, curve.values, "o-", color=f"C{i}", label=str(budget))
-            axes.plot([curve.idxmin()], [curve.min()], "*", color=f"C{i}", markersize=12)
+        curves = [curve for _, curve in group.groupby("level") if curve["size"].nunique() > 1]
+        for i, curve in enumerate(curves):
+            errors = curve.groupby("params")["error"].mean()
+            axes.plot(errors.index, errors.values, "o-", color=f"C{i}", label=curve["compute"].iloc[0])
+            axes.plot([errors.idxmin()], [errors.min()], "*", color=f"C{i}", markersize=12)
         draw_floor(axes, levels, as_error=True)
         axes.set_xscale("log")
         axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_title(objective)
         axes.set_xlabel("backbone parameters")
         axes.grid(True, which="both", alpha=0.3)
-        if budgets:
-            axes.legend(fontsize="x-small", title="budget (star: best)", title_fontsize="x-small")
+        if curves:
+            axes.legend(fontsize="x-small", title="FLOPs (star: best)", title_fontsize="x-small")
     panels[0].set_ylabel(_metric_label(metric))
     return save(figure, stem)
-
-
-def _budget_order(label: str) -> float:
-    """Sorts budget labels such as "f1e11" or "f3e11" by their amount."""
-    number = re.search(r"\d+(\.\d+)?(e[+-]?\d+)?", str(label))
-    return float(number.group()) if number else 0.0

@@ -331,11 +331,14 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
           if complement else []),
         "## Compute-optimal size per budget (isoFLOP)",
         "",
-        *(["| objective | budget | FLOPs | sizes | best size | backbone parameters | error |",
-           "| --- | --- | --- | --- | --- | --- | --- |"] +
-          [f"| {r.objective} | {r.budget} | {r.flops:.3g} | {r.sizes} | {r.best_size} | {r.best_params} | "
-           f"{r.error:.3g} |" for r in optima.itertuples()]
-          if len(optima) else ["(no budget with two or more sizes at the end of their schedules)"]),
+        "Schedule ends (runs' ends and cool-down branches) grouped by training compute, within "
+        f"{figures.LEVEL_SPREAD}x; FLOPs: the group's median.",
+        "",
+        *(["| objective | FLOPs | sizes | best size | backbone parameters | error |",
+           "| --- | --- | --- | --- | --- | --- |"] +
+          [f"| {r.objective} | {r.flops:.3g} | {r.sizes} | {r.best_size} | {r.best_params} | {r.error:.3g} |"
+           for r in optima.itertuples()]
+          if len(optima) else ["(no compute with two or more sizes at the end of a schedule)"]),
         "",
         *caption_lines,
         *tuning_lines,

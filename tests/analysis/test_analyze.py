@@ -81,7 +81,10 @@ def test_analyze_writes_laws_multipliers_and_figures(synthetic_sweep, monkeypatc
         best = top[top["flops"] == top["flops"].max()]["probe_accuracy"].max()
         assert f"| {objective} | micro | {top['flops'].max():.3g} | {best:.3f} | - |" in report
     optima = report.split("(isoFLOP)")[1]
-    assert "| clip | f1e+15 | " in optima and "| mu |" in optima and "| micro |" in optima
+    ends = table[table["point"].isin(["cooldown_branch", "end_of_schedule"])]
+    for objective, flops in ends.groupby(["objective", "flops"]).groups:  # every size at each end's compute
+        best = ends[(ends["objective"] == objective) & (ends["flops"] == flops)].sort_values("probe_accuracy")
+        assert f"| {objective} | {flops:.3g} | 2 | {best['size'].iloc[-1]} |" in optima
 
     frontier = pd.read_csv(out / "frontier.csv")
     assert set(frontier["point"]) <= {"end_of_schedule", "cooldown_branch"}  # mid-schedule never
@@ -117,8 +120,8 @@ def assert_figures_show_the_table(drawn, frontier: pd.DataFrame, table: pd.DataF
 
     for panel in drawn["isoflop"].axes:
         curves = [line for line in panel.get_lines() if line.get_linestyle() == "-"]
-        assert [line.get_label() for line in curves] == [f"f{budget:.0e}" for budget in BUDGETS]
-        assert all(len(line.get_xdata()) == 2 for line in curves)  # mu and micro at each budget
+        assert [line.get_label() for line in curves] == [f"{f * b:.2g}" for b in BUDGETS for f in (0.3, 1)]
+        assert all(len(line.get_xdata()) == 2 for line in curves)  # mu and micro at each compute
 
 
 def test_flat_noisy_frontiers_are_never_resolved(tmp_path):
