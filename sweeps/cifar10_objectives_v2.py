@@ -9,17 +9,21 @@ and all 10,000 test images at every layer, beside the raw-pixel probe of the sam
 first study lacked:
 
 - **Trained points.** A point enters a fit only with 100 or more optimizer steps and above its own init
-  (``scaling analyze --min-steps``). Each size trains one warmup-stable-decay run evaluated at 1/16,
-  1/6.3, 1/2.5 and 1 of its compute (cool-down branches at the first three), and the top budgets are set
-  so that a size's first point has 100 steps or more where that size is the cheapest at that compute: at
-  batch 128, CLIP's step costs 2.6e9 / 1.4e10 / 6.8e10 FLOPs at mu / micro / nano, captioning's 3.4e9 /
-  1.7e10 / 8.1e10, diffusion's 1.8e9 / 8.8e9 / 4.3e10 (the first study's records), so mu to 1e13 gives
-  its first point at 6.25e11 FLOPs 240 (CLIP) to 350 (diffusion) steps, micro to 3e13 gives its first
-  at 1.9e12 FLOPs 110 to 210. iGPT's step costs 1.45e10 / 5.5e10 / 2.2e11 (256 pixel tokens per image),
-  so its budgets are 3x: mu's first point at 1.9e12 FLOPs has 129 steps. Every objective's frontier can
-  then hold 4 or more trained points over 1.7 decades (6.25e11 to 3e13 FLOPs; iGPT 1.9e12 to 9e13).
-- **Two sizes at the two largest budgets**: micro and nano both train to the top budget, so their points
-  at 1.2e13 and 3e13 FLOPs (3.6e13 and 9e13 for iGPT) are the isoFLOP comparison of sizes there.
+  (``scaling analyze --min-steps``). Each size trains one warmup-stable-decay run to 3e13 FLOPs (iGPT
+  9e13, below), evaluated at log-spaced fractions of its compute with a cool-down branch at each but the
+  last: mu at five, from 1/36 (8.3e11 FLOPs), micro and nano at four, from 1/16 (1.9e12), so the sizes'
+  later points fall within 9% of each other's compute (about 2e12, 5e12, 1.2e13 and 3e13: the report's
+  isoFLOP view groups them). At batch 128, CLIP's step costs 2.6e9
+  / 1.4e10 / 6.8e10 FLOPs at mu / micro / nano, captioning's 3.4e9 / 1.7e10 / 8.1e10, diffusion's 1.8e9
+  / 8.8e9 / 4.3e10 (the first study's records), so mu's first point has 240 (captioning) to 470
+  (diffusion) steps and micro's 110 to 210. iGPT's step costs 1.45e10 / 5.5e10 / 2.2e11 (256 pixel
+  tokens per image), so its budgets are 3x: mu's first point at 2.5e12 FLOPs has 172 steps.
+  Mu trains to the top budget because it holds the frontier there: in this study's first runs CLIP mu
+  at 1e13 FLOPs probed 65.1%, above micro at 3e13 (61.8%) and nano (51.7%), so with mu stopped at 1e13
+  (as first planned) CLIP's trained frontier was mu's four points alone, 1.1 decades. Mu's five points
+  span 1.56 decades (8.3e11 to 3e13; iGPT 2.5e12 to 9e13) whichever size wins above them.
+- **Three sizes at the two largest budgets**: every size trains to the top budget, so their points at
+  1.2e13 and 3e13 FLOPs (3.6e13 and 9e13 for iGPT) are the isoFLOP comparison of sizes there.
 - **Three seeds at the top**: nano trains seeds 1 and 2 beside seed 0, to the top budget, evaluated at
   its end only. Nano's earlier points are too short to enter a fit (27, 70 and 175 of CLIP's 439 steps,
   where micro at the same compute trains 2.5x as many), so their cool-down branches and probes in two
@@ -34,9 +38,9 @@ first study lacked:
   only (``eval.zero_shot_points=final``), as in the scenes study: at every point the captioner's scoring
   would take most of the evaluation time.
 
-Cost, from the per-step FLOPs above and the rates the tuning runs measured: about 6.5 hours of steps
-(iGPT 2.6 of them) and 2 to 3 hours of evaluation on 2 CPU cores, so it runs over several sittings: the
-runner resumes.
+Cost (``--dry-run``): 1.13e15 training FLOPs, cool-down branches included (iGPT 0.49e15): at the 26
+GFLOP/s a mu step reaches alone on these 2 CPU cores, about 12 hours of steps, and evaluation beside
+them, so it runs over several sittings: the runner resumes.
 """
 
 from scaling.config import load_python_file
@@ -46,7 +50,9 @@ from scaling.sweeps.tuned import tuned_fields
 V1 = load_python_file(SWEEPS_DIR / "cifar10_objectives.py")  # its data, captions and probe
 STUDY = "cifar10_objectives_v2"
 OBJECTIVES = (*available_objectives(), "supervised")
-TOP_BUDGETS = {"mu": 1e13, "micro": 3e13, "nano": 3e13}
+TOP_BUDGET = 3e13
+LADDERS = {"mu": dict(points=5, first_fraction=1 / 36), "micro": dict(points=4, first_fraction=1 / 16),
+           "nano": dict(points=4, first_fraction=1 / 16)}  # each size's evaluation points
 BUDGET_SCALE = {"igpt": 3.0}  # its step costs 3.2x to 5.6x the others' at the same size
 TOP_SEEDS = (1, 2)  # beside seed 0, at nano's top budget
 FIELDS = {**V1.FIELDS, "model.parametrization": "mup", "eval.zero_shot_points": "final"}
@@ -57,8 +63,8 @@ def get_sweep() -> Sweep:
     fields = lambda objective: {**FIELDS, **PER_OBJECTIVE[objective], **tuned_fields(STUDY, objective)}
     runs = []
     for objective in OBJECTIVES:
-        budgets = {size: top * BUDGET_SCALE.get(objective, 1.0) for size, top in TOP_BUDGETS.items()}
-        ladder = dict(points=4, first_fraction=1 / 16, extra_seeds=())
-        runs += wsd_ladder([objective], {size: budgets[size] for size in ("mu", "micro")}, fields, **ladder)
-        runs += wsd_ladder([objective], {"nano": budgets["nano"]}, fields, top_seeds=TOP_SEEDS, **ladder)
+        top = TOP_BUDGET * BUDGET_SCALE.get(objective, 1.0)
+        for size, ladder in LADDERS.items():
+            runs += wsd_ladder([objective], {size: top}, fields, extra_seeds=(),
+                               top_seeds=TOP_SEEDS if size == "nano" else (), **ladder)
     return Sweep(STUDY, runs)

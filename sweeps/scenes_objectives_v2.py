@@ -20,13 +20,16 @@ the raw-pixel probe of the same examples), with what the first study lacked:
 - **Trained points.** Text is counted in the compute, so a descriptive caption costs CLIP 5.7x and
   captioning 6.1x a templated label at mu (100 steps of 64: 6.3e11 and 8.3e11 FLOPs against 1.1e11 and
   1.4e11; iGPT 7.3e11, diffusion 0.9e11, ``--dry-run`` of 100-step runs). All rungs share one set of
-  budgets, sized for the dearest: each size trains one warmup-stable-decay run evaluated at 1/16, 1/6.3,
-  1/2.5 and 1 of its compute (cool-down branches at the first three), mu to 1.2e13 FLOPs, so its first
-  point (7.5e11) has 100 steps or more on every rung (119 for descriptive CLIP, 103 for iGPT), and micro
-  and nano to 3e13. Every series' frontier can then hold 4 or more trained points over 1.6 decades
-  (7.5e11 to 3e13); the cheap rungs train for thousands of steps at the same compute.
-- **Two sizes at the two largest budgets**: micro and nano both train to 3e13, so their points at 1.2e13
-  and 3e13 FLOPs are the isoFLOP comparison of sizes there.
+  budgets, sized for the dearest, and the CIFAR-10 v2 study's evaluation points
+  (``sweeps/cifar10_objectives_v2.py``): every size trains one warmup-stable-decay run to 3e13 FLOPs, mu
+  evaluated at five log-spaced fractions of it from 1/36, micro and nano at four from 1/16, with a
+  cool-down branch at each but the last. Mu's first point (8.3e11) has 100 steps or more on every rung
+  (100 for descriptive captioning, 115 for iGPT, 133 for descriptive CLIP). Mu trains to the top because
+  on CIFAR-10 it held CLIP's frontier there (that study's README), so every series' frontier can hold 4
+  or more trained points over 1.56 decades (8.3e11 to 3e13) whichever size wins; the cheap rungs train
+  for thousands of steps.
+- **Three sizes at the two largest budgets**: their points at 1.2e13 and 3e13 FLOPs are the isoFLOP
+  comparison of sizes there.
 - **Three seeds at the top**: nano trains seeds 1 and 2 beside seed 0, to the top budget, evaluated at
   its end only: nano's first point is under 100 steps on every rung (13 to 89), and micro trains more
   steps at each of its points' compute, so two more seeds' cool-down branches and earlier probes would
@@ -40,9 +43,9 @@ the raw-pixel probe of the same examples), with what the first study lacked:
   schedule only (``eval.zero_shot_points=final``): the captioner's scoring would otherwise take most of the
   evaluation time.
 
-Cost (``--dry-run``): 9 series x (mu + micro + 3 nano seeds), about 1.3e15 training FLOPs, cool-down
-branches included: at the 15-60 GFLOP/s these 2 cores reach, 10 to 25 hours of steps, so it runs over
-several sittings (the runner resumes).
+Cost (``--dry-run``): 9 series x (mu + micro + 3 nano seeds), 1.45e15 training FLOPs, cool-down branches
+included: at the 26 GFLOP/s a mu step reaches alone on these 2 CPU cores, about 15 hours of steps, so it
+runs over several sittings (the runner resumes).
 """
 
 from scaling.config import load_python_file
@@ -52,8 +55,8 @@ from scaling.sweeps.spec import SWEEPS_DIR, Sweep, wsd_ladder
 from scaling.sweeps.tuned import tuned_fields
 
 V1 = load_python_file(SWEEPS_DIR / "scenes_objectives.py")  # its data, batch and probes
+CIFAR10_V2 = load_python_file(SWEEPS_DIR / "cifar10_objectives_v2.py")  # its budget and evaluation points
 STUDY = "scenes_objectives_v2"
-TOP_BUDGETS = {"mu": 1.2e13, "micro": 3e13, "nano": 3e13}
 TOP_SEEDS = (1, 2)  # beside seed 0, at nano's top budget
 LABEL_TOKENS = 2 + max(len(template.format(shape)) for template in TEMPLATES for shape in SHAPES)  # bytes
 LADDER = (  # the text of each rung, its axis named in the run ids
@@ -73,9 +76,9 @@ FIELDS = {**V1.FIELDS, "model.parametrization": "mup", "eval.zero_shot_points": 
 def get_sweep() -> Sweep:
     """Size by size (every series at mu, then micro, then nano), so each series' cheap points come first."""
     runs = []
-    for size, top in TOP_BUDGETS.items():
+    for size, ladder in CIFAR10_V2.LADDERS.items():
         for objective, own, text in SERIES:
             fields = lambda objective, own=own: {**FIELDS, **own, **tuned_fields(STUDY, objective)}
-            runs += wsd_ladder([objective], {size: top}, fields, points=4, first_fraction=1 / 16, axes=text,
-                               extra_seeds=(), top_seeds=TOP_SEEDS if size == "nano" else ())
+            runs += wsd_ladder([objective], {size: CIFAR10_V2.TOP_BUDGET}, fields, axes=text, extra_seeds=(),
+                               top_seeds=TOP_SEEDS if size == "nano" else (), **ladder)
     return Sweep(STUDY, runs)

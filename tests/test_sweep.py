@@ -307,6 +307,25 @@ def test_the_scenes_language_ladder_trains_each_rung_on_the_same_images_and_budg
     assert {run.config.data.name for run in runs} == {"scenes/32"}
 
 
+@pytest.mark.parametrize("study", ["cifar10_objectives_v2", "scenes_objectives_v2"])
+def test_v2_studies_give_every_series_a_trained_frontier_over_1_5_decades_whichever_size_holds_it(study):
+    """The smallest size trains to the top budget with 4+ points from 1.5 decades below it, its first
+    with 100+ steps; every size reaches the top (the isoFLOP view) and the top has three seeds."""
+    series = {}
+    for run in load_sweep(SWEEPS_DIR / f"{study}.py").runs:
+        key = (run.config.objective, config_captions(flatten(json.loads(run.config.to_json()))))
+        series.setdefault(key, []).append(run)
+    for key, runs in series.items():
+        top = max(run.budget.amount for run in runs)
+        ladders = {run.config.size: run for run in runs if run.config.seed == 0}
+        assert set(ladders) == {"mu", "micro", "nano"}, key
+        assert all(run.budget.amount == top for run in ladders.values()), key
+        mu = ladders["mu"].config
+        assert mu.eval.num_points >= 4 and mu.eval.first_fraction <= 10**-1.5, key
+        assert mu.total_steps * mu.eval.first_fraction >= 100, key
+        assert sorted(run.config.seed for run in runs if run.budget.amount == top) == [0, 0, 0, 1, 2], key
+
+
 def pool_job(config, workdir):
     """Stands in for training in ProcessPool workers: seed 1's is SIGKILLed, the others complete."""
     if config.seed == 1:
