@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from scaling.analysis.figures import COMPUTE_LABEL, save
-from scaling.analysis.points import INTERVAL, PROBE, training_captions
+from scaling.analysis.points import INTERVAL, PROBE, mean_over_seeds, training_captions
 from scaling.workdir import HONEST_POINTS
 
 CAPTION_METRIC = re.compile(
@@ -28,9 +28,6 @@ CAPTION_METRIC = re.compile(
     r"/[a-z]+$")
 WHOLE_METRICS = (PROBE, "zero_shot_accuracy")  # recorded once per eval, at no caption level
 KEYS = ["objective", "size", "budget", "captions", "point", "step"]
-# 97.5% quantiles of Student's t with 1..10 degrees of freedom; beyond, the normal's
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-NORMAL_975 = 1.960
 COMPUTE_METRICS = ("probe_accuracy", "zero_shot_accuracy", "retrieval_i2t_r1", "retrieval_t2i_r1",
                    "caption_log_likelihood", "caption_gain")
 LABELS = {
@@ -71,12 +68,9 @@ def over_seeds(points: pd.DataFrame) -> pd.DataFrame:
     """Points averaged over seeds: KEYS, metric, level, flops, value, low, high, seeds."""
     rows = []
     for key, group in points.groupby([*KEYS, "metric", "level"], dropna=False):
-        values, n = group["value"].to_numpy(float), len(group)
-        mean = float(values.mean())
-        if n > 1:
-            half = (T_975[n - 2] if n - 1 <= len(T_975) else NORMAL_975) * values.std(ddof=1) / np.sqrt(n)
-            low, high = mean - half, mean + half
-        else:
+        n = len(group)
+        mean, low, high = mean_over_seeds(group["value"])
+        if n == 1:
             low, high = float(group["low"].iloc[0]), float(group["high"].iloc[0])
         rows.append({**dict(zip([*KEYS, "metric", "level"], key, strict=True)),
                      "flops": float(group["flops"].mean()), "value": mean, "low": low, "high": high,

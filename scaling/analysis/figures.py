@@ -286,7 +286,7 @@ def schedule_ends(points: pd.DataFrame) -> pd.DataFrame:
     (backbone parameters) and ``compute``: the level of training compute it shares with the other ends
     within ``LEVEL_SPREAD`` x of the level's smallest (the sizes' ladders fork their branches at nearly the
     same compute), labelled by the level's median FLOPs."""
-    ends = points[points["point"].isin(HONEST_POINTS)].sort_values("flops")
+    ends = points[points["point"].isin(HONEST_POINTS)].sort_values("flops", kind="stable")
     level, start, levels = -1, 0.0, []
     for flops in ends["flops"]:
         if flops > start * LEVEL_SPREAD:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from scaling.errors import ConfigError
 from scaling.sweeps.results import INIT_NAME, RESULTS_NAME, build_table, read_table, write_table
@@ -183,3 +184,15 @@ def frontier(points: pd.DataFrame) -> pd.DataFrame:
         on = frontier_mask(group["flops"].to_numpy(), group["error"].to_numpy(), np.ones((1, len(group))))
         parts.append(group[on[0]])
     return pd.concat(parts).sort_values(["objective", "flops"]) if parts else points.iloc[:0]
+
+
+def mean_over_seeds(values) -> tuple[float, float, float]:
+    """(mean, low, high) of one point's values over seeds, with the 95% Student-t interval of the mean;
+    NaN bounds for a single seed (its interval is then the record's own, over held-out examples)."""
+    values = np.asarray(values, float)
+    mean, n = float(values.mean()), len(values)
+    if n < 2:
+        return mean, np.nan, np.nan
+    half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half
+

@@ -3,7 +3,8 @@ report and PNG/SVG figures in ``<first sweep dir>/analysis/`` (or another folder
 flags that wrote it, so a published report can be checked against its results table. Its headline is the
 table of every pair of objectives (scaling.analysis.comparisons), whatever each shows, with the
 leave-one-out sensitivity, the initialisation baselines and the points left out of the fits as untrained;
-a sweep over learning rates adds its tuning section (scaling.analysis.tuning)."""
+a sweep over learning rates adds its tuning section (scaling.analysis.tuning), and one whose objectives
+trained on several kinds of text its language-ladder table (scaling.analysis.ladder)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from scaling.analysis import figures
 from scaling.analysis.caption_detail import caption_detail
 from scaling.analysis.comparisons import MIN_FRONTIER, Comparison, compare_all, fit_objectives
 from scaling.analysis.fits import BOOTS, LAWS, LEVEL, Fit
+from scaling.analysis.ladder import ladder_lines
 from scaling.analysis.multipliers import OPEN, Multiplier, multiplier, multiplier_grid, oriented, ratio_text
 from scaling.analysis.points import (
     INTERVAL,
@@ -329,6 +331,7 @@ def analyze(sweep_dirs: list[str | Path], *, metric: str = "probe_error", layer:
         "",
         *(["## Largest-compute points", "", *largest_compute_points(table, source), ""]
           if complement else []),
+        *ladder_lines(table),
         "## Compute-optimal size per budget (isoFLOP)",
         "",
         "Schedule ends (runs' ends and cool-down branches) grouped by training compute, within "
