@@ -4,10 +4,11 @@ of its learning rate, a quadratic fitted near the best grid point, its minimum a
 bootstrap interval, and the transfer figure (one curve per width, optimum marked).
 
 The fit takes the best grid point and up to two neighbours on each side. A best point on the grid's edge
-has no optimum: the grid must be widened (the report says so and quotes none); so has a fit that curves
-down. The interval redraws each point from its own noise (a probe error's test-set interval) plus the
-fit's residuals with random signs (a wild bootstrap), so a fit through exactly three points of a loss
-(no residual, no noise estimate) reports a zero-width interval and says it rests on three points.
+has no optimum: the grid must be widened (the report says so and quotes none); so has a fit whose minimum
+lies beyond the rates it fits (an extrapolation), and one that curves down. The interval redraws each
+point from its own noise (a probe error's test-set interval) plus the fit's residuals with random signs (a
+wild bootstrap), so a fit through exactly three points of a loss (no residual, no noise estimate) reports
+a zero-width interval and says it rests on three points.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ def fit_optimum(learning_rates: np.ndarray, values: np.ndarray, sds: np.ndarray 
     if center is None:
         return Optimum(None, None, None, points=len(x), note="no minimum: the quadratic near the best "
                        "point curves down", **common)
+    if not x[0] <= center <= x[-1]:
+        return Optimum(None, None, None, points=len(x), note=f"widen the grid: the quadratic's minimum, "
+                       f"{2**center:.3g}, lies beyond the rates it fits", **common)
     a, b, c = np.polyfit(x, y, 2)
     residuals = y - (a * x**2 + b * x + c)
     rng = np.random.default_rng(seed)

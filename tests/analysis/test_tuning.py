@@ -45,6 +45,14 @@ def test_a_best_point_on_the_grid_edge_quotes_no_optimum_and_asks_to_widen_it(tr
     assert optimum.note == f"widen the grid: the best point is its {side} learning rate"
 
 
+def test_a_minimum_beyond_the_fitted_rates_quotes_no_optimum_and_asks_to_widen_the_grid():
+    """A probe error whose best point is inside the grid but whose quadratic bottoms out past its top."""
+    rates = np.array([4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
+    optimum = fit_optimum(rates, np.array([0.590, 0.582, 0.583, 0.545, 0.554]), np.full(5, 0.007))
+    assert optimum.learning_rate is None and optimum.best_grid == 3.2e-2
+    assert optimum.note.startswith("widen the grid: the quadratic's minimum, ") and "beyond" in optimum.note
+
+
 def test_without_a_validation_loss_a_run_is_ranked_by_its_mean_training_loss_over_its_last_fifth():
     """Per run, the mean of the losses logged from step 80 of 100 on, not the last batch's alone."""
     steps = np.arange(10, 101, 10)
