@@ -22,7 +22,10 @@ mu to micro puts the optimum next: the grid point nearest micro's loss optimum t
 standard 3.8e-2 -> 1.7e-2, so 7.5e-3 and 8e-3. Diffusion: µP 3.3e-2 -> 2.1e-2, so 1.3e-2 and 1.6e-2;
 standard 3.3e-2 -> 1.4e-2, so 5.8e-3 and 8e-3. Captioning: µP 1.18e-2 -> 1.28e-2, so 1.4e-2 and
 1.6e-2; standard 1.18e-2 -> 7.0e-3, so 4.1e-3 and 4e-3. A nano optimum on its grid's edge gets the next point
-added (``NANO_ADDED``): CLIP's µP probe error was lowest at its grid's top, 8e-3, so 1.6e-2 was added.
+added (``NANO_ADDED``): CLIP's µP probe error was lowest at its grid's top, 8e-3, so 1.6e-2 was added;
+diffusion's µP probe error is lowest at 3.2e-2 but its fit bottoms out beyond the grid's top (about 0.19),
+so 1.28e-1; captioning's probe error is lowest at the grid's lowest rate under both, so 2e-3 (µP) and
+5e-4 (standard).
 Runs go size by size (every objective at mu, then micro, then nano), so the cheap widths finish first;
 iGPT's nano runs, each as long as the other objectives' ten nano runs together, go last.
 """
@@ -54,7 +57,8 @@ NANO_CENTRES = {("clip", "mup"): 2e-3, ("clip", "standard"): 5e-4,
                 ("igpt", "mup"): 3.2e-2, ("igpt", "standard"): 8e-3,
                 ("diffusion", "mup"): 1.6e-2, ("diffusion", "standard"): 8e-3,
                 ("captioning", "mup"): 1.6e-2, ("captioning", "standard"): 4e-3}
-NANO_ADDED = {("clip", "mup"): (1.6e-2,)}
+NANO_ADDED = {("clip", "mup"): (1.6e-2,), ("diffusion", "mup"): (1.28e-1,), ("captioning", "mup"): (2e-3,),
+              ("captioning", "standard"): (5e-4,)}
 
 
 def rates(objective: str, size: str, parametrization: str) -> tuple[float, ...]:
