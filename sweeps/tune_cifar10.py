@@ -35,7 +35,7 @@ from scaling.sweeps.spec import TUNING_LEARNING_RATES, Sweep, log_grid, tuning_r
 
 FIELDS = {
     "batch_size": 128,
-    "checkpoint_every": 150,
+    "checkpoint_every": 50,  # a run cut short (a session ending) resumes within 50 steps
     "log_every": 10,
     "optim.warmup_steps": 0,
     "optim.warmup_examples": 2048,

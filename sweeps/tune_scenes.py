@@ -24,7 +24,7 @@ from scaling.sweeps.spec import SWEEPS_DIR, Sweep, tuning_runs
 CIFAR10 = load_python_file(SWEEPS_DIR / "tune_cifar10.py")  # its grids
 FIELDS = {
     "batch_size": 64,
-    "checkpoint_every": 150,
+    "checkpoint_every": 50,  # a run cut short (a session ending) resumes within 50 steps
     "log_every": 10,
     "optim.warmup_steps": 0,
     "optim.warmup_examples": 1024,
