@@ -39,10 +39,11 @@ def _rung(ends: pd.DataFrame, inits: pd.DataFrame, attribute: str) -> dict | Non
         return None
     size = recorded.groupby("size")[attribute].mean().idxmax()
     best = recorded[recorded["size"] == size]
-    accuracy, low, high = mean_over_seeds(best[attribute])
-    if len(best) == 1:
+    per_seed = best.groupby("seed")[attribute].mean()  # a seed's points at one level count once
+    accuracy, low, high = mean_over_seeds(per_seed)
+    if len(per_seed) == 1:
         low, high = (_mean(best, f"{attribute}{suffix}") for suffix in INTERVAL)
-    return {"attribute": attribute, "flops": best["flops"].median(), "size": size, "seeds": len(best),
+    return {"attribute": attribute, "flops": best["flops"].median(), "size": size, "seeds": len(per_seed),
             "accuracy": accuracy, "low": low, "high": high, "pixels": _mean(best, pixel_column(attribute)),
             "init": _mean(inits[inits["run_id"].isin(best["run_id"])], attribute)}
 

@@ -55,6 +55,16 @@ def test_each_series_at_the_largest_shared_compute_its_best_size_over_seeds_besi
     assert count["pixels"] == pytest.approx(0.25)
 
 
+def test_two_points_of_one_seed_at_one_compute_level_count_as_one_seed():
+    table = synthetic_table()
+    end = table[(table["run_id"] == "igpt-none-micro-3e+12-s0") & (table["point"] == "end_of_schedule")]
+    branch = end.assign(point="cooldown_branch", flops=2.9e12, probe_accuracy=end["probe_accuracy"] + 0.1)
+    rows = ladder(pd.concat([table, branch])).set_index(["series", "attribute"])
+    row = rows.loc[("igpt", "probe_accuracy")]
+    seeds = [accuracy(0.50, "micro", 3e12, 0) + 0.05, *(accuracy(0.50, "micro", 3e12, s) for s in (1, 2))]
+    assert (row["seeds"], row["accuracy"]) == (3, pytest.approx(np.mean(seeds)))
+
+
 def test_a_single_seed_keeps_its_records_interval_and_the_report_lines_show_every_rung():
     table = synthetic_table()
     table = table[~((table["size"] == "micro") & (table["seed"] > 0))]  # one seed everywhere
