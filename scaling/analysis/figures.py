@@ -299,18 +299,16 @@ def schedule_ends(points: pd.DataFrame) -> pd.DataFrame:
 
 def isoflop_optima(points: pd.DataFrame) -> pd.DataFrame:
     """Per objective and compute level (``schedule_ends``) with two or more sizes: the size with the
-    lowest error (seeds averaged). Columns objective, compute, flops, sizes, best_size, best_params, error."""
+    lowest error (seeds averaged). Columns objective, flops, sizes, best_size, best_params, error."""
     rows = []
     for (objective, _), group in schedule_ends(points).groupby(["objective", "level"]):
         per_size = group.groupby("size")["error"].mean()
         if len(per_size) < 2:
             continue
         best = per_size.idxmin()
-        rows.append({"objective": objective, "compute": group["compute"].iloc[0],
-                     "flops": group["flops"].median(), "sizes": len(per_size), "best_size": best,
-                     "best_params": backbone_params(best), "error": per_size[best]})
-    return pd.DataFrame(rows, columns=["objective", "compute", "flops", "sizes", "best_size", "best_params",
-                                       "error"])
+        rows.append({"objective": objective, "flops": group["flops"].median(), "sizes": len(per_size),
+                     "best_size": best, "best_params": backbone_params(best), "error": per_size[best]})
+    return pd.DataFrame(rows, columns=["objective", "flops", "sizes", "best_size", "best_params", "error"])
 
 
 def isoflop_figure(points: pd.DataFrame, metric: str, stem: str | Path,

@@ -195,4 +195,3 @@ def mean_over_seeds(values) -> tuple[float, float, float]:
         return mean, np.nan, np.nan
     half = float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half
-
