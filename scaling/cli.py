@@ -5,6 +5,10 @@ Bad input ends with one ``error:`` line naming the problem and the fix, and a no
 absl rejects a flag or the command raises a ``scaling.errors.UserError`` where it finds the problem.
 ``--config.<field>=<value>`` reaches absl as ``--config_field=<field>=<value>`` and is applied by
 ``scaling.config.load_config``, which knows the field names and types.
+
+The analysis, planning and import modules load inside their commands: they bring matplotlib, pandas,
+scipy and libtpu's compiler with them, which ``scaling train`` (and every run a sweep starts in its own
+process) would otherwise import for nothing, a second of start-up each.
 """
 
 from __future__ import annotations
@@ -18,11 +22,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from scaling import plan
-from scaling.analysis.figures import compute_figure
-from scaling.analysis.report import analyze, parse_references, summary
 from scaling.config import load_config
-from scaling.data.importer import import_shards
 from scaling.data.pipeline import DATA_DIR_ENV, DEFAULT_DATA_DIR, data_dir_path
 from scaling.errors import UserError
 from scaling.evaluation.probe import probe_checkpoint
@@ -179,6 +179,8 @@ def probe_command(argv: list[str]) -> None:
 
 
 def sweep_command(argv: list[str]) -> None:
+    from scaling.analysis.figures import compute_figure
+
     if len(argv) != 2:
         fail(f"give exactly one sweep file; usage: {USAGES['sweep']}")
     options = runner.Options(
@@ -194,6 +196,8 @@ def sweep_command(argv: list[str]) -> None:
 
 
 def analyze_command(argv: list[str]) -> None:
+    from scaling.analysis.report import analyze, parse_references, summary
+
     if len(argv) < 2:
         fail(f"give at least one sweep folder; usage: {USAGES['analyze']}")
     report = analyze(argv[1:], metric=FLAGS.metric, layer=FLAGS.layer, boots=FLAGS.boots,
@@ -202,8 +206,9 @@ def analyze_command(argv: list[str]) -> None:
     print(f"{summary(report)}\nreport and figures: {report.parent}")
 
 
-
 def plan_command(argv: list[str]) -> None:
+    from scaling import plan
+
     if len(argv) != 2 or not FLAGS.topology:
         fail(f"give one sweep or config file and --topology; usage: {USAGES['plan']}")
     input_rate = FLAGS["input-images-per-s"].value
@@ -230,6 +235,8 @@ def plan_command(argv: list[str]) -> None:
 
 
 def data_command(argv: list[str]) -> None:
+    from scaling.data.importer import import_shards
+
     if len(argv) < 3 or argv[1] != "import" or not FLAGS.name:
         fail(f"give import, the shards and --name; usage: {USAGES['data']}")
     data_dir = data_dir_path(FLAGS["data-dir"].value)
