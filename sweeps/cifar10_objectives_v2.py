@@ -20,8 +20,10 @@ first study lacked:
   tokens per image), so its budgets are 3x: mu's first point at 2.5e12 FLOPs has 172 steps.
   Mu trains to the top budget because it holds the frontier there: in this study's first runs CLIP mu
   at 1e13 FLOPs probed 65.1%, above micro at 3e13 (61.8%) and nano (51.7%), so with mu stopped at 1e13
-  (as first planned) CLIP's trained frontier was mu's four points alone, 1.1 decades. Mu's five points
-  span 1.56 decades (8.3e11 to 3e13; iGPT 2.5e12 to 9e13) whichever size wins above them.
+  (as first planned) CLIP's trained frontier was mu's four points alone, 1.1 decades. A cool-down branch
+  ends at 1.2x the compute of its fork, so mu's branches and end span 1.48 decades (1.0e12 to 3e13); a
+  second seed trains mu on its own to its first point's budget (8.3e11; iGPT 2.5e12), a schedule's end
+  of its own, so mu holds six points over 1.56 decades whichever size wins above them.
 - **Three sizes at the two largest budgets**: every size trains to the top budget, so their points at
   1.2e13 and 3e13 FLOPs (3.6e13 and 9e13 for iGPT) are the isoFLOP comparison of sizes there.
 - **Three seeds at the top**: nano trains seeds 1 and 2 beside seed 0, to the top budget, evaluated at
@@ -38,7 +40,7 @@ first study lacked:
   only (``eval.zero_shot_points=final``), as in the scenes study: at every point the captioner's scoring
   would take most of the evaluation time.
 
-Cost (``--dry-run``): 1.13e15 training FLOPs, cool-down branches included (iGPT 0.49e15): at the 26
+Cost (``--dry-run``): 1.14e15 training FLOPs, cool-down branches included (iGPT 0.49e15): at the 26
 GFLOP/s a mu step reaches alone on these 2 CPU cores, about 12 hours of steps, and evaluation beside
 them, so it runs over several sittings: the runner resumes.
 """
@@ -51,8 +53,11 @@ V1 = load_python_file(SWEEPS_DIR / "cifar10_objectives.py")  # its data, caption
 STUDY = "cifar10_objectives_v2"
 OBJECTIVES = (*available_objectives(), "supervised")
 TOP_BUDGET = 3e13
-LADDERS = {"mu": dict(points=5, first_fraction=1 / 36), "micro": dict(points=4, first_fraction=1 / 16),
-           "nano": dict(points=4, first_fraction=1 / 16)}  # each size's evaluation points
+LADDERS = {  # each size's evaluation points, and mu's second seed on its own to its first point's budget
+    "mu": dict(points=5, first_fraction=1 / 36, extra_seeds=(1,)),
+    "micro": dict(points=4, first_fraction=1 / 16, extra_seeds=()),
+    "nano": dict(points=4, first_fraction=1 / 16, extra_seeds=()),
+}
 BUDGET_SCALE = {"igpt": 3.0}  # its step costs 3.2x to 5.6x the others' at the same size
 TOP_SEEDS = (1, 2)  # beside seed 0, at nano's top budget
 FIELDS = {**V1.FIELDS, "model.parametrization": "mup", "eval.zero_shot_points": "final"}
@@ -65,6 +70,6 @@ def get_sweep() -> Sweep:
     for objective in OBJECTIVES:
         top = TOP_BUDGET * BUDGET_SCALE.get(objective, 1.0)
         for size, ladder in LADDERS.items():
-            runs += wsd_ladder([objective], {size: top}, fields, extra_seeds=(),
+            runs += wsd_ladder([objective], {size: top}, fields,
                                top_seeds=TOP_SEEDS if size == "nano" else (), **ladder)
     return Sweep(STUDY, runs)

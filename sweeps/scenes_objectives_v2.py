@@ -23,10 +23,12 @@ the raw-pixel probe of the same examples), with what the first study lacked:
   budgets, sized for the dearest, and the CIFAR-10 v2 study's evaluation points
   (``sweeps/cifar10_objectives_v2.py``): every size trains one warmup-stable-decay run to 3e13 FLOPs, mu
   evaluated at five log-spaced fractions of it from 1/36, micro and nano at four from 1/16, with a
-  cool-down branch at each but the last. Mu's first point (8.3e11) has 100 steps or more on every rung
-  (100 for descriptive captioning, 115 for iGPT, 133 for descriptive CLIP). Mu trains to the top because
-  on CIFAR-10 it held CLIP's frontier there (that study's README), so every series' frontier can hold 4
-  or more trained points over 1.56 decades (8.3e11 to 3e13) whichever size wins; the cheap rungs train
+  cool-down branch at each but the last, and mu's second seed on its own to its first point's budget.
+  Mu's first point (8.3e11) has 100 steps or more on every rung (100 for descriptive captioning, 115 for
+  iGPT, 133 for descriptive CLIP). Mu trains to the top because on CIFAR-10 it held CLIP's frontier there
+  (that study's README), so every series' frontier can hold 6 trained points over 1.56 decades (8.3e11
+  to 3e13; the branches alone, ending at 1.2x their fork's compute, span 1.48) whichever size wins; the
+  cheap rungs train
   for thousands of steps.
 - **Three sizes at the two largest budgets**: their points at 1.2e13 and 3e13 FLOPs are the isoFLOP
   comparison of sizes there.
@@ -43,9 +45,9 @@ the raw-pixel probe of the same examples), with what the first study lacked:
   schedule only (``eval.zero_shot_points=final``): the captioner's scoring would otherwise take most of the
   evaluation time.
 
-Cost (``--dry-run``): 9 series x (mu + micro + 3 nano seeds), 1.45e15 training FLOPs, cool-down branches
-included: at the 26 GFLOP/s a mu step reaches alone on these 2 CPU cores, about 15 hours of steps, so it
-runs over several sittings (the runner resumes).
+Cost (``--dry-run``): 9 series x (2 mu seeds + micro + 3 nano seeds), 1.46e15 training FLOPs, cool-down
+branches included: at the 26 GFLOP/s a mu step reaches alone on these 2 CPU cores, about 15 hours of
+steps, so it runs over several sittings (the runner resumes).
 """
 
 from scaling.config import load_python_file
@@ -79,6 +81,6 @@ def get_sweep() -> Sweep:
     for size, ladder in CIFAR10_V2.LADDERS.items():
         for objective, own, text in SERIES:
             fields = lambda objective, own=own: {**FIELDS, **own, **tuned_fields(STUDY, objective)}
-            runs += wsd_ladder([objective], {size: CIFAR10_V2.TOP_BUDGET}, fields, axes=text, extra_seeds=(),
+            runs += wsd_ladder([objective], {size: CIFAR10_V2.TOP_BUDGET}, fields, axes=text,
                                top_seeds=TOP_SEEDS if size == "nano" else (), **ladder)
     return Sweep(STUDY, runs)
