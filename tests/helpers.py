@@ -149,24 +149,30 @@ def matmul_operand_dtypes(fn, *args) -> list[tuple[str, str]]:
     return found
 
 
+def init_params(state, seed: int):
+    """The initial parameters of ``state``'s model, in their shardings, without any optimizer state."""
+    return jax.jit(state.init_params, static_argnums=0, out_shardings=state.param_shardings)(seed)
+
+
 def run_steps(config, batch, devices, mesh_axes: dict, steps: int):
     """The first loss and gradients on one fixed batch, the losses of ``steps`` train steps on it, the
-    final parameters and optimizer state, and the model state that reads them. Without steps the loss
-    and gradients come from ``value_and_grad``; with steps, from the first step itself (one compiled
-    program, not two): its loss, and its gradients as AdamW took them (the first moment after one step:
-    (1 - b1) times the clipped gradients)."""
+    final parameters and (with steps) optimizer state, and the model state that reads them. Without
+    steps the loss and gradients come from ``value_and_grad``; with steps, from the first step itself (one
+    compiled program, not two): its loss, and its gradients as AdamW took them (the first moment after one
+    step: (1 - b1) times the clipped gradients)."""
     config = config.copy_and_resolve_references()
     config.mesh.update(mesh_axes)
     training = build_training(config, devices=devices)
     with jax.set_mesh(training.mesh):
-        params, opt_state = training.init(config.seed)
         global_batch = training.shard(batch)
-        if not steps:
-            rng = first_step_rng(config)
-            loss_fn = lambda p: training.state.objective.loss(training.state.model(p), global_batch, rng)[0]
+        if not steps:  # no optimizer state to initialise
+            state, rng = training.state, first_step_rng(config)
+            params = init_params(state, config.seed)
+            loss_fn = lambda p: state.objective.loss(state.model(p), global_batch, rng)[0]
             first_loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
             return {"first_loss": float(first_loss), "grads": jax.device_get(grads), "losses": [],
-                    "params": params, "opt_state": opt_state, "state": training.state}
+                    "params": params, "state": state}
+        params, opt_state = training.init(config.seed)
         rates = learning_rates(config.optim, config.total_steps, config.batch_size)
         losses = []
         for step in range(steps):

@@ -3,7 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import load_experiment, matmul_operand_dtypes, random_batch, run_steps
+from helpers import (
+    first_step_rng,
+    init_params,
+    load_experiment,
+    matmul_operand_dtypes,
+    random_batch,
+    run_steps,
+)
 
 from scaling.models.layers import Attention, einsum
 from scaling.models.sizes import LADDER, get_size, transformer_params
@@ -42,22 +49,28 @@ def test_bfloat16_matches_float32_for_every_objective(tiny_config, objective):
     5% of float32's, with the residual stream in float32 or in bfloat16 (model.residual_dtype; measured:
     at most 0.11% and 1.8% with a float32 stream, 0.15% and 2.3% with a bfloat16 one)."""
     config = tiny_config(objective, **{"data.image_size": 16})
-    batch = random_batch(config, 8)
-    one_device = {"data": 1, "fsdp": 1, "tensor": 1}
-    full = run_steps(config, batch, jax.devices()[:1], one_device, 0)
-    config.model.dtype = "bfloat16"
-    flat = lambda grads: np.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
-    g_full = flat(full["grads"])
-    for residual_dtype in ("float32", "bfloat16"):
-        config.model.residual_dtype = residual_dtype
-        low = run_steps(config, batch, jax.devices()[:1], one_device, 0)
-        assert low["first_loss"] == pytest.approx(full["first_loss"], rel=0.01)
-        assert np.linalg.norm(flat(low["grads"]) - g_full) < 0.05 * np.linalg.norm(g_full)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    batch = {key: jnp.asarray(value) for key, value in random_batch(config, 8).items()}
+    flat = lambda grads: np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
 
-    state = build_model_state(config, make_mesh(config.mesh, jax.devices()[:1]))
-    device_batch = {key: jnp.asarray(value) for key, value in batch.items()}
-    loss = lambda p: state.objective.loss(state.model(p), device_batch, jax.random.key(0))[0]
-    operand_dtypes = matmul_operand_dtypes(jax.grad(loss), state.init_params(0))
+    def loss_and_grads(params, **model_fields):
+        """The first step's loss and gradients (one jitted program) with ``model_fields`` set."""
+        config.model.update(model_fields)
+        state = build_model_state(config, mesh)
+        loss = lambda p: state.objective.loss(state.model(p), batch, first_step_rng(config))[0]
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        return state, float(value), flat(grads)
+
+    with jax.set_mesh(mesh):
+        params = init_params(build_model_state(config, mesh), config.seed)
+        _, full_loss, full_grads = loss_and_grads(params)  # float32 parameters in every setting
+        for residual_dtype in ("float32", "bfloat16"):
+            state, loss, grads = loss_and_grads(params, dtype="bfloat16", residual_dtype=residual_dtype)
+            assert loss == pytest.approx(full_loss, rel=0.01)
+            assert np.linalg.norm(grads - full_grads) < 0.05 * np.linalg.norm(full_grads)
+
+    loss = lambda p: state.objective.loss(state.model(p), batch, jax.random.key(0))[0]
+    operand_dtypes = matmul_operand_dtypes(jax.grad(loss), params)
     bfloat16 = [dtypes for dtypes in operand_dtypes if dtypes == ("bfloat16", "bfloat16")]
     assert len(bfloat16) >= 12 * get_size(config.size).depth  # >= 4 products a block, 2 gradients each
     assert len(operand_dtypes) - len(bfloat16) == FLOAT32_MATMULS.get(objective, 0)
