@@ -28,8 +28,7 @@ the raw-pixel probe of the same examples), with what the first study lacked:
   iGPT, 133 for descriptive CLIP). Mu trains to the top because on CIFAR-10 it held CLIP's frontier there
   (that study's README), so every series' frontier can hold 6 trained points over 1.56 decades (8.3e11
   to 3e13; the branches alone, ending at 1.2x their fork's compute, span 1.48) whichever size wins; the
-  cheap rungs train
-  for thousands of steps.
+  cheap rungs train for thousands of steps.
 - **Three sizes at the two largest budgets**: their points at 1.2e13 and 3e13 FLOPs are the isoFLOP
   comparison of sizes there.
 - **Three seeds at the top**: nano trains seeds 1 and 2 beside seed 0, to the top budget, evaluated at
