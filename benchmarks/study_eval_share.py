@@ -1,62 +1,57 @@
-"""Where a study's wall time goes: a miniature of the CIFAR-10 study and the share of it spent evaluating.
+"""Where a study's wall time goes: a miniature of a CIFAR-10 study and the share of it spent evaluating.
 
-The miniature is ``sweeps/cifar10_objectives.py`` at one size: its fields, its per-objective evaluation
-protocol (zero-shot for CLIP and captioning, diffusion probed at its noise levels, every layer, the
-raw-pixel floor) and its ladder (a warmup-stable-decay run to the top budget with cool-down branches, and
-a second seed at 1/32 of it: two budgets per objective), with the top budget and the probe examples both
-divided by ``--scale`` so that training and evaluation shrink together. It runs in a fresh folder (the
-compilation and pixel-probe caches are shared, as in a study; the runs' cached init probes are removed
-first, so each invocation probes every initialisation, as a study does once) and prints, from the runs'
-own accounts, the evaluation share of the sweep's wall, each objective's evaluation seconds per part
-(``eval_s/<part>`` of the eval records) and every probe and zero-shot accuracy, so a change can be
-checked for both speed and numbers at the same seed.
-``--zero-shot-points final`` sets ``eval.zero_shot_points`` of every run (zero-shot at the end of each
+The miniature is a study's sweep file (``--study``: ``sweeps/cifar10_objectives_v2.py`` by default, or the
+first study, ``cifar10_objectives``) at one size: its fields, its tuned optimizers, its per-objective
+evaluation protocol (zero-shot for CLIP and captioning, diffusion probed at its noise levels, every layer,
+the raw-pixel floor) and its ladder (a warmup-stable-decay run to the top budget with cool-down branches,
+and a second seed at the first point's budget), built by the study's own ``ladder_runs`` with the top
+budget and the probe examples both divided by ``--scale`` so that training and evaluation shrink together.
+It runs in a fresh folder (the compilation and pixel-probe caches are shared, as in a study; the runs'
+cached init probes are removed first, so each invocation probes every initialisation, as a study does
+once) and prints, from the runs' own accounts, the evaluation share of the sweep's wall, each objective's
+evaluation seconds per part (``eval_s/<part>`` of the eval records) and every probe and zero-shot accuracy,
+so a change can be checked for both speed and numbers at the same seed.
+``--zero-shot-points`` sets ``eval.zero_shot_points`` of every run (``final``: zero-shot at the end of each
 schedule only) and ``--zero-shot-examples N`` the study's ``eval.zero_shot_examples`` (zero-shot on the
 first N of its probe test examples, divided by ``--scale`` here): protocol levers to weigh against the
-study's defaults (``all``, 0: every probe test example).
+study's own values.
 
-    python benchmarks/study_eval_share.py [--size mu] [--scale 8] [--objectives clip,igpt] [--keep DIR]
+    python benchmarks/study_eval_share.py [--study cifar10_objectives] [--size mu] [--scale 8]
+                                          [--objectives clip,igpt] [--keep DIR]
                                           [--zero-shot-points all|final] [--zero-shot-examples 4300]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from scaling.config import load_python_file
 from scaling.data.pipeline import resolve_data_dir
 from scaling.evaluation.init_probe import CACHE_FOLDER, init_key
 from scaling.sweeps.runner import run_sweep
-from scaling.sweeps.spec import Sweep, available_objectives, wsd_ladder
+from scaling.sweeps.spec import SWEEPS_DIR, Sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-WARMUP_FRACTION = 0.02  # as the study's
+STUDIES = ("cifar10_objectives_v2", "cifar10_objectives")
 SHOWN = ("probe_accuracy", "probe_layer", "zero_shot_accuracy", "pixel_probe_accuracy")
+PROBE_EXAMPLES = ("eval.probe_train_examples", "eval.probe_test_examples")
 
 
-def study_module():
-    path = ROOT / "sweeps" / "cifar10_objectives.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def miniature(size: str, scale: float, objectives: list[str], zero_shot_points: str = "all",
-              zero_shot_examples: int = 0) -> Sweep:
-    study = study_module()
-    probe_examples = {key: int(study.FIELDS[key] / scale)
-                      for key in ("eval.probe_train_examples", "eval.probe_test_examples")}
-    fields = lambda objective: {**study.FIELDS, **study.PER_OBJECTIVE.get(objective, {}), **probe_examples,
-                                "eval.zero_shot_points": zero_shot_points,
-                                "eval.zero_shot_examples": int(zero_shot_examples / scale)}
-    runs = wsd_ladder(objectives, {size: study.TOP_BUDGETS[size] / scale}, fields, adjust=short_warmup)
-    return Sweep("study_miniature", runs)
+def miniature(study_name: str, size: str, scale: float, objectives: list[str] | None = None,
+              zero_shot_points: str | None = None, zero_shot_examples: int | None = None) -> Sweep:
+    study = load_python_file(SWEEPS_DIR / f"{study_name}.py")
+    overrides = {key: int(study.FIELDS[key] / scale) for key in PROBE_EXAMPLES}
+    if zero_shot_points is not None:
+        overrides["eval.zero_shot_points"] = zero_shot_points
+    if zero_shot_examples is not None:
+        overrides["eval.zero_shot_examples"] = int(zero_shot_examples / scale)
+    chosen = {"objectives": objectives} if objectives else {}
+    return Sweep("study_miniature", study.ladder_runs(sizes=[size], budget_divisor=scale, overrides=overrides,
+                                                      **chosen))
 
 
 def forget_init_probes(sweep: Sweep) -> None:
@@ -65,11 +60,6 @@ def forget_init_probes(sweep: Sweep) -> None:
     for run in sweep.runs:
         path = resolve_data_dir(run.config.data) / CACHE_FOLDER / f"{init_key(run.config)}.json"
         path.unlink(missing_ok=True)
-
-
-def short_warmup(config) -> None:
-    """The study's 2% warmup, rounded down: a run of a handful of steps (iGPT's smaller budget) has none."""
-    config.optim.warmup_steps = int(config.total_steps * WARMUP_FRACTION)
 
 
 def read_json(path: Path) -> dict:
@@ -130,18 +120,19 @@ def print_parts(sweep_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--study", default=STUDIES[0], choices=STUDIES)
     parser.add_argument("--size", default="mu")
     parser.add_argument("--scale", type=float, default=8.0, help="divides the top budget and probe examples")
-    parser.add_argument("--objectives", default=",".join(available_objectives()))
+    parser.add_argument("--objectives", default="", help="comma-separated; the study's own by default")
     parser.add_argument("--keep", default="", help="run in this folder (kept) instead of a temporary one")
-    parser.add_argument("--zero-shot-points", default="all", choices=("all", "final"),
-                        help="eval.zero_shot_points of every run")
-    parser.add_argument("--zero-shot-examples", type=int, default=0,
+    parser.add_argument("--zero-shot-points", choices=("all", "final"),
+                        help="eval.zero_shot_points of every run (the study's own by default)")
+    parser.add_argument("--zero-shot-examples", type=int,
                         help="eval.zero_shot_examples of the study (divided by --scale like the probe's)")
     args = parser.parse_args()
 
-    sweep = miniature(args.size, args.scale, args.objectives.split(","), args.zero_shot_points,
-                      args.zero_shot_examples)
+    sweep = miniature(args.study, args.size, args.scale, [o for o in args.objectives.split(",") if o],
+                      args.zero_shot_points, args.zero_shot_examples)
     forget_init_probes(sweep)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)

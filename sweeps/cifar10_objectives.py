@@ -26,8 +26,11 @@ main runs near 5,000 steps in all, about an hour of steps at the scenes study's 
 over 20,000 images each.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from scaling.data.cifar10_jpeg import CAPTION_TOKENS
-from scaling.sweeps.spec import Sweep, available_objectives, warmup_fraction, wsd_ladder
+from scaling.sweeps.spec import RunSpec, Sweep, available_objectives, warmup_fraction, wsd_ladder
 from scaling.sweeps.tuned import tuned_fields
 
 TOP_BUDGETS = {"mu": 2e12, "micro": 6e12, "nano": 2e13}
@@ -50,8 +53,15 @@ PER_OBJECTIVE = {
 }
 
 
-def get_sweep() -> Sweep:
+def ladder_runs(objectives: Iterable[str] = tuple(available_objectives()), sizes: Iterable[str] = TOP_BUDGETS,
+                budget_divisor: float = 1.0, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """The study's ladders for these objectives and sizes, each top budget divided by ``budget_divisor`` and
+    ``overrides`` set over the study's fields (the miniature of ``benchmarks/study_eval_share.py``)."""
     fields = lambda objective: {**FIELDS, **tuned_fields("cifar10_objectives", objective),
-                                **PER_OBJECTIVE.get(objective, {})}
-    return Sweep("cifar10_objectives", wsd_ladder(available_objectives(), TOP_BUDGETS, fields,
-                                                  adjust=warmup_fraction(0.02)))
+                                **PER_OBJECTIVE.get(objective, {}), **(overrides or {})}
+    return wsd_ladder(objectives, {size: TOP_BUDGETS[size] / budget_divisor for size in sizes}, fields,
+                      adjust=warmup_fraction(0.02))
+
+
+def get_sweep() -> Sweep:
+    return Sweep("cifar10_objectives", ladder_runs())

@@ -45,8 +45,11 @@ GFLOP/s a mu step reaches alone on these 2 CPU cores, about 12 hours of steps, a
 them, so it runs over several sittings: the runner resumes.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from scaling.config import load_python_file
-from scaling.sweeps.spec import SWEEPS_DIR, Sweep, available_objectives, wsd_ladder
+from scaling.sweeps.spec import SWEEPS_DIR, RunSpec, Sweep, available_objectives, wsd_ladder
 from scaling.sweeps.tuned import tuned_fields
 
 V1 = load_python_file(SWEEPS_DIR / "cifar10_objectives.py")  # its data, captions and probe
@@ -64,12 +67,20 @@ FIELDS = {**V1.FIELDS, "model.parametrization": "mup", "eval.zero_shot_points": 
 PER_OBJECTIVE = {**V1.PER_OBJECTIVE, "supervised": {"eval.zero_shot": False, "data.caption_level": "none"}}
 
 
-def get_sweep() -> Sweep:
-    fields = lambda objective: {**FIELDS, **PER_OBJECTIVE[objective], **tuned_fields(STUDY, objective)}
+def ladder_runs(objectives: Iterable[str] = OBJECTIVES, sizes: Iterable[str] = LADDERS,
+                budget_divisor: float = 1.0, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+    """The study's ladders for these objectives and sizes, each top budget divided by ``budget_divisor`` and
+    ``overrides`` set over the study's fields (the miniature of ``benchmarks/study_eval_share.py``)."""
+    fields = lambda objective: {**FIELDS, **PER_OBJECTIVE[objective], **tuned_fields(STUDY, objective),
+                                **(overrides or {})}
     runs = []
-    for objective in OBJECTIVES:
-        top = TOP_BUDGET * BUDGET_SCALE.get(objective, 1.0)
-        for size, ladder in LADDERS.items():
+    for objective in objectives:
+        top = TOP_BUDGET * BUDGET_SCALE.get(objective, 1.0) / budget_divisor
+        for size in sizes:
             runs += wsd_ladder([objective], {size: top}, fields,
-                               top_seeds=TOP_SEEDS if size == "nano" else (), **ladder)
-    return Sweep(STUDY, runs)
+                               top_seeds=TOP_SEEDS if size == "nano" else (), **LADDERS[size])
+    return runs
+
+
+def get_sweep() -> Sweep:
+    return Sweep(STUDY, ladder_runs())

@@ -24,7 +24,17 @@ from scaling.sweeps import pods
 from scaling.sweeps.executors import ProcessPool
 from scaling.sweeps.results import build_table, config_captions, read_table
 from scaling.sweeps.runner import MAX_DEATHS, Options, describe, run_sweep
-from scaling.sweeps.spec import SWEEPS_DIR, Budget, Sweep, SweepError, grid, load_sweep, make_run, wsd_ladder
+from scaling.sweeps.spec import (
+    SWEEPS_DIR,
+    Budget,
+    Sweep,
+    SweepError,
+    grid,
+    load_sweep,
+    make_run,
+    warmup_fraction,
+    wsd_ladder,
+)
 from scaling.sweeps.store import COMPLETED, FAILED, HOST, LEFT, RUNNING, Store
 from scaling.sweeps.tuned import read_tuned, tuned_fields
 from scaling.workdir import LATER_FIELDS, RunFiles, differing_fields, flatten
@@ -84,6 +94,12 @@ def test_budgets_convert_to_steps(tiny_config):
     assert Budget.flops(1.0).total_steps(per_example, 32) == 1
     assert [Budget.flops(2.5e11).label, Budget.steps(200).label, Budget.examples(64000).label] == [
         "f2.5e11", "steps200", "ex64000"]
+
+
+def test_warmup_is_a_fraction_of_the_steps_at_least_one_but_none_in_a_one_step_run(tiny_config):
+    warmup = lambda steps: make_run(tiny_config(), Budget.steps(steps),
+                                    adjust=warmup_fraction(0.02)).config.optim.warmup_steps
+    assert [warmup(1), warmup(2), warmup(49), warmup(500)] == [0, 1, 1, 10]
 
 
 def test_duplicates_and_bad_fields_are_errors(data_dir):

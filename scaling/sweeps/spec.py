@@ -165,10 +165,11 @@ def make_run(config: ml_collections.ConfigDict, budget: Budget, labels: dict[str
 
 
 def warmup_fraction(fraction: float, at_most: int | None = None) -> Adjust:
-    """An ``adjust`` that sets optim.warmup_steps to ``fraction`` of the run's steps (capped, at least 1)."""
+    """An ``adjust`` that sets optim.warmup_steps to ``fraction`` of the run's steps (capped, at least 1, and
+    none in a run of one step)."""
 
     def adjust(config: ml_collections.ConfigDict) -> None:
-        steps = max(1, int(config.total_steps * fraction))
+        steps = min(max(1, int(config.total_steps * fraction)), config.total_steps - 1)
         config.optim.warmup_steps = min(steps, at_most) if at_most else steps
 
     return adjust
