@@ -139,8 +139,11 @@ def check_quality(args) -> None:
     objectives = [name for name in args.objectives.split(",") if name in available_objectives()]
     sweep = quality_sweep(objectives, args.size, args.field, args.train_steps, args.seeds,
                           args.probe_examples)
-    run_sweep(sweep, Path(args.workdir), out=lambda line: print(line, file=sys.stderr, flush=True))
-    print_quality(paired_differences(build_table(Path(args.workdir) / sweep.name), args.field), args.field)
+    counts = run_sweep(sweep, Path(args.workdir), out=lambda line: print(line, file=sys.stderr, flush=True))
+    table = build_table(Path(args.workdir) / sweep.name)
+    if "loss" not in table:
+        sys.exit(f"no run of {sweep.name} has finished ({counts}); the failures above say why")
+    print_quality(paired_differences(table, args.field), args.field)
 
 
 def main() -> None:
