@@ -134,14 +134,14 @@ def tiny_fields(data_dir: str, **more) -> dict:
             "eval.num_points": 0, **more}
 
 
-def matmul_operand_dtypes(fn, *args) -> list[tuple[str, str]]:
-    """(lhs, rhs) dtype names of every dot_general in ``fn``'s jaxpr, nested jaxprs included."""
+def matmul_dtypes(fn, *args) -> list[tuple[str, str, str]]:
+    """(lhs, rhs, result) dtype names of every dot_general in ``fn``'s jaxpr, nested jaxprs included."""
     found = []
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "dot_general":
-                found.append(tuple(str(var.aval.dtype) for var in eqn.invars))
+                found.append(tuple(str(var.aval.dtype) for var in (*eqn.invars, *eqn.outvars)))
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 

@@ -5,12 +5,15 @@ import importlib.util
 import math
 
 import jax
+import jax.numpy as jnp
 import pytest
-from helpers import load_experiment
+from helpers import load_experiment, matmul_dtypes
 
 from scaling import plan
 from scaling.errors import ConfigError
+from scaling.models.layers import einsum
 from scaling.models.sizes import get_size
+from scaling.sharding import make_mesh
 
 # Compiled TPU programs live in this module's memory (each_step_compiled_once), not in the disk cache:
 # its tests run on one xdist worker (``--dist loadgroup``), so each program compiles once per suite.
@@ -228,6 +231,17 @@ def test_plan_compiles_the_real_step_for_a_tpu_slice_and_caches_it(tiny_config, 
     with pytest.raises(ConfigError, match="multiply to 3 but there are 4 devices"):
         plan.plan_runs([("other", config)], topology, tmp_path, {"data": 3, "fsdp": 1, "tensor": 1},
                        progress=False)
+
+
+@needs_libtpu
+def test_on_tpu_both_gradients_of_a_bfloat16_product_leave_it_in_bfloat16():
+    """Traced for TPU, the backward products return bfloat16 (on CPU float32: tests/test_models.py)."""
+    mesh = make_mesh({"fsdp": -1}, plan.topology_devices(plan.parse_topology("v5e:2x2")))
+    loss = lambda a, b: jnp.sum(jnp.sin(einsum("bld,df->blf", a, b, jnp.bfloat16)))
+    a, b = jax.ShapeDtypeStruct((4, 8, 16), jnp.float32), jax.ShapeDtypeStruct((16, 32), jnp.float32)
+    with jax.set_mesh(mesh):
+        dtypes = matmul_dtypes(jax.grad(loss, argnums=(0, 1)), a, b)
+    assert dtypes == [("bfloat16", "bfloat16", "float32")] + [("bfloat16", "bfloat16", "bfloat16")] * 2
 
 
 @needs_libtpu
