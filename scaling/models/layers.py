@@ -36,10 +36,10 @@ def einsum(spec: str, a: Array, b: Array, dtype, out_dtype=jnp.float32) -> Array
     products also take bfloat16 operands and return each operand's gradient in its own dtype. The
     gradient of ``b`` (a ``Dense`` weight) is rounded to ``dtype``, as that of a weight cast to bfloat16
     would be: with FSDP its partial sums are reduce-scattered in half the bytes. Where products can
-    return bfloat16 (``bfloat16_results``), both gradients leave their products in
-    ``dtype``, as those of operands cast to bfloat16 would: on TPU, ``a``'s gradient in bfloat16 rather
-    than float32 rounded after took ViT-L/16's step from 171.0 to 166.2 ms and ViT-B/16's from 61.6 to
-    59.8 ms (``benchmarks/tpu_plan.py``).
+    return bfloat16 (``bfloat16_results``), both gradients leave their products in ``dtype``, as those
+    of operands cast to bfloat16 would: on TPU, ``a``'s gradient in bfloat16 rather than float32 rounded
+    after took ViT-L/16's step from 171.0 to 166.2 ms and ViT-B/16's from 61.6 to 59.8 ms
+    (``benchmarks/tpu_plan.py``).
     """
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float32:
